@@ -1,0 +1,40 @@
+"""Checkpoints: the official/our layout, PaddleNLP's, strict loading, atomic writes."""
+import os
+
+from .paddlenlp import paddlenlp_to_official, read_paddlenlp_dir
+from .state import CheckpointMismatchError, atomic_save, load_state_strict, read_state
+
+# A training checkpoint folder (ours) keeps the weights under this name.
+MODEL_WEIGHTS = "model.pdparams"
+
+
+def read_model_state(path):
+    """Our/official-layout state dict from any supported source.
+
+    Accepts: an official ``.pdparams`` (e.g. ``OPEN_ERNIE_VIL2_BASE_ViT.pdparams``)
+    or ours; a PaddleNLP ``save_pretrained`` folder or its ``model_state.pdparams``;
+    a training checkpoint folder of ours.
+    """
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, MODEL_WEIGHTS)):
+            return read_state(os.path.join(path, MODEL_WEIGHTS))
+        return read_paddlenlp_dir(path)[1]
+    state = read_state(path)
+    if any(k.startswith("vision_model.") for k in state):
+        return paddlenlp_to_official(state)
+    return state
+
+
+def load_pretrained(model, path, allow_missing=()):
+    """Load weights into ``model``, failing with every missing/unexpected/mis-shaped key named."""
+    load_state_strict(model, read_model_state(path), source=path, allow_missing=allow_missing)
+
+
+__all__ = [
+    "CheckpointMismatchError",
+    "atomic_save",
+    "load_pretrained",
+    "load_state_strict",
+    "read_model_state",
+    "MODEL_WEIGHTS",
+]

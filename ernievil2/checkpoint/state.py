@@ -1,0 +1,81 @@
+"""Loading state dicts strictly, and writing files atomically."""
+import os
+import tempfile
+
+import numpy as np
+import paddle
+
+
+class CheckpointMismatchError(ValueError):
+    """Keys or shapes of a checkpoint do not match the model; every problem is listed by name."""
+
+
+def _shape(value):
+    return list(value.shape)
+
+
+def compare_state(expected, given):
+    """(missing, unexpected, mismatched) between an expected and a given state dict."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = sorted(
+        (k, _shape(expected[k]), _shape(given[k]))
+        for k in set(expected) & set(given)
+        if _shape(expected[k]) != _shape(given[k])
+    )
+    return missing, unexpected, mismatched
+
+
+def describe_mismatch(missing, unexpected, mismatched, limit=20):
+    lines = []
+    for title, items in (("missing", missing), ("unexpected", unexpected)):
+        if items:
+            shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+            lines.append(f"{len(items)} {title} key(s): {shown}")
+    if mismatched:
+        shown = "; ".join(f"{k}: model {a} vs checkpoint {b}" for k, a, b in mismatched[:limit])
+        lines.append(f"{len(mismatched)} shape mismatch(es): {shown}")
+    return "\n".join(lines)
+
+
+def load_state_strict(layer, state, source="checkpoint", allow_missing=()):
+    """Set ``state`` into ``layer``; any missing/unexpected key or shape mismatch is an error.
+
+    ``allow_missing`` names key prefixes that may be absent (e.g. momentum
+    encoders when starting from an official checkpoint).
+    """
+    missing, unexpected, mismatched = compare_state(layer.state_dict(), state)
+    missing = [k for k in missing if not k.startswith(tuple(allow_missing))]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(f"{source} does not fit the model:\n" + describe_mismatch(missing, unexpected, mismatched))
+    layer.set_state_dict(state)
+
+
+def read_state(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = paddle.load(path)
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def atomic_save(obj, path):
+    """``paddle.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    os.close(fd)
+    try:
+        paddle.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def to_numpy_state(state):
+    return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state.items()}

@@ -1,0 +1,218 @@
+"""YAML configs with strict validation and ``-o Section.key=value`` overrides.
+
+A config is plain nested dicts. Every key must be known: fixed sections are
+checked against :data:`DEFAULTS` (which also gives each key its type and
+default), and sections that name a registered component (``name: ViT``) are
+checked against that component's builder signature. Errors name the key path
+and the file. ``_base_: other.yaml`` at the top of a file inherits from another
+config (paths relative to the file).
+"""
+import copy
+import os
+
+import yaml
+
+from .registry import ConfigError, check_kwargs, did_you_mean
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# Any value is accepted for keys whose default is ANY (optional paths, etc.).
+ANY = object()
+
+DEFAULTS = {
+    "Global": {
+        "seed": 42,
+        "device": "cpu",
+        "output_dir": "output",
+        "pretrained": ANY,  # path of a checkpoint to start from (official, converted or ours)
+    },
+    "Arch": {
+        "name": "ErnieViL2",
+        "image_tower": ANY,  # validated against the image tower registry
+        "text_tower": ANY,  # validated against the text tower registry
+    },
+    "Tokenizer": {
+        "vocab_file": "vocab/ernie-3.0-base-zh/vocab.txt",
+        "max_len": 48,
+        "do_lower_case": True,
+        "backend": "auto",
+    },
+    "Preprocess": {
+        "image_size": 224,
+        "resize_short": 224,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+    },
+    "Loss": ANY,  # validated by the loss builder
+    "Eval": {
+        "data": ANY,
+        "format": "official_tsv",
+        "batch_size": 32,
+        "protocol": "both",
+        "on_error": "raise",
+    },
+}
+
+
+def _type_ok(default, value):
+    if default is ANY or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def _merge(base, update, schema, path, source):
+    """Merge ``update`` into ``base`` in place, checking keys and types against ``schema``."""
+    for key, value in update.items():
+        key_path = f"{path}.{key}" if path else key
+        if schema is not ANY and key not in schema:
+            raise ConfigError(
+                key_path, "unknown key" + did_you_mean(key, schema) + f"; known: {', '.join(schema)}", source
+            )
+        sub_schema = ANY if schema is ANY else schema[key]
+        if isinstance(sub_schema, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(key_path, f"expected a mapping, got {value!r}", source)
+            base.setdefault(key, {})
+            _merge(base[key], value, sub_schema, key_path, source)
+        elif sub_schema is ANY and isinstance(value, dict) and isinstance(base.get(key), dict):
+            if "name" in value and value["name"] != base[key].get("name"):
+                # Another component: its keys replace the inherited ones instead of mixing in.
+                base[key] = copy.deepcopy(value)
+            else:
+                _merge(base[key], value, ANY, key_path, source)
+        else:
+            if not _type_ok(sub_schema, value):
+                raise ConfigError(
+                    key_path,
+                    f"expected {type(sub_schema).__name__} (like the default {sub_schema!r}), got {value!r}",
+                    source,
+                )
+            base[key] = copy.deepcopy(value)
+
+
+def _read_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError("-c", f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError("(yaml)", f"cannot parse: {err}", path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("(top level)", "expected a mapping of sections", path)
+    return data
+
+
+def _schema_defaults(schema):
+    return {
+        k: (_schema_defaults(v) if isinstance(v, dict) else (None if v is ANY else copy.deepcopy(v)))
+        for k, v in schema.items()
+    }
+
+
+def _load_file(path, schema, seen=()):
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError("_base_", f"circular inheritance through {path}")
+    data = _read_yaml(path)
+    base_ref = data.pop("_base_", None)
+    if base_ref is None:
+        config = _schema_defaults(schema)
+    else:
+        config = _load_file(os.path.join(os.path.dirname(path), base_ref), schema, seen + (path,))
+    _merge(config, data, schema, "", path)
+    return config
+
+
+def parse_override(text):
+    """``'Section.key=value'`` -> (['Section', 'key'], parsed value)."""
+    if "=" not in text:
+        raise ConfigError(text, "an override must look like Section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(config, overrides, schema=None):
+    schema = DEFAULTS if schema is None else schema
+    for text in overrides or ():
+        keys, value = parse_override(text)
+        nested = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        try:
+            _merge(config, nested, schema, "", None)
+        except ConfigError as err:
+            raise err.located(f"override -o {text}") from None
+    return config
+
+
+def load_config(path, overrides=(), validate_components=True):
+    """Load, inherit, override and validate a config file; returns nested dicts."""
+    config = _load_file(path, DEFAULTS)
+    apply_overrides(config, overrides)
+    config["_source_"] = os.path.abspath(path)
+    if validate_components:
+        validate_component_sections(config)
+    return config
+
+
+def validate_component_sections(config):
+    """Check registry-selected sections against their builders, so typos fail at load time."""
+    from .models import IMAGE_TOWERS, TEXT_TOWERS
+
+    source = config.get("_source_")
+    arch = config["Arch"]
+    for key, registry in (("image_tower", IMAGE_TOWERS), ("text_tower", TEXT_TOWERS)):
+        section = arch.get(key)
+        if section is None:
+            raise ConfigError(f"Arch.{key}", "missing", source)
+        try:
+            if not isinstance(section, dict) or "name" not in section:
+                raise ConfigError(f"Arch.{key}", f"expected a mapping with a 'name' of a {registry.kind}")
+            kwargs = dict(section)
+            builder = registry.get(kwargs.pop("name"), key=f"Arch.{key}.name")
+            check_kwargs(builder, kwargs, f"Arch.{key}")
+        except ConfigError as err:
+            raise err.located(source) from None
+    loss = config.get("Loss")
+    if loss is not None:
+        from .losses import check_loss_config
+
+        try:
+            check_loss_config(loss)
+        except ConfigError as err:
+            raise err.located(source) from None
+    return config
+
+
+RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
+
+
+def resolve_resource(path, config=None, kind="vocab"):
+    """Find a data file: as given, next to the config file, or among the bundled resources."""
+    candidates = [path]
+    if not os.path.isabs(path):
+        if config and config.get("_source_"):
+            candidates.append(os.path.join(os.path.dirname(config["_source_"]), path))
+        candidates.append(os.path.join(RESOURCES, kind, path))
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"{kind} file {path!r} not found; looked in: {', '.join(candidates)}")
+
+
+def dump_config(config, path):
+    clean = {k: v for k, v in config.items() if not k.startswith("_")}
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(clean, f, allow_unicode=True, sort_keys=False)

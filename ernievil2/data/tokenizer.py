@@ -1,0 +1,218 @@
+"""WordPiece tokenisation identical to the official ERNIE-ViL 2.0 reader, and fast.
+
+Text ids are ``[CLS] + first (max_len - 2) pieces + [SEP]``, right-padded with
+``[PAD]`` (id 0) to ``max_len``, as the official reader builds them.
+
+Two backends give the same ids: ``python`` (a plain BERT basic + WordPiece
+tokeniser, the reference) and ``fast`` (HF ``tokenizers``, a Rust WordPiece
+that batches across threads; about 3-4x faster). ``auto`` uses ``fast`` when
+the library is importable. The one place the two differ is the set of
+"Chinese" code points that get split into single characters: the Rust
+normaliser's table starts one CJK Extension-D/E block at U+2B920, the official
+one at U+2B820. Texts containing U+2B820..U+2B91F go through the reference path.
+"""
+import os
+import re
+import unicodedata
+
+import numpy as np
+
+SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
+MAX_CHARS_PER_WORD = 100
+_CJK_BMP_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
+
+
+def _fast_path_chars():
+    """Code points on which both backends provably agree (see the module docstring)."""
+    old = unicodedata.ucd_3_2_0
+    safe = [
+        cp
+        for cp in range(0x10000)
+        if not 0xD800 <= cp <= 0xDFFF
+        and unicodedata.category(chr(cp)) != "Cn"
+        and (
+            any(lo <= cp <= hi for lo, hi in _CJK_BMP_RANGES)
+            or old.category(chr(cp)) == unicodedata.category(chr(cp))
+        )
+    ]
+    return safe
+
+
+def _ranges(codepoints):
+    start = prev = codepoints[0]
+    for cp in codepoints[1:]:
+        if cp != prev + 1:
+            yield start, prev
+            start = cp
+        prev = cp
+    yield start, prev
+
+
+_NEEDS_REFERENCE = None
+
+
+def needs_reference_path(text):
+    """True when ``text`` has a character outside the fast backend's proven-equal set."""
+    global _NEEDS_REFERENCE
+    if text.isascii():
+        return False
+    if _NEEDS_REFERENCE is None:
+        allowed = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in _ranges(_fast_path_chars()))
+        _NEEDS_REFERENCE = re.compile(f"[^{allowed}]")
+    return _NEEDS_REFERENCE.search(text) is not None
+
+
+def load_vocab(path):
+    """Read ``token`` or ``token\\tid`` lines (both forms exist) into {token: id}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"vocab file not found: {path}")
+    vocab = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f):
+            fields = line.rstrip("\n").split("\t")
+            token = fields[0].strip()
+            if len(fields) > 2 or not token:
+                raise ValueError(f"{path}:{number + 1}: expected 'token' or 'token<TAB>id', got {line!r}")
+            vocab[token] = int(fields[1]) if len(fields) == 2 else number
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise ValueError(f"{path}: vocab lacks special token(s) {missing}")
+    return vocab
+
+
+def _is_cjk(cp):
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def _is_punctuation(ch):
+    cp = ord(ch)
+    # All non-alphanumeric ASCII counts as punctuation, as in BERT.
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_whitespace(ch):
+    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
+
+
+def _is_control(ch):
+    return ch not in "\t\n\r" and unicodedata.category(ch).startswith("C")
+
+
+def basic_tokenize(text, lower=True):
+    """Clean, split CJK characters and punctuation, lower-case and strip accents."""
+    chars = []
+    for ch in text:
+        cp = ord(ch)
+        if cp == 0 or cp == 0xFFFD or _is_control(ch):
+            continue
+        if _is_whitespace(ch):
+            chars.append(" ")
+        elif _is_cjk(cp):
+            chars.append(f" {ch} ")
+        else:
+            chars.append(ch)
+    words = []
+    for word in "".join(chars).split():
+        if lower:
+            word = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
+        current = ""
+        for ch in word:
+            if _is_punctuation(ch):
+                if current:
+                    words.append(current)
+                    current = ""
+                words.append(ch)
+            else:
+                current += ch
+        if current:
+            words.append(current)
+    return words
+
+
+def wordpiece(word, vocab, unk="[UNK]"):
+    """Greedy longest-match-first split of one word; the whole word is [UNK] if any part fails."""
+    if len(word) > MAX_CHARS_PER_WORD:
+        return [unk]
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start:
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                break
+            end -= 1
+        if end == start:
+            return [unk]
+        pieces.append(piece)
+        start = end
+    return pieces
+
+
+class ErnieTokenizer:
+    def __init__(self, vocab_file, max_len=48, do_lower_case=True, backend="auto"):
+        if max_len < 3:
+            raise ValueError(f"max_len must be at least 3 ([CLS] x [SEP]), got {max_len}")
+        if backend not in ("auto", "fast", "python"):
+            raise ValueError(f"unknown tokenizer backend {backend!r}; use auto, fast or python")
+        self.vocab_file = vocab_file
+        self.vocab = load_vocab(vocab_file)
+        self.max_len = max_len
+        self.lower = do_lower_case
+        self.pad_id, self.cls_id = self.vocab["[PAD]"], self.vocab["[CLS]"]
+        self.sep_id, self.unk_id = self.vocab["[SEP]"], self.vocab["[UNK]"]
+        self._fast = None
+        if backend != "python":
+            try:
+                self._fast = self._build_fast()
+            except ImportError:
+                if backend == "fast":
+                    raise
+        self.backend = "fast" if self._fast is not None else "python"
+
+    def _build_fast(self):
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+        tok = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_CHARS_PER_WORD))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=self.lower, lowercase=self.lower
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        return tok
+
+    def tokenize(self, text):
+        """Word pieces of ``text`` (no special tokens), via the reference path."""
+        return [p for w in basic_tokenize(text, self.lower) for p in wordpiece(w, self.vocab)]
+
+    def _ids_python(self, text):
+        return [self.vocab.get(p, self.unk_id) for p in self.tokenize(text)]
+
+    def token_ids(self, texts):
+        """Piece ids of each text, without special tokens or truncation."""
+        if self._fast is None:
+            return [self._ids_python(t) for t in texts]
+        encodings = self._fast.encode_batch(list(texts), add_special_tokens=False)
+        return [
+            self._ids_python(t) if needs_reference_path(t) else e.ids for t, e in zip(texts, encodings)
+        ]
+
+    def encode(self, texts, max_len=None):
+        """``[N, max_len]`` int64 ids: [CLS] + pieces[:max_len-2] + [SEP], padded with [PAD]."""
+        max_len = max_len or self.max_len
+        out = np.full((len(texts), max_len), self.pad_id, dtype=np.int64)
+        out[:, 0] = self.cls_id
+        for row, ids in enumerate(self.token_ids(texts)):
+            ids = ids[: max_len - 2]
+            out[row, 1 : 1 + len(ids)] = ids
+            out[row, 1 + len(ids)] = self.sep_id
+        return out

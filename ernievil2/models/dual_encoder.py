@@ -1,0 +1,57 @@
+"""The dual encoder: ``visual`` + ``text_model`` + the learned temperature.
+
+Sub-layer names follow the official checkpoint, so that its state dict loads
+as is: ``visual.*``, ``text_model.*`` and ``contrastive_loss_mm.temperature_b``
+(the log of the logit scale).
+"""
+import math
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+
+class LogitScale(nn.Layer):
+    """Holds ``temperature_b`` = log(logit scale); the scale is clamped for real."""
+
+    def __init__(self, init_temperature=0.07, learnable=True, max_logit_scale=100.0):
+        super().__init__()
+        if not 0 < init_temperature:
+            raise ValueError(f"temperature init must be positive, got {init_temperature}")
+        self.max_logit_scale = float(max_logit_scale)
+        self.temperature_b = self.create_parameter(
+            [1], default_initializer=nn.initializer.Constant(math.log(1.0 / init_temperature))
+        )
+        self.temperature_b.stop_gradient = not learnable
+
+    def forward(self):
+        # exp then clip keeps the gradient inside the range and zeroes it at the bound.
+        return paddle.clip(self.temperature_b.exp(), 1.0, self.max_logit_scale).squeeze()
+
+
+class DualEncoder(nn.Layer):
+    def __init__(self, visual, text_model, logit_scale=None):
+        super().__init__()
+        if visual.out_dim != text_model.out_dim:
+            raise ValueError(
+                f"the image tower outputs {visual.out_dim}-d features and the text tower {text_model.out_dim}-d; "
+                "set the image tower's out_dim (or the towers' widths) to match"
+            )
+        self.visual = visual
+        self.text_model = text_model
+        self.contrastive_loss_mm = logit_scale or LogitScale()
+        self.embed_dim = visual.out_dim
+
+    def encode_image(self, images, normalize=True):
+        features = self.visual(images)
+        return F.normalize(features, axis=-1) if normalize else features
+
+    def encode_text(self, input_ids, normalize=True):
+        features = self.text_model(input_ids)
+        return F.normalize(features, axis=-1) if normalize else features
+
+    def logit_scale(self):
+        return self.contrastive_loss_mm()
+
+    def forward(self, images, input_ids):
+        return self.encode_image(images), self.encode_text(input_ids)

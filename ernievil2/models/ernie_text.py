@@ -1,0 +1,127 @@
+"""The ERNIE-ViL 2.0 text tower: ERNIE 3.0 with the official parameter names.
+
+``state_dict`` keys (under the model's ``text_model.`` prefix) are those of the
+official checkpoint: ``word_emb``, ``pos_emb``, ``ln`` (embedding LayerNorm),
+``encoder_stack.block.i.{attn.{q,k,v,o}, ln1, ffn.{i,o}, ln2}`` and ``pooler``.
+No sentence or task embeddings; post-LN blocks; the feature is
+``tanh(pooler(h[:, 0]))``.
+"""
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .layers import scaled_dot_attention
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+# The official model adds (1 - mask) * -1e4 to attention scores of padding keys.
+PAD_BIAS = -1e4
+
+
+class TextAttention(nn.Layer):
+    def __init__(self, hidden, num_heads, attn_drop):
+        super().__init__()
+        if hidden % num_heads:
+            raise ValueError(f"hidden_size {hidden} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(hidden, hidden)
+        self.v = nn.Linear(hidden, hidden)
+        self.o = nn.Linear(hidden, hidden)
+        self.attn_drop = attn_drop
+
+    def forward(self, x, bias):
+        shape = [0, 0, self.num_heads, x.shape[-1] // self.num_heads]
+        q, k, v = (proj(x).reshape(shape) for proj in (self.q, self.k, self.v))
+        out = scaled_dot_attention(q, k, v, bias, self.attn_drop if self.training else 0.0)
+        return self.o(out.reshape([0, 0, x.shape[-1]]))
+
+
+class FeedForward(nn.Layer):
+    def __init__(self, hidden, intermediate, act):
+        super().__init__()
+        self.i = nn.Linear(hidden, intermediate)
+        self.o = nn.Linear(intermediate, hidden)
+        self.act = ACTIVATIONS[act]
+
+    def forward(self, x):
+        return self.o(self.act(self.i(x)))
+
+
+class ErnieBlock(nn.Layer):
+    def __init__(self, hidden, num_heads, intermediate, act, hidden_drop, attn_drop, epsilon):
+        super().__init__()
+        self.attn = TextAttention(hidden, num_heads, attn_drop)
+        self.ln1 = nn.LayerNorm(hidden, epsilon=epsilon)
+        self.ffn = FeedForward(hidden, intermediate, act)
+        self.ln2 = nn.LayerNorm(hidden, epsilon=epsilon)
+        self.dropout = nn.Dropout(hidden_drop)
+
+    def forward(self, x, bias):
+        x = self.ln1(x + self.dropout(self.attn(x, bias)))
+        return self.ln2(x + self.dropout(self.ffn(x)))
+
+
+class ErnieTextEncoder(nn.Layer):
+    def __init__(
+        self,
+        vocab_size=40000,
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=2048,
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        act="gelu",
+        epsilon=1e-5,
+        pad_id=0,
+        recompute=False,
+    ):
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
+        self.out_dim = hidden_size
+        self.pad_id = pad_id
+        self.max_position_embeddings = max_position_embeddings
+        self.recompute = recompute
+        init = paddle.ParamAttr(initializer=nn.initializer.TruncatedNormal(std=0.02))
+        self.ln = nn.LayerNorm(hidden_size, epsilon=epsilon)
+        self.word_emb = nn.Embedding(vocab_size, hidden_size, weight_attr=init)
+        self.pos_emb = nn.Embedding(max_position_embeddings, hidden_size, weight_attr=init)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.encoder_stack = nn.Layer()
+        self.encoder_stack.block = nn.LayerList(
+            [
+                ErnieBlock(
+                    hidden_size, num_heads, intermediate_size, act, hidden_dropout, attention_dropout, epsilon
+                )
+                for _ in range(num_layers)
+            ]
+        )
+        self.pooler = nn.Linear(hidden_size, hidden_size)
+        for layer in self.sublayers():
+            if isinstance(layer, nn.Linear):
+                nn.initializer.TruncatedNormal(std=0.02)(layer.weight)
+                nn.initializer.Constant(0.0)(layer.bias)
+
+    def forward_tokens(self, input_ids):
+        seq = input_ids.shape[1]
+        if seq > self.max_position_embeddings:
+            raise ValueError(f"text length {seq} exceeds max_position_embeddings {self.max_position_embeddings}")
+        positions = paddle.arange(seq, dtype="int64").unsqueeze(0)
+        x = self.dropout(self.ln(self.word_emb(input_ids) + self.pos_emb(positions)))
+        # A key-only mask gives the same result as the official query-and-key
+        # mask for every real token (padding rows are never read), at a fraction
+        # of the memory: [batch, 1, 1, seq] instead of [batch, heads, seq, seq].
+        bias = (input_ids == self.pad_id).astype(x.dtype).unsqueeze([1, 2]) * PAD_BIAS
+        for block in self.encoder_stack.block:
+            if self.recompute and self.training:
+                from paddle.distributed.fleet.utils import recompute
+
+                x = recompute(block, x, bias)
+            else:
+                x = block(x, bias)
+        return x
+
+    def forward(self, input_ids):
+        return F.tanh(self.pooler(self.forward_tokens(input_ids)[:, 0]))

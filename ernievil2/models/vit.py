@@ -1,0 +1,141 @@
+"""The ERNIE-ViL 2.0 image tower: a pre-LN ViT whose parameter names are the official ones.
+
+``state_dict`` keys (under the model's ``visual.`` prefix) are exactly those of
+``OPEN_ERNIE_VIL2_BASE_ViT.pdparams``: ``class_embedding`` (1, 1, D),
+``positional_embedding`` (1, 1+N, D), ``patch_embed.proj.weight`` (no bias),
+``norm_pre``, ``blocks.i.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``,
+``norm_post``. The feature is ``norm_post(x)[:, 0]``: no projection.
+"""
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .layers import DropPath, scaled_dot_attention
+
+
+def quick_gelu(x):
+    return x * F.sigmoid(1.702 * x)
+
+
+class Mlp(nn.Layer):
+    def __init__(self, dim, hidden, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(quick_gelu(self.fc1(x)))))
+
+
+class Attention(nn.Layer):
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        seq, dim = x.shape[1], x.shape[2]
+        # The fused qkv output is laid out (3, heads, head_dim) per token, as in the official layer.
+        qkv = self.qkv(x).reshape([-1, seq, 3, self.num_heads, dim // self.num_heads])
+        q, k, v = qkv.unbind(axis=2)
+        out = scaled_dot_attention(q, k, v, None, self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.reshape([-1, seq, dim])))
+
+
+class Block(nn.Layer):
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, epsilon, drop, attn_drop, drop_path):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, epsilon=epsilon)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, epsilon=epsilon)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Layer):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = nn.Conv2D(in_chans, embed_dim, patch_size, stride=patch_size, bias_attr=False)
+
+    def forward(self, x):
+        if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
+            raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {list(x.shape[-2:])}")
+        return self.proj(x).flatten(2).transpose([0, 2, 1])
+
+
+class VisionTransformer(nn.Layer):
+    def __init__(
+        self,
+        img_size=224,
+        patch_size=16,
+        in_chans=3,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        epsilon=1e-6,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.0,
+        recompute=False,
+    ):
+        super().__init__()
+        self.out_dim = embed_dim
+        self.recompute = recompute
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        init = nn.initializer.TruncatedNormal(std=0.02)
+        self.class_embedding = self.create_parameter([1, 1, embed_dim], default_initializer=init)
+        self.positional_embedding = self.create_parameter(
+            [1, self.patch_embed.num_patches + 1, embed_dim], default_initializer=init
+        )
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.norm_pre = nn.LayerNorm(embed_dim, epsilon=epsilon)
+        rates = np.linspace(0, drop_path_rate, depth)
+        self.blocks = nn.LayerList(
+            [
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, epsilon, drop_rate, attn_drop_rate, float(r))
+                for r in rates
+            ]
+        )
+        self.norm_post = nn.LayerNorm(embed_dim, epsilon=epsilon)
+        self.apply(_init_linear)
+
+    def forward_tokens(self, images):
+        x = self.patch_embed(images)
+        cls = self.class_embedding.expand([x.shape[0], -1, -1])
+        x = paddle.concat([cls, x], axis=1) + self.positional_embedding
+        x = self.norm_pre(self.pos_drop(x))
+        for block in self.blocks:
+            if self.recompute and self.training:
+                from paddle.distributed.fleet.utils import recompute
+
+                x = recompute(block, x)
+            else:
+                x = block(x)
+        return self.norm_post(x)
+
+    def forward(self, images):
+        return self.forward_tokens(images)[:, 0]
+
+
+def _init_linear(layer):
+    if isinstance(layer, nn.Linear):
+        nn.initializer.TruncatedNormal(std=0.02)(layer.weight)
+        if layer.bias is not None:
+            nn.initializer.Constant(0.0)(layer.bias)

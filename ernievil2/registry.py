@@ -1,0 +1,80 @@
+"""Explicit name -> builder tables, with "did you mean" errors.
+
+Registries are filled where they are declared (a dict literal in the module
+that owns the builders), never as an import side effect, so the set of names is
+visible in one place.
+"""
+import difflib
+import inspect
+
+
+class ConfigError(ValueError):
+    """A configuration problem, located by key path (and file when known)."""
+
+    def __init__(self, key, message, source=None):
+        self.key = key
+        self.message = message
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {message}")
+
+    def located(self, source):
+        """The same error, attributed to ``source`` (a file or an override)."""
+        return ConfigError(self.key, self.message, source)
+
+
+def did_you_mean(name, choices):
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class Registry:
+    def __init__(self, kind, builders):
+        self.kind = kind
+        self._builders = dict(builders)
+
+    def names(self):
+        return sorted(self._builders)
+
+    def get(self, name, key="name"):
+        if name not in self._builders:
+            raise ConfigError(
+                key,
+                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
+                + did_you_mean(name, self._builders),
+            )
+        return self._builders[name]
+
+    def build(self, section, key):
+        """Build from ``{name: ..., **kwargs}``; kwargs are checked against the builder's signature."""
+        if not isinstance(section, dict) or "name" not in section:
+            raise ConfigError(key, f"expected a mapping with a 'name' of a {self.kind}")
+        kwargs = dict(section)
+        name = kwargs.pop("name")
+        builder = self.get(name, key=f"{key}.name")
+        check_kwargs(builder, kwargs, key)
+        return builder(**kwargs)
+
+
+def check_kwargs(fn, kwargs, key):
+    """Reject keyword arguments ``fn`` does not take, naming the config key."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for name in kwargs:
+        if name not in allowed:
+            raise ConfigError(
+                f"{key}.{name}",
+                f"unknown key; {getattr(fn, '__name__', fn)} takes: {', '.join(allowed)}"
+                + did_you_mean(name, allowed),
+            )
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in kwargs
+    ]
+    if missing:
+        raise ConfigError(key, f"missing required key(s): {', '.join(missing)}")

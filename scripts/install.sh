@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Python packages (CPU Paddle unless a Paddle is already
+# importable, e.g. paddlepaddle-gpu) and, with --demo, the Debian Fashion-MNIST files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+stamp=.install.stamp
+want="$(cat requirements.txt requirements-dev.txt setup.py | sha1sum | cut -d' ' -f1) $($PYTHON -c 'import sys; print(sys.executable)')"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PYTHON -c "import paddle, paddlenlp, ernievil2" 2>/dev/null; then
+  echo "[install] python packages up to date"
+else
+  if ! $PYTHON -c "import paddle" 2>/dev/null; then
+    echo "[install] paddlepaddle==3.3.1 (CPU)"
+    $PYTHON -m pip install --quiet "paddlepaddle==3.3.1"
+  fi
+  echo "[install] requirements"
+  $PYTHON -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+  $PYTHON -m pip install --quiet --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+
+for arg in "$@"; do
+  case "$arg" in
+    --demo)
+      if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+        echo "[install] Debian package dataset-fashion-mnist"
+        SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+      fi
+      ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done

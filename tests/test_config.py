@@ -1,0 +1,98 @@
+"""Config loading: inheritance, overrides, and errors that name the key and the file."""
+import pytest
+
+from ernievil2.config import load_config, resolve_resource
+from ernievil2.models import build_model
+from ernievil2.registry import ConfigError
+from tests.conftest import REPO
+
+BASE = str(REPO / "configs" / "ernievil2_base_vit16.yaml")
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(f"_base_: {BASE}\n" + text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["ernievil2_base_vit16", "ernievil2_large_vit14", "ernievil2_base_effnetb5", "tiny_official_fixture"])
+def test_shipped_configs_load(name):
+    config = load_config(str(REPO / "configs" / f"{name}.yaml"))
+    assert config["Arch"]["image_tower"]["name"] in ("ViT", "PaddleClas")
+
+
+def test_large_config_inherits_and_overrides():
+    config = load_config(str(REPO / "configs" / "ernievil2_large_vit14.yaml"))
+    tower = config["Arch"]["image_tower"]
+    assert (tower["patch_size"], tower["embed_dim"], tower["depth"], tower["img_size"]) == (14, 1024, 24, 224)
+
+
+def test_changing_component_name_replaces_the_section():
+    config = load_config(str(REPO / "configs" / "ernievil2_base_effnetb5.yaml"))
+    assert config["Arch"]["image_tower"] == {"name": "PaddleClas", "backbone": "EfficientNetB5", "out_dim": 768}
+
+
+def test_unknown_section_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "Tokenizer:\n  max_lenght: 64\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "Tokenizer.max_lenght" and "did you mean 'max_len'" in str(err.value)
+    assert path in str(err.value)
+
+
+def test_unknown_component_key_is_an_error(tmp_path):
+    path = write(tmp_path, "Arch:\n  image_tower:\n    dpeth: 3\n")
+    with pytest.raises(ConfigError, match=r"Arch.image_tower.dpeth: unknown key.*did you mean 'depth'"):
+        load_config(path)
+
+
+def test_unknown_component_name_is_an_error(tmp_path):
+    path = write(tmp_path, "Arch:\n  text_tower:\n    name: ErnieTxt\n")
+    with pytest.raises(ConfigError, match=r"Arch.text_tower.name: unknown text tower 'ErnieTxt'.*did you mean 'ErnieText'"):
+        load_config(path)
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    path = write(tmp_path, "Tokenizer:\n  max_len: long\n")
+    with pytest.raises(ConfigError, match=r"Tokenizer.max_len: expected int"):
+        load_config(path)
+
+
+def test_overrides_are_typed_and_strict():
+    config = load_config(BASE, ["Tokenizer.max_len=64", "Arch.image_tower.depth=2", "Global.output_dir=/tmp/x"])
+    assert config["Tokenizer"]["max_len"] == 64 and config["Arch"]["image_tower"]["depth"] == 2
+    with pytest.raises(ConfigError, match=r"override -o Tokenizer.max_len=1.5"):
+        load_config(BASE, ["Tokenizer.max_len=1.5"])
+    with pytest.raises(ConfigError, match=r"Global.outptu_dir: unknown key"):
+        load_config(BASE, ["Global.outptu_dir=x"])
+    with pytest.raises(ConfigError, match=r"Section.key=value"):
+        load_config(BASE, ["Global.seed"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("Global: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(str(bad))
+
+
+def test_circular_inheritance(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+def test_vocab_resolves_to_bundled_resource():
+    config = load_config(BASE)
+    assert resolve_resource(config["Tokenizer"]["vocab_file"], config).endswith("ernie-3.0-base-zh/vocab.txt")
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        resolve_resource("nope.txt", config)
+
+
+def test_tower_width_mismatch_is_explained():
+    config = load_config(BASE, ["Arch.image_tower.embed_dim=64", "Arch.image_tower.num_heads=4", "Arch.image_tower.depth=1", "Arch.text_tower.num_layers=1"])
+    with pytest.raises(ValueError, match="64-d features and the text tower 768-d"):
+        build_model(config["Arch"])
