@@ -45,12 +45,48 @@ DEFAULTS = {
         "std": IMAGENET_STD,
     },
     "Loss": ANY,  # validated by the loss builder
+    "Augment": ANY,  # validated by ernievil2.data.augment.augment_settings
+    "Data": {
+        "train": ANY,  # {format: official_tsv|chinese_clip|jsonl_folder, path/root/...}
+        "val": ANY,  # same form; evaluated every Train.eval_every steps
+        "on_error": "raise",  # raise | skip (bad records counted and logged)
+        "num_workers": 2,
+        "shuffle_buffer": 2048,
+        "tag_prompt": "图中有：",
+        "tag_separator": "、",
+    },
+    "Train": {
+        "max_steps": 1000,
+        "batch_size": 32,  # per rank and micro-batch
+        "accum_steps": 1,  # micro-batches per step; negatives come from all of them
+        "tag_as_text_prob": 0.0,  # chance per step that the text views read the tag prompt
+        "log_every": 10,
+        "save_every": 500,
+        "eval_every": 0,  # 0: only at the end (when Data.val is set)
+        "keep_checkpoints": 3,
+        "resume": "auto",  # auto | never | a checkpoint folder
+        "amp": False,
+        "amp_dtype": "bfloat16",
+        "amp_level": "O1",
+        "recompute": False,
+        "sharding_stage": 0,  # 0 (plain data parallel) | 1 | 2
+    },
+    "Optimizer": {
+        "name": "AdamW",
+        "lr": 1.0e-4,
+        "weight_decay": 0.05,
+        "beta1": 0.9,
+        "beta2": 0.98,
+        "epsilon": 1.0e-6,
+        "warmup_steps": 100,
+        "min_lr_ratio": 0.0,
+        "layer_decay": 1.0,
+        "grad_clip": ANY,  # global-norm clip value, or null
+        "freeze": [],  # towers to lock: image and/or text
+    },
     "Eval": {
-        "data": ANY,
-        "format": "official_tsv",
-        "batch_size": 32,
-        "protocol": "both",
-        "on_error": "raise",
+        "batch_size": 64,
+        "num_workers": 0,
     },
 }
 
@@ -185,9 +221,16 @@ def validate_component_sections(config):
             check_kwargs(builder, kwargs, f"Arch.{key}")
         except ConfigError as err:
             raise err.located(source) from None
+    if config.get("Augment") is not None:
+        from .data.augment import augment_settings
+
+        try:
+            augment_settings(config["Augment"])
+        except ConfigError as err:
+            raise err.located(source) from None
     loss = config.get("Loss")
     if loss is not None:
-        from .losses import check_loss_config
+        from .losses.build import check_loss_config
 
         try:
             check_loss_config(loss)

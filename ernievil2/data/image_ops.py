@@ -65,7 +65,8 @@ class EvalTransform:
         self.short = resize_short
         self.normalize = Normalizer(mean, std)
 
-    def __call__(self, rgb):
+    def __call__(self, rgb, rng=None):
+        """``rng`` is accepted (and unused) so that eval and train transforms are interchangeable."""
         return self.normalize(center_crop(resize_short(rgb, self.short), self.image_size))
 
     @classmethod

@@ -6,9 +6,10 @@ as is: ``visual.*``, ``text_model.*`` and ``contrastive_loss_mm.temperature_b``
 """
 import math
 
-import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+
+from ..losses.contrastive import clamp_logit_scale
 
 
 class LogitScale(nn.Layer):
@@ -25,8 +26,7 @@ class LogitScale(nn.Layer):
         self.temperature_b.stop_gradient = not learnable
 
     def forward(self):
-        # exp then clip keeps the gradient inside the range and zeroes it at the bound.
-        return paddle.clip(self.temperature_b.exp(), 1.0, self.max_logit_scale).squeeze()
+        return clamp_logit_scale(self.temperature_b, self.max_logit_scale).squeeze()
 
 
 class DualEncoder(nn.Layer):
@@ -53,5 +53,15 @@ class DualEncoder(nn.Layer):
     def logit_scale(self):
         return self.contrastive_loss_mm()
 
-    def forward(self, images, input_ids):
-        return self.encode_image(images), self.encode_text(input_ids)
+    def forward(self, images=None, input_ids=None):
+        """Raw (unnormalised) features of whichever inputs are given, and the logit scale.
+
+        Training calls the model once per step with every image view stacked
+        in ``images`` and every text view in ``input_ids``: one forward per
+        tower, and one entry point for DataParallel's gradient hooks.
+        """
+        return {
+            "image": None if images is None else self.visual(images),
+            "text": None if input_ids is None else self.text_model(input_ids),
+            "logit_scale": self.logit_scale(),
+        }

@@ -7,7 +7,12 @@ import paddle.nn.functional as F
 def _use_fused_attention(q):
     # FlashAttention kernels exist only for half precision on CUDA; on CPU and in
     # fp32 the explicit form below is both the reference and the faster path.
-    return q.place.is_gpu_place() and q.dtype in (paddle.float16, paddle.bfloat16)
+    # (The device is asked globally: under to_static a tensor has no place yet.)
+    return (
+        q.dtype in (paddle.float16, paddle.bfloat16)
+        and paddle.is_compiled_with_cuda()
+        and paddle.get_device().startswith("gpu")
+    )
 
 
 def scaled_dot_attention(q, k, v, bias=None, dropout=0.0):

@@ -1,0 +1,735 @@
+"""FashionScenes-CN: a Chinese image-text demo set built from real Fashion-MNIST images.
+
+A scene is a small colour canvas holding one to four Fashion-MNIST garments in distinct
+cells of a 2x2 grid. Each garment is tinted a named colour (colour x intensity mask, so its
+shape stays visible) on a plain light background. Captions come from varied Chinese
+templates and say exactly what was placed: colour and class always, position when the
+template names one. Tags list the items the way a detector would (``红色T恤,蓝色运动鞋``).
+
+Everything below is a pure function of the Fashion-MNIST arrays, a :class:`DemoSpec` and its
+seed; ``tools/make_demo_data.py`` is the command line. Train scenes draw only from
+Fashion-MNIST's train split; test scenes from the first half of t10k and val scenes from
+the second half, so the three never share a source image.
+"""
+import base64
+import gzip
+import hashlib
+import json
+import os
+import struct
+import urllib.error
+import urllib.request
+import zlib
+from collections import Counter
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import DataError
+
+FORMAT_VERSION = "fashion_scenes_cn/1"
+
+DEBIAN_SOURCE_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ernievil2" / "fashion-mnist"
+OFFICIAL_URL_BASES = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
+# MD5 of the .gz files as published in the Fashion-MNIST README. Debian recompresses them,
+# so its .gz files differ; the decompressed idx bytes (what meta.json records) do not.
+OFFICIAL_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+SOURCE_SPLITS = ("train", "t10k")
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+INSTALL_HINT = "apt-get install dataset-fashion-mnist"
+
+
+def source_file_name(source_split, kind):
+    """``train``/``t10k`` x ``images``/``labels`` -> the official file name."""
+    suffix = "images-idx3-ubyte.gz" if kind == "images" else "labels-idx1-ubyte.gz"
+    return f"{source_split}-{suffix}"
+
+
+SOURCE_FILES = tuple(source_file_name(s, k) for s in SOURCE_SPLITS for k in ("images", "labels"))
+
+
+@dataclass(frozen=True)
+class GarmentClass:
+    english: str
+    chinese: str  # the Fashion-MNIST class name in Chinese
+    noun: str  # what captions and tags call it
+    measure: str  # measure word used after 一
+
+
+CLASSES = (
+    GarmentClass("T-shirt/top", "T恤/上衣", "T恤", "件"),
+    GarmentClass("Trouser", "裤子", "裤子", "条"),
+    GarmentClass("Pullover", "套头衫", "套头衫", "件"),
+    GarmentClass("Dress", "连衣裙", "连衣裙", "条"),
+    GarmentClass("Coat", "外套", "外套", "件"),
+    GarmentClass("Sandal", "凉鞋", "凉鞋", "双"),
+    GarmentClass("Shirt", "衬衫", "衬衫", "件"),
+    GarmentClass("Sneaker", "运动鞋", "运动鞋", "双"),
+    GarmentClass("Bag", "包", "包", "个"),
+    GarmentClass("Ankle boot", "短靴", "短靴", "双"),
+)
+
+
+@dataclass(frozen=True)
+class Colour:
+    name: str
+    rgb: tuple
+
+
+# White would vanish on the light background and grey reads as black wherever a garment's
+# intensity is low, so neither is offered: every name below stays recognisable when blended.
+COLOURS = (
+    Colour("红色", (215, 35, 35)),
+    Colour("橙色", (245, 130, 20)),
+    Colour("黄色", (230, 195, 10)),
+    Colour("绿色", (40, 160, 60)),
+    Colour("蓝色", (35, 85, 215)),
+    Colour("紫色", (135, 60, 185)),
+    Colour("粉色", (245, 120, 185)),
+    Colour("黑色", (25, 25, 25)),
+)
+
+# Index = row * 2 + column of the 2x2 grid.
+POSITIONS = ("左上角", "右上角", "左下角", "右下角")
+NUMERALS = ("一", "两", "三", "四")
+BACKGROUND_RANGE = (230, 250)
+MASK_GAMMA = 0.6
+
+
+@dataclass(frozen=True)
+class CaptionTemplate:
+    """A whole-scene sentence (``{items}``, ``{count}``) or a clause repeated per item
+    (``{position}``, ``{item}``) joined by ``separator``."""
+
+    name: str
+    text: str
+    per_item: bool
+    separator: str = "，"
+    min_items: int = 1
+
+
+CAPTION_TEMPLATES = (
+    CaptionTemplate("list_there_is", "图中有{items}", per_item=False),
+    CaptionTemplate("list_background", "浅色背景上摆着{items}", per_item=False),
+    CaptionTemplate("list_collage", "这是一张服饰拼图，包含{items}", per_item=False),
+    CaptionTemplate("list_picture", "一张图片，里面有{items}", per_item=False),
+    CaptionTemplate("list_count", "画面里共有{count}样东西：{items}", per_item=False, min_items=2),
+    CaptionTemplate("list_together", "{items}被放在同一张图里", per_item=False, min_items=2),
+    CaptionTemplate("at_is", "{position}是{item}", per_item=True),
+    CaptionTemplate("at_has", "{position}有{item}", per_item=True),
+    CaptionTemplate("placed_at", "{item}放在{position}", per_item=True),
+    CaptionTemplate("item_at", "{item}在{position}", per_item=True, separator="；"),
+    CaptionTemplate("at_see", "在{position}可以看到{item}", per_item=True),
+    CaptionTemplate("located_at", "位于{position}的是{item}", per_item=True, separator="；"),
+)
+TEMPLATES_BY_NAME = {t.name: t for t in CAPTION_TEMPLATES}
+
+SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")
+SPLIT_SEED_CODE = {"train": 0, "val": 1, "test": 2}
+# Integer image ids (Chinese-CLIP needs ints), unique across splits.
+IMAGE_ID_BASE = {"train": 10_000_000, "val": 20_000_000, "test": 30_000_000}
+MAX_SCENES_PER_SPLIT = 10_000_000
+# An eval scene with an ambiguous caption is redrawn, at most this many times; beyond that
+# the ambiguity is kept and shows in meta.json.
+MAX_REDRAWS = 50
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Everything that determines the output bytes; recorded in meta.json."""
+
+    seed: int = 0
+    num_train: int = 20000
+    num_val: int = 0
+    num_test: int = 2000
+    canvas_size: int = 64
+    image_format: str = "jpeg"
+    jpeg_quality: int = 95
+    eval_captions_per_image: int = 2
+    cn_clip_eval: bool = True
+    # Each caption character is one token (CJK characters, punctuation, the t of T恤), so
+    # 46 characters fit the official text length 48 with [CLS] and [SEP]: no caption is cut.
+    max_caption_chars: int = 46
+    items_per_scene_weights: tuple = (0.15, 0.35, 0.30, 0.20)
+    min_item_scale: float = 0.75
+
+    def num_scenes(self, split):
+        return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
+
+
+def validate_spec(spec):
+    """Raise ValueError naming the first bad field."""
+    if spec.canvas_size < 16 or spec.canvas_size % 2:
+        raise ValueError(f"canvas_size must be even and >= 16, got {spec.canvas_size}")
+    for split in SPLITS:
+        if not 0 <= spec.num_scenes(split) <= MAX_SCENES_PER_SPLIT:
+            raise ValueError(f"num_{split} must be in [0, {MAX_SCENES_PER_SPLIT}], got {spec.num_scenes(split)}")
+    if spec.image_format not in ("jpeg", "png"):
+        raise ValueError(f"image_format must be 'jpeg' or 'png', got {spec.image_format!r}")
+    if not 1 <= spec.jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in [1, 100], got {spec.jpeg_quality}")
+    weights = spec.items_per_scene_weights
+    if len(weights) != len(POSITIONS) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"items_per_scene_weights needs {len(POSITIONS)} non-negative weights, got {weights}")
+    if spec.eval_captions_per_image < 1:
+        raise ValueError(f"eval_captions_per_image must be >= 1, got {spec.eval_captions_per_image}")
+    for num_items, weight in enumerate(weights, start=1):
+        available = len(templates_fitting_any_scene(num_items, spec.max_caption_chars))
+        if weight and available < spec.eval_captions_per_image:
+            raise ValueError(
+                f"with max_caption_chars={spec.max_caption_chars}, only {available} caption templates fit every "
+                f"{num_items}-item scene: eval_captions_per_image={spec.eval_captions_per_image} is too many"
+            )
+    if not 0 < spec.min_item_scale <= 1:
+        raise ValueError(f"min_item_scale must be in (0, 1], got {spec.min_item_scale}")
+
+
+# ----------------------------------------------------------------------------- source files
+
+
+def encode_idx(array):
+    """The idx byte layout of a uint8 array (inverse of :func:`decode_idx`)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def decode_idx(data, expected_magic, path):
+    """Parse idx bytes into a uint8 array, checking the magic number and the length."""
+    if len(data) < 4:
+        raise DataError(path, None, f"corrupt idx file: {len(data)} bytes, too short for a header")
+    (magic,) = struct.unpack(">I", data[:4])
+    if magic != expected_magic:
+        raise DataError(path, None, f"corrupt idx file: magic number {magic:#010x}, expected {expected_magic:#010x}")
+    ndim = magic & 0xFF
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise DataError(path, None, "corrupt idx file: truncated header")
+    shape = struct.unpack(f">{ndim}I", data[4:header_size])
+    expected = header_size + int(np.prod(shape))
+    if len(data) != expected:
+        raise DataError(path, None, f"corrupt idx file: {len(data)} bytes, header {shape} implies {expected}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def read_idx_gz(path, expected_magic):
+    """Decompress and parse one idx .gz file; returns (array, sha256 of the idx bytes)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(path, None, f"corrupt gzip file ({error}); reinstall with `{INSTALL_HINT}`") from error
+    return decode_idx(data, expected_magic, path), hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class FashionMnist:
+    images: dict  # source split -> uint8 (N, 28, 28)
+    labels: dict  # source split -> uint8 (N,)
+    sha256: dict  # file name -> sha256 of its decompressed idx bytes
+
+
+def load_fashion_mnist(source_dir):
+    """Read the four idx .gz files from ``source_dir`` and check they agree."""
+    source_dir = Path(source_dir)
+    images, labels, sha256 = {}, {}, {}
+    for split in SOURCE_SPLITS:
+        image_name, label_name = source_file_name(split, "images"), source_file_name(split, "labels")
+        images[split], sha256[image_name] = read_idx_gz(source_dir / image_name, IDX_IMAGES_MAGIC)
+        labels[split], sha256[label_name] = read_idx_gz(source_dir / label_name, IDX_LABELS_MAGIC)
+        label_path = source_dir / label_name
+        if len(images[split]) != len(labels[split]):
+            raise DataError(label_path, None, f"{len(labels[split])} labels for {len(images[split])} images")
+        if labels[split].size and labels[split].max() >= len(CLASSES):
+            raise DataError(label_path, None, f"label {labels[split].max()} out of range 0..{len(CLASSES) - 1}")
+    return FashionMnist(images, labels, sha256)
+
+
+def has_source_files(directory):
+    return all((Path(directory) / name).is_file() for name in SOURCE_FILES)
+
+
+def file_md5(path):
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()
+
+
+def download_file(name, dest_dir, url_bases, expected_md5, timeout):
+    """Fetch one file from the first base URL that serves it with the expected MD5."""
+    failures = []
+    for base in url_bases:
+        url = base + name
+        partial = Path(dest_dir) / (name + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+                out.write(response.read())
+        except (urllib.error.URLError, OSError) as error:
+            failures.append(f"{url}: {error}")
+            continue
+        if file_md5(partial) != expected_md5[name]:
+            failures.append(f"{url}: MD5 mismatch")
+            partial.unlink()
+            continue
+        os.replace(partial, Path(dest_dir) / name)
+        return
+    raise FileNotFoundError("could not download " + name + ":\n  " + "\n  ".join(failures))
+
+
+def locate_source(
+    source_dir=None,
+    system_dir=DEBIAN_SOURCE_DIR,
+    cache_dir=DEFAULT_CACHE_DIR,
+    url_bases=OFFICIAL_URL_BASES,
+    expected_md5=OFFICIAL_MD5,
+    timeout=20,
+):
+    """The folder holding the four Fashion-MNIST files: ``source_dir`` if given, else the
+    Debian package's folder, else the download cache (filled from the official URLs)."""
+    if source_dir is not None:
+        if not has_source_files(source_dir):
+            raise FileNotFoundError(f"--source-dir {source_dir} lacks some of {', '.join(SOURCE_FILES)}")
+        return Path(source_dir)
+    for candidate in (system_dir, cache_dir):
+        if has_source_files(candidate):
+            return Path(candidate)
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        for name in SOURCE_FILES:
+            if not (Path(cache_dir) / name).is_file():
+                download_file(name, cache_dir, url_bases, expected_md5, timeout)
+    except (FileNotFoundError, OSError) as error:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {system_dir} or {cache_dir}, and downloading failed ({error}).\n"
+            f"Install it with `{INSTALL_HINT}` or pass --source-dir."
+        ) from error
+    return Path(cache_dir)
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class PlacedItem:
+    position: int  # index into POSITIONS
+    class_id: int
+    colour_id: int
+    source_index: int  # row of the Fashion-MNIST split the image came from
+    size: int  # side of the garment on the canvas, pixels
+    top: int  # canvas coordinates of the garment's top-left corner
+    left: int
+
+
+@dataclass(frozen=True)
+class Scene:
+    items: tuple  # PlacedItem, in drawing order
+    background: tuple  # RGB
+
+
+def split_source(split, source):
+    """The Fashion-MNIST split and the rows of it that a demo split may draw from."""
+    if split == "train":
+        return "train", np.arange(len(source.labels["train"]))
+    half = len(source.labels["t10k"]) // 2
+    rows = np.arange(half) if split == "test" else np.arange(half, len(source.labels["t10k"]))
+    return "t10k", rows
+
+
+def class_pools(labels, rows):
+    """Per class, the rows (of ``rows``) whose label is that class."""
+    pools = tuple(rows[labels[rows] == c] for c in range(len(CLASSES)))
+    empty = [CLASSES[c].english for c, pool in enumerate(pools) if not len(pool)]
+    if empty:
+        raise ValueError(f"no source images of class(es) {empty} to draw from")
+    return pools
+
+
+def sample_scene(rng, pools, spec):
+    """Draw a scene: how many items, where, which class x colour (all distinct), which image."""
+    cell = spec.canvas_size // 2
+    weights = np.asarray(spec.items_per_scene_weights, dtype=np.float64)
+    count = int(rng.choice(len(POSITIONS), p=weights / weights.sum())) + 1
+    positions = rng.choice(len(POSITIONS), size=count, replace=False)
+    kinds = rng.choice(len(CLASSES) * len(COLOURS), size=count, replace=False)
+    min_size = max(1, round(cell * spec.min_item_scale))
+    items = []
+    for position, kind in zip(positions, kinds):
+        class_id, colour_id = divmod(int(kind), len(COLOURS))
+        pool = pools[class_id]
+        size = int(rng.integers(min_size, cell + 1))
+        top, left = (int(v) for v in rng.integers(0, cell - size + 1, size=2))
+        row, column = divmod(int(position), 2)
+        items.append(
+            PlacedItem(
+                position=int(position),
+                class_id=class_id,
+                colour_id=colour_id,
+                source_index=int(pool[rng.integers(len(pool))]),
+                size=size,
+                top=row * cell + top,
+                left=column * cell + left,
+            )
+        )
+    background = tuple(int(v) for v in rng.integers(BACKGROUND_RANGE[0], BACKGROUND_RANGE[1] + 1, size=3))
+    return Scene(tuple(items), background)
+
+
+def garment_mask(image, size):
+    """The garment's intensity resized to ``size``, stretched to peak at 1 and lifted by a
+    gamma: dark Fashion-MNIST garments and faint fabric would otherwise tint so weakly that
+    red reads as pink and black as grey."""
+    interpolation = cv2.INTER_AREA if size < image.shape[0] else cv2.INTER_LINEAR
+    mask = cv2.resize(image, (size, size), interpolation=interpolation).astype(np.float32)
+    peak = mask.max()
+    return (mask / peak) ** MASK_GAMMA if peak > 0 else mask
+
+
+def render_scene(scene, images, canvas_size):
+    """RGB uint8 canvas: background, then each garment blended in with its colour."""
+    canvas = np.empty((canvas_size, canvas_size, 3), dtype=np.float32)
+    canvas[:] = scene.background
+    for item in scene.items:
+        mask = garment_mask(images[item.source_index], item.size)[..., None]
+        region = canvas[item.top : item.top + item.size, item.left : item.left + item.size]
+        region += mask * (np.asarray(COLOURS[item.colour_id].rgb, dtype=np.float32) - region)
+    return np.rint(canvas).astype(np.uint8)
+
+
+def encode_image(rgb, image_format, jpeg_quality):
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    if image_format == "jpeg":
+        ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    else:
+        ok, buffer = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise RuntimeError(f"cv2 could not encode a {rgb.shape} image as {image_format}")
+    return buffer.tobytes()
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def item_phrase(item, with_de):
+    """``一件红色的T恤`` (or ``一件红色T恤``)."""
+    garment = CLASSES[item.class_id]
+    return f"一{garment.measure}{COLOURS[item.colour_id].name}{'的' if with_de else ''}{garment.noun}"
+
+
+def join_phrases(phrases):
+    """a / a和b / a、b和c."""
+    if len(phrases) == 1:
+        return phrases[0]
+    return "、".join(phrases[:-1]) + "和" + phrases[-1]
+
+
+def fill_template(template, items, with_de):
+    """The caption ``template`` gives for ``items`` in the given order."""
+    if template.per_item:
+        return template.separator.join(
+            template.text.format(position=POSITIONS[item.position], item=item_phrase(item, with_de)) for item in items
+        )
+    phrases = [item_phrase(item, with_de) for item in items]
+    return template.text.format(items=join_phrases(phrases), count=NUMERALS[len(items) - 1])
+
+
+def fitting_templates(items, max_chars):
+    """The templates that can describe ``items`` in at most ``max_chars`` characters."""
+    return [
+        t for t in CAPTION_TEMPLATES if len(items) >= t.min_items and len(fill_template(t, items, False)) <= max_chars
+    ]
+
+
+def templates_fitting_any_scene(num_items, max_chars):
+    """The templates that fit every ``num_items``-item scene, judged on the longest items."""
+    garment = max(range(len(CLASSES)), key=lambda c: len(CLASSES[c].measure + CLASSES[c].noun))
+    colour = max(range(len(COLOURS)), key=lambda c: len(COLOURS[c].name))
+    items = [PlacedItem(p, garment, colour, source_index=0, size=1, top=0, left=0) for p in range(num_items)]
+    return fitting_templates(items, max_chars)
+
+
+def draw_captions(rng, scene, num_captions, max_chars):
+    """``num_captions`` (template, caption) pairs from distinct templates that fit in
+    ``max_chars``, each caption with its own item order."""
+    eligible = fitting_templates(scene.items, max_chars)
+    captions = []
+    for choice in rng.choice(len(eligible), size=num_captions, replace=False):
+        template = eligible[choice]
+        items = [scene.items[i] for i in rng.permutation(len(scene.items))]
+        with_de = bool(rng.integers(2)) and len(fill_template(template, items, True)) <= max_chars
+        captions.append((template, fill_template(template, items, with_de)))
+    return tuple(captions)
+
+
+def scene_meaning(scene, positional):
+    """What a caption of ``scene`` pins down: colour and class (and position, if the template
+    names positions) of every item. Captions are complete descriptions, so an image fits a
+    caption exactly when the image's meaning of that kind equals the caption's."""
+    if positional:
+        return ("placed", frozenset((i.position, i.colour_id, i.class_id) for i in scene.items))
+    return ("items", frozenset((i.colour_id, i.class_id) for i in scene.items))
+
+
+def scene_meanings(scene):
+    """Every caption meaning that ``scene`` fits."""
+    return {scene_meaning(scene, False), scene_meaning(scene, True)}
+
+
+def scene_tags(scene):
+    """Detector-style tags in reading order: ``红色T恤,蓝色运动鞋``."""
+    items = sorted(scene.items, key=lambda item: item.position)
+    return ",".join(COLOURS[item.colour_id].name + CLASSES[item.class_id].noun for item in items)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    split: str
+    image_id: int
+    scene: Scene  # carries each item's Fashion-MNIST row; never written to the TSV
+    captions: tuple  # captions[0] goes to the official TSV
+    tags: str
+    image: bytes  # encoded JPEG or PNG
+    templates: tuple  # CAPTION_TEMPLATES name of each caption
+    redraws: int  # how often this eval scene was redrawn to keep every caption unambiguous
+
+
+def split_rng(seed, split):
+    """One independent generator per split, so resizing one split leaves the others unchanged."""
+    return np.random.default_rng([seed, SPLIT_SEED_CODE[split]])
+
+
+def iter_split(source, split, spec):
+    """Yield the SceneRecords of one split. Eval splits redraw a scene when one of its
+    captions would also fit an earlier image, or an earlier caption would fit it (e.g. two
+    scenes holding the same items, described by a template without positions), so that
+    every eval caption has exactly one correct image."""
+    source_split, rows = split_source(split, source)
+    pools = class_pools(source.labels[source_split], rows)
+    images = source.images[source_split]
+    rng = split_rng(spec.seed, split)
+    is_eval = split in EVAL_SPLITS
+    num_captions = spec.eval_captions_per_image if is_eval else 1
+    fitted, claimed = set(), set()  # meanings earlier scenes fit / earlier captions state
+    for index in range(spec.num_scenes(split)):
+        for redraws in range(MAX_REDRAWS + 1):
+            scene = sample_scene(rng, pools, spec)
+            captions = draw_captions(rng, scene, num_captions, spec.max_caption_chars)
+            claims = {scene_meaning(scene, template.per_item) for template, _ in captions}
+            fits = scene_meanings(scene)
+            if not is_eval or (claims.isdisjoint(fitted) and fits.isdisjoint(claimed)):
+                break
+        fitted |= fits
+        claimed |= claims
+        rgb = render_scene(scene, images, spec.canvas_size)
+        yield SceneRecord(
+            split=split,
+            image_id=IMAGE_ID_BASE[split] + index,
+            scene=scene,
+            captions=tuple(text for _, text in captions),
+            tags=scene_tags(scene),
+            image=encode_image(rgb, spec.image_format, spec.jpeg_quality),
+            templates=tuple(template.name for template, _ in captions),
+            redraws=redraws,
+        )
+
+
+def official_tsv_line(record, image_base64):
+    """``caption \\t image_id \\t base64 image \\t tags``."""
+    return f"{record.captions[0]}\t{record.image_id}\t{image_base64}\t{record.tags}\n"
+
+
+def cn_clip_image_line(record, image_base64):
+    return f"{record.image_id}\t{image_base64}\n"
+
+
+def cn_clip_text_lines(record, first_text_id):
+    return "".join(
+        json.dumps({"text_id": first_text_id + i, "text": text, "image_ids": [record.image_id]}, ensure_ascii=False)
+        + "\n"
+        for i, text in enumerate(record.captions)
+    )
+
+
+def duplicate_stats(texts):
+    counts = Counter(texts)
+    return {
+        "total": len(texts),
+        "distinct": len(counts),
+        "duplicates": len(texts) - len(counts),  # rows whose text already appeared
+        "in_duplicate_groups": sum(n for n in counts.values() if n > 1),
+    }
+
+
+class SplitStats:
+    """What meta.json reports about a split, accumulated while it streams to disk."""
+
+    def __init__(self):
+        self.items_per_scene = Counter()
+        self.classes = Counter()
+        self.colours = Counter()
+        self.positions = Counter()
+        self.source_rows = set()
+        self.tsv_captions = []
+        self.all_captions = []
+        self.templates = Counter()
+        self.fits = Counter()  # caption meaning -> how many scenes fit it
+        self.claims = []  # the meaning of every caption, first caption of each scene first
+        self.redrawn_scenes = 0
+        self.image_bytes = 0
+
+    def add(self, record):
+        items = record.scene.items
+        self.items_per_scene[len(items)] += 1
+        self.classes.update(CLASSES[item.class_id].noun for item in items)
+        self.colours.update(COLOURS[item.colour_id].name for item in items)
+        self.positions.update(POSITIONS[item.position] for item in items)
+        self.source_rows.update(item.source_index for item in items)
+        self.templates.update(record.templates)
+        self.tsv_captions.append(record.captions[0])
+        self.all_captions.extend(record.captions)
+        self.fits.update(scene_meanings(record.scene))
+        self.claims.extend(scene_meaning(record.scene, TEMPLATES_BY_NAME[name].per_item) for name in record.templates)
+        self.redrawn_scenes += record.redraws > 0
+        self.image_bytes += len(record.image)
+
+    def as_dict(self):
+        return {
+            "num_samples": len(self.tsv_captions),
+            "items_per_scene": {str(k): self.items_per_scene[k] for k in sorted(self.items_per_scene)},
+            "class_counts": {c.noun: self.classes[c.noun] for c in CLASSES},
+            "colour_counts": {c.name: self.colours[c.name] for c in COLOURS},
+            "position_counts": {p: self.positions[p] for p in POSITIONS},
+            "template_counts": {t.name: self.templates[t.name] for t in CAPTION_TEMPLATES},
+            "max_caption_chars": max(map(len, self.all_captions), default=0),
+            "distinct_source_images": len(self.source_rows),
+            "mean_image_bytes": round(self.image_bytes / max(1, len(self.tsv_captions)), 1),
+            "tsv_caption_duplicates": duplicate_stats(self.tsv_captions),
+            "all_caption_duplicates": duplicate_stats(self.all_captions),
+            # captions that fit more than one image of the split, whatever their wording
+            "all_captions_fitting_several_images": sum(self.fits[claim] > 1 for claim in self.claims),
+            "redrawn_scenes": self.redrawn_scenes,
+        }
+
+
+# ----------------------------------------------------------------------------- output folder
+
+
+@contextmanager
+def atomic_text_file(path):
+    """Write to ``path.tmp`` and move it into place only once complete."""
+    partial = Path(str(path) + ".tmp")
+    try:
+        with open(partial, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
+
+
+def file_digest(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+
+
+def spec_as_json(spec):
+    return json.loads(json.dumps(asdict(spec)))
+
+
+def source_rows_label(split, source):
+    """``t10k[0:5000]``: which Fashion-MNIST rows a demo split draws from."""
+    source_split, rows = split_source(split, source)
+    return f"{source_split}[{rows[0]}:{rows[-1] + 1}]" if len(rows) else f"{source_split}[]"
+
+
+def build_meta(spec, source, split_stats, files):
+    return {
+        "format": FORMAT_VERSION,
+        "spec": spec_as_json(spec),
+        "source": {
+            "name": "Fashion-MNIST",
+            "sha256_of_idx": source.sha256,
+            "rows_used": {split: source_rows_label(split, source) for split in SPLITS},
+        },
+        "classes": [asdict(c) for c in CLASSES],
+        "colours": [asdict(c) for c in COLOURS],
+        "positions": list(POSITIONS),
+        "caption_templates": [asdict(t) for t in CAPTION_TEMPLATES],
+        "splits": split_stats,
+        "files": files,
+    }
+
+
+def existing_meta_matches(out_dir, spec, source):
+    """True when ``out_dir`` already holds a complete build of this spec from this source."""
+    meta_path = Path(out_dir) / "meta.json"
+    if not meta_path.is_file():
+        return False
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    return (
+        meta.get("format") == FORMAT_VERSION
+        and meta.get("spec") == spec_as_json(spec)
+        and meta.get("source", {}).get("sha256_of_idx") == source.sha256
+        and all(
+            (Path(out_dir) / name).is_file() and (Path(out_dir) / name).stat().st_size == info["bytes"]
+            for name, info in meta.get("files", {}).items()
+        )
+    )
+
+
+def write_split(source, split, spec, out_dir, on_progress):
+    """Stream one split into its files; returns (stats dict, written file names)."""
+    out_dir = Path(out_dir)
+    stats = SplitStats()
+    names = [f"{split}.tsv"]
+    if spec.cn_clip_eval and split in EVAL_SPLITS:
+        names += [f"{split}_imgs.tsv", f"{split}_texts.jsonl"]
+    total = spec.num_scenes(split)
+    with ExitStack() as stack:
+        tsv, *cn_clip = (stack.enter_context(atomic_text_file(out_dir / name)) for name in names)
+        for done, record in enumerate(iter_split(source, split, spec), start=1):
+            image_base64 = base64.b64encode(record.image).decode("ascii")
+            tsv.write(official_tsv_line(record, image_base64))
+            if cn_clip:
+                cn_clip[0].write(cn_clip_image_line(record, image_base64))
+                cn_clip[1].write(cn_clip_text_lines(record, len(stats.all_captions)))
+            stats.add(record)
+            on_progress(split, done, total)
+    return stats.as_dict(), names
+
+
+def build_demo_dataset(source, spec, out_dir, on_progress=lambda split, done, total: None):
+    """Write every non-empty split plus meta.json (last, so a partial build never looks done);
+    returns the meta exactly as written."""
+    validate_spec(spec)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split_stats, names = {}, []
+    for split in SPLITS:
+        if spec.num_scenes(split):
+            split_stats[split], split_names = write_split(source, split, spec, out_dir, on_progress)
+            names.extend(split_names)
+    meta = build_meta(spec, source, split_stats, {name: file_digest(out_dir / name) for name in names})
+    text = json.dumps(meta, ensure_ascii=False, indent=2) + "\n"
+    with atomic_text_file(out_dir / "meta.json") as f:
+        f.write(text)
+    return json.loads(text)

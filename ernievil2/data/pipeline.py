@@ -1,0 +1,261 @@
+"""The training input stream: sharded, shuffled, multi-view, resumable to the batch.
+
+Order of work, and why:
+1. Each rank reads its own part of the corpus. With at least as many files as
+   ranks, whole files go to ranks (file ``i`` to rank ``i % world``), so no
+   byte is read twice; otherwise every rank reads every file and keeps lines
+   ``n % world == rank``. Nothing is ever loaded whole.
+2. Records (still encoded bytes) pass a seeded shuffle buffer and are grouped
+   into batches in the main process. This order is a pure function of
+   (seed, epoch, rank), so resuming skips the consumed batches without
+   decoding a single image.
+3. Decoding and augmentation run in worker processes, one batch per task, in
+   order, with a bounded prefetch window. Each sample's augmentation draws
+   from its own generator seeded by (seed, epoch, rank, sample index): the
+   result does not depend on the number of workers.
+Training is counted in steps, not epochs: a rank whose shard runs out starts
+its next epoch on its own, so ranks with uneven shards never wait on each other.
+"""
+import dataclasses
+import glob
+import hashlib
+import os
+
+import numpy as np
+
+from .errors import DataError, SkipCounter
+from .parallel import OrderedPool
+from .readers import decode_image_bytes, open_pairs
+
+IMAGE_VIEWS = ("image_v1", "image_v2")
+
+
+@dataclasses.dataclass
+class StreamPosition:
+    """Where a rank's stream stands: the epoch, and how many of its records are used up.
+
+    ``records`` counts records of the epoch's shuffled order up to and
+    including the last one placed in a yielded batch (bad records included),
+    so a resumed stream restarts right after it.
+    """
+
+    epoch: int = 0
+    records: int = 0
+
+
+def expand_sources(spec):
+    """One spec per file: ``path`` may be a glob pattern or a list of paths/patterns."""
+    spec = dict(spec)
+    key = "path" if "path" in spec else None
+    if key is None:
+        return [spec]
+    patterns = spec[key] if isinstance(spec[key], (list, tuple)) else [spec[key]]
+    files = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matched:
+            raise FileNotFoundError(f"no file matches {pattern!r}")
+        files.extend(matched)
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data file not found: {path}")
+    return [{**spec, key: path} for path in files]
+
+
+def rank_sources(sources, rank, world):
+    """(spec, shard) pairs this rank reads; see the module docstring."""
+    if len(sources) >= world:
+        return [(spec, None) for i, spec in enumerate(sources) if i % world == rank]
+    return [(spec, (rank, world)) for spec in sources]
+
+
+def stable_image_id(image_id):
+    """A non-negative int64 for an image id string, equal on every rank and run."""
+    return int.from_bytes(hashlib.blake2b(image_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def tag_text(tags, prompt, separator):
+    return prompt + separator.join(tags)
+
+
+def shuffled(records, buffer_size, rng):
+    """Reservoir-style shuffle with a bounded buffer."""
+    if buffer_size <= 1:
+        yield from records
+        return
+    buffer = []
+    for record in records:
+        if len(buffer) < buffer_size:
+            buffer.append(record)
+            continue
+        index = int(rng.integers(len(buffer)))
+        yield buffer[index]
+        buffer[index] = record
+    order = rng.permutation(len(buffer))
+    for index in order:
+        yield buffer[index]
+
+
+def epoch_records(sources, counter, seed, epoch, rank, buffer_size):
+    """This rank's records for one epoch, in their shuffled order."""
+    rng = np.random.default_rng([seed, epoch, rank, 0])
+    order = rng.permutation(len(sources)) if len(sources) > 1 else [0]
+
+    def read():
+        for index in order:
+            spec, shard = sources[index]
+            yield from open_pairs(spec, counter, shard)
+
+    return shuffled(read(), buffer_size, rng)
+
+
+# --- per-batch work, run in worker processes ----------------------------------
+
+_WORKER_TRANSFORM = None
+
+
+def _init_worker(transform):
+    global _WORKER_TRANSFORM
+    _WORKER_TRANSFORM = transform
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)  # one worker, one core: cv2's own threads would oversubscribe
+    except ImportError:
+        pass
+
+
+def decode_views(job):
+    """Decode and augment one batch: returns (views array [n_views, B, 3, H, W], kept mask, errors)."""
+    transform = _WORKER_TRANSFORM
+    images, wheres, seeds, n_views = job
+    out, kept, errors = [], [], []
+    for data, where, seed in zip(images, wheres, seeds):
+        try:
+            rgb = decode_image_bytes(data, where)
+        except DataError as err:
+            kept.append(False)
+            errors.append(err)
+            continue
+        rng = np.random.default_rng(seed)
+        out.append(np.stack([transform(rgb, rng) for _ in range(n_views)]))
+        kept.append(True)
+    views = np.stack(out, axis=1) if out else None
+    return views, np.array(kept, dtype=bool), errors
+
+
+class TrainStream:
+    """Infinite iterator of training batches (dicts of numpy arrays) for one rank.
+
+    Batch keys: ``image_v1`` (and ``image_v2`` when two image views are
+    needed) float32 [B, 3, H, W]; ``text`` int64 [B, L] caption ids; ``tag``
+    int64 [B, L] tag-prompt ids when ``need_tags``; ``image_id`` int64 [B].
+    A record whose image fails to decode is counted (or raised, per policy)
+    and replaced by the next record, so every batch is full.
+    """
+
+    def __init__(
+        self,
+        spec,
+        tokenizer,
+        transform,
+        batch_size,
+        image_views=1,
+        need_tags=False,
+        tag_prompt="图中有：",
+        tag_separator="、",
+        rank=0,
+        world=1,
+        seed=0,
+        shuffle_buffer=1024,
+        num_workers=0,
+        prefetch=2,
+        on_error="raise",
+        position=None,
+    ):
+        if image_views not in (1, 2):
+            raise ValueError(f"image_views must be 1 or 2, got {image_views}")
+        self.sources = rank_sources(expand_sources(spec), rank, world)
+        if not self.sources:
+            raise ValueError(f"rank {rank} has no data file: {len(expand_sources(spec))} file(s) for {world} ranks")
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.batch_size = batch_size
+        self.image_views = image_views
+        self.need_tags = need_tags
+        self.tag_prompt, self.tag_separator = tag_prompt, tag_separator
+        self.rank, self.seed = rank, seed
+        self.shuffle_buffer = shuffle_buffer
+        self.pool = OrderedPool(num_workers, _init_worker, (transform,), prefetch)
+        self.counter = SkipCounter(on_error)
+        self.position = position or StreamPosition()
+
+    def _record_jobs(self, epoch, start):
+        """Groups of ``batch_size`` (index, record) from the epoch order, from record ``start`` on."""
+        records = epoch_records(self.sources, self.counter, self.seed, epoch, self.rank, self.shuffle_buffer)
+        group = []
+        for index, record in enumerate(records):
+            if index < start or not self._has_needed_fields(record):
+                continue
+            group.append((index, record))
+            if len(group) == self.batch_size:
+                yield group
+                group = []
+
+    def _has_needed_fields(self, record):
+        if self.need_tags and not record.tags:
+            self.counter.report(DataError(*_split(record.where), "missing tags: the tag view needs a tags column"))
+            return False
+        return True
+
+    def _jobs(self, groups, epoch):
+        for group in groups:
+            seeds = [[self.seed, epoch, self.rank, 1, index] for index, _ in group]
+            images = [r.image for _, r in group]
+            wheres = [r.image_where for _, r in group]
+            yield group, (images, wheres, seeds, self.image_views)
+
+    def _epoch(self, epoch, start):
+        """Full batches of one epoch; a record whose image fails to decode is replaced by the next one."""
+        ready_views, ready = [], []  # decoded samples not yet yielded, with (index, record)
+        yielded = 0
+        jobs = self._jobs(self._record_jobs(epoch, start), epoch)
+        for group, (views, kept, errors) in self.pool.map(decode_views, jobs):
+            for err in errors:
+                self.counter.report(err)
+            if views is not None:
+                ready_views.append(views)
+            ready.extend(item for item, ok in zip(group, kept) if ok)
+            while len(ready) >= self.batch_size:
+                views_all = np.concatenate(ready_views, axis=1)
+                batch_items, ready = ready[: self.batch_size], ready[self.batch_size :]
+                ready_views = [views_all[:, self.batch_size :]] if ready else []
+                self.position.records = batch_items[-1][0] + 1
+                yielded += 1
+                yield self._collate([r for _, r in batch_items], views_all[:, : self.batch_size])
+        if yielded == 0 and start == 0:
+            raise ValueError(
+                f"rank {self.rank}: an epoch produced no full batch of {self.batch_size} "
+                f"({self.counter.summary()}); use fewer ranks, a smaller batch or more data"
+            )
+
+    def _collate(self, records, views):
+        batch = {IMAGE_VIEWS[i]: views[i] for i in range(self.image_views)}
+        batch["text"] = self.tokenizer.encode([r.text for r in records])
+        if self.need_tags:
+            batch["tag"] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
+        batch["image_id"] = np.array([stable_image_id(r.image_id) for r in records], dtype=np.int64)
+        return batch
+
+    def __iter__(self):
+        while True:
+            yield from self._epoch(self.position.epoch, self.position.records)
+            self.position = StreamPosition(self.position.epoch + 1, 0)
+
+    def close(self):
+        self.pool.close()
+
+
+def _split(where):
+    path, _, line = where.rpartition(":")
+    return (path, int(line)) if line.isdigit() else (where, None)

@@ -1,0 +1,102 @@
+"""Training checkpoints: written atomically, found again for auto-resume.
+
+A checkpoint is a folder ``step_000123/`` holding ``model.pdparams`` (the
+official key layout, so it loads anywhere a released checkpoint does),
+``optimizer.pdopt``, ``extra.pdparams`` (loss buffers, momentum encoder, when
+present) and ``trainer_state.pkl`` (step, every rank's data position and RNG
+state). It is written into a temporary folder and renamed into place, so a
+crash never leaves a half checkpoint under a real name; ``latest`` names the
+newest complete one.
+"""
+import os
+import pickle
+import re
+import shutil
+import tempfile
+
+import paddle
+
+from ..checkpoint import MODEL_WEIGHTS
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+LATEST = "latest"
+
+
+def checkpoint_root(output_dir):
+    return os.path.join(output_dir, "checkpoints")
+
+
+def save_checkpoint(output_dir, step, model, optimizer, extra_state, trainer_state, keep=3):
+    """Write ``step_<step>`` atomically, point ``latest`` at it, prune to ``keep``; returns its path."""
+    root = checkpoint_root(output_dir)
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, f"step_{step:06d}")
+    tmp = tempfile.mkdtemp(prefix=f".step_{step:06d}-", dir=root)
+    try:
+        paddle.save(model.state_dict(), os.path.join(tmp, MODEL_WEIGHTS))
+        paddle.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pdopt"))
+        paddle.save(extra_state, os.path.join(tmp, "extra.pdparams"))
+        with open(os.path.join(tmp, "trainer_state.pkl"), "wb") as f:
+            pickle.dump(trainer_state, f)
+        for name in os.listdir(tmp):
+            with open(os.path.join(tmp, name), "rb") as f:
+                os.fsync(f.fileno())
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_latest(root, os.path.basename(final))
+    for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_latest(root, name):
+    fd, tmp = tempfile.mkstemp(prefix=".latest-", dir=root)
+    with os.fdopen(fd, "w") as f:
+        f.write(name + "\n")
+    os.replace(tmp, os.path.join(root, LATEST))
+
+
+def list_checkpoints(output_dir):
+    """Complete checkpoint folders, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not os.path.isdir(root):
+        return []
+    found = [(int(m.group(1)), os.path.join(root, n)) for n in os.listdir(root) if (m := STEP_DIR.match(n))]
+    return [path for _, path in sorted(found)]
+
+
+def find_resume_checkpoint(output_dir, resume):
+    """The folder to resume from: ``auto`` = the latest here (or None), ``never`` = None, else a path."""
+    if resume == "never":
+        return None
+    if resume != "auto":
+        if not os.path.isfile(os.path.join(resume, "trainer_state.pkl")):
+            raise FileNotFoundError(f"Train.resume: {resume} is not a training checkpoint (no trainer_state.pkl)")
+        return resume
+    latest = os.path.join(checkpoint_root(output_dir), LATEST)
+    if os.path.isfile(latest):
+        with open(latest) as f:
+            path = os.path.join(checkpoint_root(output_dir), f.read().strip())
+        if os.path.isfile(os.path.join(path, "trainer_state.pkl")):
+            return path
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path):
+    """(model state, optimizer state, extra state, trainer state) of a checkpoint folder."""
+    with open(os.path.join(path, "trainer_state.pkl"), "rb") as f:
+        trainer_state = pickle.load(f)
+    return (
+        paddle.load(os.path.join(path, MODEL_WEIGHTS)),
+        paddle.load(os.path.join(path, "optimizer.pdopt")),
+        paddle.load(os.path.join(path, "extra.pdparams")),
+        trainer_state,
+    )
+
+
+__all__ = ["find_resume_checkpoint", "list_checkpoints", "load_checkpoint", "save_checkpoint"]

@@ -1,0 +1,133 @@
+"""From a config to a ready :class:`~ernievil2.engine.trainer.Trainer` (distributed set-up included)."""
+import os
+
+import paddle
+import paddle.distributed as dist
+
+from ..checkpoint import load_pretrained
+from ..config import dump_config, resolve_resource
+from ..data.augment import TrainTransform
+from ..data.image_ops import EvalTransform
+from ..data.pipeline import TrainStream
+from ..data.tokenizer import ErnieTokenizer
+from ..losses.build import build_loss, check_temperature
+from ..losses.momentum import MomentumEncoder
+from ..models import build_model
+from .checkpoints import find_resume_checkpoint
+from .optim import build_optimizer
+from .trainer import Trainer, make_eval_fn
+
+
+def init_distributed():
+    """(rank, world size); starts the collective environment when launched on several ranks."""
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if world > 1:
+        from paddle.distributed import fleet
+
+        fleet.init(is_collective=True)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_logger(rank, path=None):
+    """Rank 0 prints and appends to ``path``; other ranks stay quiet."""
+    def log(message):
+        if rank != 0:
+            return
+        print(message, flush=True)
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(message + "\n")
+
+    return log
+
+
+def build_tokenizer(config):
+    cfg = config["Tokenizer"]
+    return ErnieTokenizer(resolve_resource(cfg["vocab_file"], config), cfg["max_len"], cfg["do_lower_case"], cfg["backend"])
+
+
+def wrap_for_parallel(model, optimizer, train_cfg):
+    """DataParallel through fleet, or group sharding (stage 1: optimizer state, 2: + gradients)."""
+    from paddle.distributed import fleet
+
+    stage = train_cfg["sharding_stage"]
+    if stage == 0:
+        return fleet.distributed_model(model), optimizer
+    if stage not in (1, 2):
+        raise ValueError(f"Train.sharding_stage must be 0, 1 or 2, got {stage}")
+    if not paddle.is_compiled_with_cuda():
+        raise ValueError("Train.sharding_stage needs GPUs (a CUDA build of Paddle); use 0 on CPU")
+    if train_cfg["accum_steps"] > 1:
+        raise ValueError("Train.accum_steps > 1 is not supported with sharding; use sharding_stage 0")
+    from paddle.distributed.sharding import group_sharded_parallel
+
+    model, optimizer, _ = group_sharded_parallel(model, optimizer, level="os" if stage == 1 else "os_g")
+    return model, optimizer
+
+
+def build_trainer(config):
+    rank, world = init_distributed()
+    out_dir = config["Global"]["output_dir"]
+    os.makedirs(out_dir, exist_ok=True)
+    log = rank_logger(rank, os.path.join(out_dir, "train.log"))
+    if rank == 0:
+        dump_config(config, os.path.join(out_dir, "config.yaml"))
+    seed = config["Global"]["seed"]
+    if config["Data"]["train"] is None:
+        raise ValueError("Data.train: no training data given")
+    if config["Loss"] is None:
+        raise ValueError("Loss: no loss given")
+
+    paddle.seed(seed)  # identical initial weights on every rank
+    model = build_model(config["Arch"], check_temperature(config["Loss"].get("temperature")))
+    if config["Train"]["recompute"]:
+        model.visual.recompute = model.text_model.recompute = True
+    if config["Global"]["pretrained"]:
+        load_pretrained(model, config["Global"]["pretrained"])
+        log(f"loaded weights from {config['Global']['pretrained']}")
+    paddle.seed(seed + rank)  # different dropout per rank
+    loss_fn = build_loss(config["Loss"], rank, world, model.embed_dim)
+    momentum = MomentumEncoder(model) if loss_fn.queue_config is not None else None
+    optimizer = build_optimizer(model, config["Optimizer"])
+    train_model = model
+    if world > 1:
+        train_model, optimizer = wrap_for_parallel(model, optimizer, config["Train"])
+
+    n_params = sum(int(p.size) for p in model.parameters())
+    n_train = sum(int(p.size) for p in model.parameters() if not p.stop_gradient)
+    log(f"model: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained); rank {rank} of {world}")
+    log(f"loss views: {', '.join(sorted(loss_fn.required_views))}")
+
+    tokenizer = build_tokenizer(config)
+    views = loss_fn.required_views
+    data, train = config["Data"], config["Train"]
+    stream = TrainStream(
+        data["train"],
+        tokenizer,
+        TrainTransform(config["Augment"]),
+        train["batch_size"],
+        image_views=2 if "image_v2" in views else 1,
+        need_tags="tag" in views or train["tag_as_text_prob"] > 0,
+        tag_prompt=data["tag_prompt"],
+        tag_separator=data["tag_separator"],
+        rank=rank,
+        world=world,
+        seed=seed,
+        shuffle_buffer=data["shuffle_buffer"],
+        num_workers=data["num_workers"],
+        on_error=data["on_error"],
+    )
+    writer = None
+    if rank == 0:
+        from visualdl import LogWriter
+
+        writer = LogWriter(logdir=os.path.join(out_dir, "vdl"))
+    eval_fn = None
+    if data["val"] is not None:
+        eval_fn = make_eval_fn(config, tokenizer, EvalTransform.from_config(config["Preprocess"]), log)
+    trainer = Trainer(config, model, loss_fn, optimizer, stream, rank, world, train_model, eval_fn, log, writer, momentum)
+    resume = find_resume_checkpoint(out_dir, train["resume"])
+    if resume:
+        trainer.restore(resume)
+    return trainer

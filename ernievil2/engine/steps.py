@@ -1,0 +1,125 @@
+"""One training step, plain or accumulated, as functions a test can call directly.
+
+Views of one modality are stacked into a single forward per tower: the two
+image views as one image batch, and the caption views (``text_v1``,
+``text_v2``: the same ids, two dropout draws) with the tag view as one text batch.
+"""
+import contextlib
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+IMAGE_VIEWS = ("image_v1", "image_v2")
+TEXT_VIEWS = ("text_v1", "text_v2", "tag")
+
+
+def use_tags_as_text(seed, step, probability):
+    """Whether the caption views read the tag prompt this step (same answer on every rank)."""
+    if probability <= 0:
+        return False
+    return bool(np.random.default_rng([seed, step, 7]).random() < probability)
+
+
+def view_inputs(batch, views, tags_as_text=False):
+    """(image views, stacked images or None, text views, stacked ids or None) for ``views``."""
+    image_names = [v for v in IMAGE_VIEWS if v in views]
+    text_names = [v for v in TEXT_VIEWS if v in views]
+    caption = batch["tag"] if tags_as_text else batch["text"]
+    images = paddle.concat([batch[v] for v in image_names]) if image_names else None
+    texts = paddle.concat([batch["tag"] if v == "tag" else caption for v in text_names]) if text_names else None
+    return image_names, images, text_names, texts
+
+
+def encode_views(model, batch, views, tags_as_text=False, autocast=None):
+    """{view: raw features [B, D]} and the logit scale, from one call of ``model``."""
+    image_names, images, text_names, texts = view_inputs(batch, views, tags_as_text)
+    with autocast() if autocast else contextlib.nullcontext():
+        out = model(images=images, input_ids=texts)
+    features = {}
+    for names, key in ((image_names, "image"), (text_names, "text")):
+        if names:
+            for name, part in zip(names, paddle.split(out[key].astype("float32"), len(names))):
+                features[name] = part
+    return features, out["logit_scale"].astype("float32")
+
+
+def momentum_keys(momentum, micro_batches, tags_as_text=False):
+    """The momentum encoder's ``image_v1`` and ``text_v1`` features for the (stacked) micro-batches."""
+    images = paddle.concat([b["image_v1"] for b in micro_batches])
+    texts = paddle.concat([b["tag"] if tags_as_text else b["text"] for b in micro_batches])
+    out = momentum(images=images, input_ids=texts)
+    return {"image": out["image"], "text": out["text"]}
+
+
+def train_step(model, loss_fn, batch, views, tags_as_text=False, autocast=None, scaler=None, loss_kwargs=None):
+    """Forward, loss and backward for one batch; returns the loss terms (tensors).
+
+    ``loss_kwargs`` go to the loss as they are (the momentum queue's keys, ids and step).
+    """
+    features, logit_scale = encode_views(model, batch, views, tags_as_text, autocast)
+    terms = loss_fn(features, logit_scale, **(loss_kwargs or {}))
+    (scaler.scale(terms["loss"]) if scaler else terms["loss"]).backward()
+    return terms
+
+
+def accumulated_step(model, loss_fn, micro_batches, views, tags_as_text=False, autocast=None, no_sync=None, loss_kwargs=None):
+    """One step over several micro-batches whose negatives are all of them together.
+
+    1. Encode every micro-batch without gradient, remembering the RNG state
+       before each, and stack the features.
+    2. Compute the loss on the stacked features (leaves with gradient) and
+       backpropagate to them: the gradient of the full-batch loss per feature.
+    3. Re-encode each micro-batch with gradient under the same RNG state (same
+       dropout masks, so the same features) and backpropagate the matching
+       slice of those feature gradients into the towers.
+    The parameter gradients equal those of one step on the whole batch, at the
+    memory of one micro-batch plus the cached features. Gradients are not
+    synchronised across ranks here (``no_sync``); the caller does it once.
+    """
+    states, cached = [], []
+    with paddle.no_grad():
+        for batch in micro_batches:
+            states.append(paddle.get_rng_state())
+            cached.append(encode_views(model, batch, views, tags_as_text, autocast)[0])
+    stacked = {}
+    for view in cached[0]:
+        leaf = paddle.concat([c[view] for c in cached]).detach()
+        leaf.stop_gradient = False
+        stacked[view] = leaf
+    base = model._layers if isinstance(model, paddle.DataParallel) else model
+    with no_sync() if no_sync else contextlib.nullcontext():
+        terms = loss_fn(stacked, base.logit_scale(), **(loss_kwargs or {}))
+        terms["loss"].backward()
+        sizes = [len(next(iter(c.values()))) for c in cached]
+        offsets = np.cumsum([0] + sizes)
+        for i, batch in enumerate(micro_batches):
+            paddle.set_rng_state(states[i])
+            features, _ = encode_views(model, batch, views, tags_as_text, autocast)
+            names = list(features)
+            grads = [stacked[v].grad[offsets[i] : offsets[i + 1]] for v in names]
+            paddle.autograd.backward([features[v] for v in names], grads)
+    return terms
+
+
+def average_gradients(parameters, world_size, group=None):
+    """All-reduce (mean) the gradients of ``parameters`` in one flat buffer per dtype."""
+    if world_size == 1:
+        return
+    by_dtype = {}
+    for param in parameters:
+        if param.grad is not None:
+            by_dtype.setdefault(param.grad.dtype, []).append(param)
+    for params in by_dtype.values():
+        flat = paddle.concat([p.grad.reshape([-1]) for p in params])
+        dist.all_reduce(flat, group=group)
+        flat = flat / world_size
+        offset = 0
+        for p in params:
+            size = int(np.prod(p.grad.shape))
+            p.grad.set_value(flat[offset : offset + size].reshape(p.grad.shape))
+            offset += size
+
+
+def batch_to_tensors(batch):
+    return {k: paddle.to_tensor(v) for k, v in batch.items()}

@@ -1,0 +1,236 @@
+"""The training loop: explicit state in, one step at a time, checkpoints and logs out.
+
+    python tools/train.py -c configs/demo/multiview.yaml
+    python -m paddle.distributed.launch --nproc_per_node 8 tools/train.py -c CONFIG
+    # multi-node: the same, plus --master HOST:PORT --nnodes N on every node
+"""
+import json
+import os
+import time
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+from ..checkpoint.state import load_state_strict
+from ..evaluation.embed import embed_split
+from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
+from .checkpoints import load_checkpoint, save_checkpoint
+from .optim import lr_at
+from .steps import accumulated_step, average_gradients, batch_to_tensors, momentum_keys, train_step, use_tags_as_text
+
+
+def format_duration(seconds):
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Trainer:
+    def __init__(
+        self,
+        config,
+        model,
+        loss_fn,
+        optimizer,
+        stream,
+        rank=0,
+        world_size=1,
+        train_model=None,
+        eval_fn=None,
+        log=print,
+        writer=None,
+        momentum=None,
+    ):
+        self.config = config
+        self.train_cfg, self.opt_cfg = config["Train"], config["Optimizer"]
+        self.model = model  # the plain model (checkpoints, evaluation)
+        self.train_model = train_model or model  # possibly wrapped for data parallelism
+        self.loss_fn, self.optimizer, self.stream = loss_fn, optimizer, stream
+        self.rank, self.world_size = rank, world_size
+        self.eval_fn, self.log, self.writer = eval_fn, log, writer
+        self.momentum = momentum  # the EMA key encoder of the momentum queue, or None
+        self.views = loss_fn.required_views
+        self.step = 0
+        self.output_dir = config["Global"]["output_dir"]
+        self.seed = config["Global"]["seed"]
+        self.autocast = self._autocast_factory()
+        self.scaler = (
+            paddle.amp.GradScaler() if self.train_cfg["amp"] and self.train_cfg["amp_dtype"] == "float16" else None
+        )
+
+    def _autocast_factory(self):
+        cfg = self.train_cfg
+        if not cfg["amp"]:
+            return None
+        return lambda: paddle.amp.auto_cast(enable=True, dtype=cfg["amp_dtype"], level=cfg["amp_level"])
+
+    # --- one step -----------------------------------------------------------
+    def run_step(self, micro_batches):
+        """Update the model from ``accum_steps`` micro-batches; returns the logged terms as floats."""
+        tags = use_tags_as_text(self.seed, self.step, self.train_cfg["tag_as_text_prob"])
+        self.optimizer.set_lr(
+            lr_at(self.step, self.opt_cfg["lr"], self.opt_cfg["warmup_steps"], self.train_cfg["max_steps"], self.opt_cfg["min_lr_ratio"])
+        )
+        loss_kwargs = None
+        if self.momentum is not None:
+            keys = momentum_keys(self.momentum, micro_batches, tags)
+            image_ids = paddle.concat([b["image_id"] for b in micro_batches])
+            loss_kwargs = {"keys": keys, "image_ids": image_ids, "step": self.step}
+        if len(micro_batches) == 1:
+            terms = train_step(self.train_model, self.loss_fn, micro_batches[0], self.views, tags, self.autocast, self.scaler, loss_kwargs)
+        else:
+            no_sync = getattr(self.train_model, "no_sync", None)
+            terms = accumulated_step(self.train_model, self.loss_fn, micro_batches, self.views, tags, self.autocast, no_sync, loss_kwargs)
+            average_gradients([p for p in self.model.parameters() if not p.stop_gradient], self.world_size)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.clear_grad()
+        if self.momentum is not None:
+            # MoCo order: the loss saw the queue as it stood; now update the keys' encoder and enqueue.
+            self.momentum.update(self.model, self.loss_fn.queue_config.momentum)
+            self.loss_fn.enqueue(loss_kwargs["keys"], image_ids=loss_kwargs["image_ids"])
+        self.step += 1
+        out = {k: float(v) for k, v in terms.items()}
+        out["logit_scale"] = float(self.model.logit_scale())
+        out["lr"] = self.optimizer.get_lr()
+        out["tags_as_text"] = float(tags)
+        return out
+
+    # --- state --------------------------------------------------------------
+    def trainer_state(self):
+        local = {"position": vars(self.stream.position).copy(), "rng": paddle.get_rng_state(), "skipped": dict(self.stream.counter.by_reason)}
+        per_rank = [local]
+        if self.world_size > 1:
+            per_rank = []
+            dist.all_gather_object(per_rank, local)
+        return {"step": self.step, "ranks": per_rank, "world_size": self.world_size}
+
+    def extra_state(self):
+        """Loss buffers (the momentum queues) and the momentum encoder, beside the model."""
+        extra = {"loss": self.loss_fn.state_dict()}
+        if self.momentum is not None:
+            extra["momentum_model"] = self.momentum.state_dict()
+        return extra
+
+    def save(self):
+        state = self.trainer_state()  # a collective: every rank takes part
+        path = None
+        if self.rank == 0:
+            path = save_checkpoint(
+                self.output_dir, self.step, self.model, self.optimizer, self.extra_state(), state, self.train_cfg["keep_checkpoints"]
+            )
+            self.log(f"saved checkpoint {path}")
+        if self.world_size > 1:
+            dist.barrier()
+        return path
+
+    def restore(self, path):
+        model_state, opt_state, extra, state = load_checkpoint(path)
+        if state["world_size"] != self.world_size:
+            raise ValueError(
+                f"{path} was written by {state['world_size']} ranks, this run has {self.world_size}: "
+                "data positions are per rank, so resume with the same number of ranks"
+            )
+        load_state_strict(self.model, model_state, source=path)
+        self.optimizer.set_state_dict(opt_state)
+        self.loss_fn.set_state_dict(extra.get("loss", {}))
+        if self.momentum is not None:
+            if "momentum_model" not in extra:
+                raise ValueError(f"{path} has no momentum encoder, but Loss.momentum_queue is configured")
+            load_state_strict(self.momentum, extra["momentum_model"], source=f"{path} (momentum encoder)")
+        mine = state["ranks"][self.rank]
+        self.stream.position.epoch = mine["position"]["epoch"]
+        self.stream.position.records = mine["position"]["records"]
+        self.stream.counter.by_reason.update(mine["skipped"])
+        paddle.set_rng_state(mine["rng"])
+        self.step = state["step"]
+        self.log(f"resumed from {path} at step {self.step}")
+
+    # --- the loop -----------------------------------------------------------
+    def _log_step(self, terms, step_time, started, first_step):
+        cfg = self.train_cfg
+        samples = cfg["batch_size"] * cfg["accum_steps"] * self.world_size
+        done = self.step - first_step
+        remaining = (time.time() - started) / max(1, done) * (cfg["max_steps"] - self.step)
+        if self.writer is not None:
+            for key, value in terms.items():
+                self.writer.add_scalar(f"train/{key}", value, self.step)
+            self.writer.add_scalar("train/samples_per_second", samples / step_time, self.step)
+        if self.step % cfg["log_every"] == 0 or self.step == cfg["max_steps"]:
+            pairs = " ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in terms.items() if k.startswith("loss/"))
+            self.log(
+                f"step {self.step}/{cfg['max_steps']} loss={terms['loss']:.4f} {pairs} "
+                f"scale={terms['logit_scale']:.2f} lr={terms['lr']:.2e} "
+                f"{samples / step_time:.1f} samples/s eta {format_duration(remaining)}"
+                + (f" | {self.stream.counter.summary()}" if self.stream.counter.total else "")
+            )
+
+    def evaluate(self):
+        if self.eval_fn is None:
+            return None
+        metrics = None
+        if self.rank == 0:
+            metrics = self.eval_fn(self.model)
+            self.model.train()
+            if self.writer is not None:
+                for protocol, result in metrics.items():
+                    for direction in ("text2image", "image2text", "mean"):
+                        for key in ("r1", "r5", "r10", "mean_recall"):
+                            self.writer.add_scalar(f"eval_{protocol}/{direction}_{key}", result[direction][key], self.step)
+        if self.world_size > 1:
+            dist.barrier()
+        return metrics
+
+    def train(self):
+        cfg = self.train_cfg
+        self.model.train()
+        batches = iter(self.stream)
+        first_step, started = self.step, time.time()
+        metrics = None
+        while self.step < cfg["max_steps"]:
+            tick = time.time()
+            micro = [batch_to_tensors(next(batches)) for _ in range(cfg["accum_steps"])]
+            terms = self.run_step(micro)
+            if not np.isfinite(terms["loss"]):
+                raise FloatingPointError(f"step {self.step}: the loss is {terms['loss']}; lower Optimizer.lr or enable grad_clip")
+            self._log_step(terms, time.time() - tick, started, first_step)
+            if cfg["save_every"] and self.step % cfg["save_every"] == 0 and self.step < cfg["max_steps"]:
+                self.save()
+            if cfg["eval_every"] and self.step % cfg["eval_every"] == 0 and self.step < cfg["max_steps"]:
+                self.evaluate()
+        self.save()
+        metrics = self.evaluate()
+        self.stream.close()
+        if self.writer is not None:
+            self.writer.close()
+        return metrics
+
+
+def make_eval_fn(config, tokenizer, transform, log=print):
+    """Retrieval evaluation on ``Data.val``: both protocols, logged as tables, written as JSON."""
+    spec = config["Data"]["val"]
+    eval_cfg = config["Eval"]
+    out_dir = config["Global"]["output_dir"]
+
+    def run(model):
+        features, counter = embed_split(
+            model, spec, tokenizer, transform, eval_cfg["batch_size"], eval_cfg["num_workers"], config["Data"]["on_error"], printer=log
+        )
+        results = {"multi_gt": evaluate_multi_gt(features)}
+        if len(features.text_emb) == len(features.image_emb):
+            results["official"] = evaluate_official(features.text_emb, features.image_emb)
+        for protocol, metrics in results.items():
+            log(f"retrieval ({protocol}, {len(features.text_emb)} texts):\n{official_table(metrics)}")
+        if counter.total:
+            log(f"evaluation data: {counter.summary()}")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "eval_metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        return results
+
+    return run
+

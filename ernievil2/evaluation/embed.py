@@ -1,0 +1,118 @@
+"""Embedding a data split: batched, images decoded in worker processes, each image once.
+
+Used by ``tools/extract_features.py`` and by the periodic evaluation during
+training. The result is a :class:`~ernievil2.evaluation.retrieval.Features`:
+for pair formats (official TSV, jsonl + folder) one image row per data line
+(so the official one-to-one protocol applies), encoded once per image id; for
+the Chinese-CLIP layout one row per image and several positives per text.
+"""
+import time
+
+import numpy as np
+import paddle
+
+from ..data.errors import SkipCounter
+from ..data.parallel import OrderedPool
+from ..data.readers import ChineseClipSplit, decode_image_bytes, open_pairs
+from .retrieval import make_features, text_positives_csr
+
+_TRANSFORM = None
+
+
+def _init(transform):
+    global _TRANSFORM
+    _TRANSFORM = transform
+
+
+def _decode_batch(job):
+    images, wheres = job
+    return np.stack([_TRANSFORM(decode_image_bytes(data, where)) for data, where in zip(images, wheres)])
+
+
+def _chunks(items, size):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Progress:
+    """Prints ``label: n items, rate/s`` every ``every`` seconds."""
+
+    def __init__(self, label, every=10.0, printer=print):
+        self.label, self.every, self.printer = label, every, printer
+        self.start = self.last = time.time()
+        self.count = 0
+
+    def add(self, n):
+        self.count += n
+        now = time.time()
+        if now - self.last >= self.every:
+            self.last = now
+            self.printer(f"{self.label}: {self.count} done, {self.count / (now - self.start):.1f}/s")
+
+
+@paddle.no_grad()
+def _encode_images(model, pool, records, batch_size, progress):
+    """{image_id: row} and the stacked embeddings, for (image_id, bytes, where) records, each id once."""
+    seen = {}
+
+    def unseen():
+        for image_id, data, where in records:
+            if image_id not in seen:
+                seen[image_id] = len(seen)
+                yield image_id, data, where
+
+    jobs = ((chunk, ([d for _, d, _ in chunk], [w for _, _, w in chunk])) for chunk in _chunks(unseen(), batch_size))
+    parts = []
+    for _, pixels in pool.map(_decode_batch, jobs):
+        parts.append(model.encode_image(paddle.to_tensor(pixels)).numpy())
+        progress.add(len(pixels))
+    return seen, np.concatenate(parts) if parts else np.zeros((0, model.embed_dim), np.float32)
+
+
+@paddle.no_grad()
+def _encode_texts(model, tokenizer, texts, batch_size, progress):
+    parts = []
+    for chunk in _chunks(texts, batch_size):
+        parts.append(model.encode_text(paddle.to_tensor(tokenizer.encode(chunk))).numpy())
+        progress.add(len(chunk))
+    return np.concatenate(parts) if parts else np.zeros((0, model.embed_dim), np.float32)
+
+
+def embed_split(model, spec, tokenizer, transform, batch_size=64, num_workers=0, on_error="raise", printer=print):
+    """Embed the split described by ``spec`` (a reader spec); returns (Features, SkipCounter)."""
+    model.eval()
+    counter = SkipCounter(on_error)
+    pool = OrderedPool(num_workers, _init, (transform,))
+    try:
+        if spec.get("format") == "chinese_clip":
+            split = ChineseClipSplit(spec["root"], spec["split"])
+            images = ((r.image_id, r.image, r.where) for r in split.iter_images(counter))
+            rows, image_emb = _encode_images(model, pool, images, batch_size, Progress("images", printer=printer))
+            texts = list(split.iter_texts(counter))
+            text_emb = _encode_texts(model, tokenizer, [t.text for t in texts], batch_size, Progress("texts", printer=printer))
+            image_ids = np.array(sorted(rows, key=rows.get), dtype=str)
+            indptr, pos_ids = text_positives_csr([t.image_ids for t in texts])
+            text_ids = [str(t.text_id) for t in texts]
+        else:
+            pairs = []
+
+            def records():
+                for record in open_pairs(spec, counter):
+                    pairs.append((record.text, record.image_id, record.where))
+                    yield record.image_id, record.image, record.image_where
+
+            rows, unique_emb = _encode_images(model, pool, records(), batch_size, Progress("images", printer=printer))
+            text_emb = _encode_texts(model, tokenizer, [p[0] for p in pairs], batch_size, Progress("texts", printer=printer))
+            image_ids = np.array([p[1] for p in pairs], dtype=str)
+            image_emb = unique_emb[[rows[p[1]] for p in pairs]] if pairs else unique_emb
+            indptr, pos_ids = text_positives_csr([[p[1]] for p in pairs])
+            text_ids = [p[2] for p in pairs]
+    finally:
+        pool.close()
+    return make_features(text_emb, image_emb, image_ids, text_ids, indptr, pos_ids), counter

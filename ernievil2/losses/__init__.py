@@ -1,0 +1,55 @@
+"""Contrastive losses: pure maths, the gradient-carrying gather, the multi-view table, the momentum queue."""
+from .contrastive import (
+    clamp_logit_scale,
+    contrastive_labels,
+    contrastive_logits,
+    in_batch_accuracy,
+    symmetric_info_nce,
+)
+from .distributed import check_equal_local_batch, gather_with_grad
+from .momentum import (
+    QUEUE_MODES,
+    CrossModalQueue,
+    MomentumEncoder,
+    MomentumQueueConfig,
+    ema_update_,
+    extra_negative_info_nce,
+    parse_momentum_queue,
+    queue_info_nce,
+    queue_share,
+    same_image_mask,
+)
+from .multiview import (
+    KEY_VIEWS,
+    KNOWN_VIEWS,
+    VIEW_MODALITY,
+    MultiViewContrastiveLoss,
+    ViewPair,
+    parse_view_pairs,
+)
+
+__all__ = [
+    "KEY_VIEWS",
+    "KNOWN_VIEWS",
+    "QUEUE_MODES",
+    "VIEW_MODALITY",
+    "CrossModalQueue",
+    "MomentumEncoder",
+    "MomentumQueueConfig",
+    "MultiViewContrastiveLoss",
+    "ViewPair",
+    "check_equal_local_batch",
+    "clamp_logit_scale",
+    "contrastive_labels",
+    "contrastive_logits",
+    "ema_update_",
+    "extra_negative_info_nce",
+    "gather_with_grad",
+    "in_batch_accuracy",
+    "parse_momentum_queue",
+    "parse_view_pairs",
+    "queue_info_nce",
+    "queue_share",
+    "same_image_mask",
+    "symmetric_info_nce",
+]

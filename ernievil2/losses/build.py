@@ -1,0 +1,68 @@
+"""``Loss`` section -> loss layer, with validation that names the key."""
+import copy
+
+from ..registry import ConfigError, did_you_mean
+from .momentum import parse_momentum_queue
+from .multiview import MultiViewContrastiveLoss, parse_view_pairs
+
+LOSS_NAMES = ("MultiViewContrastive",)
+TEMPERATURE_KEYS = {"init": 0.07, "learnable": True, "max_logit_scale": 100.0}
+LOSS_KEYS = ("name", "temperature", "pairs", "momentum_queue")
+
+
+def _located(err, prefix):
+    message = str(err)
+    key, _, rest = message.partition(": ")
+    return ConfigError(f"{prefix}.{key}", rest or message)
+
+
+def check_temperature(section):
+    """Defaults filled in; unknown keys and bad values are ConfigErrors naming ``Loss.temperature.<key>``."""
+    section = {} if section is None else section
+    if not isinstance(section, dict):
+        raise ConfigError("Loss.temperature", f"expected a mapping like {TEMPERATURE_KEYS}, got {section!r}")
+    for key in section:
+        if key not in TEMPERATURE_KEYS:
+            raise ConfigError(f"Loss.temperature.{key}", "unknown key" + did_you_mean(key, TEMPERATURE_KEYS))
+    merged = {**TEMPERATURE_KEYS, **section}
+    if not isinstance(merged["learnable"], bool):
+        raise ConfigError("Loss.temperature.learnable", f"expected true or false, got {merged['learnable']!r}")
+    for key in ("init", "max_logit_scale"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"Loss.temperature.{key}", f"expected a positive number, got {value!r}")
+    if 1.0 / merged["init"] > merged["max_logit_scale"]:
+        raise ConfigError("Loss.temperature.init", f"1/init = {1 / merged['init']:.1f} exceeds max_logit_scale {merged['max_logit_scale']}")
+    return merged
+
+
+def check_loss_config(section):
+    """Validate a ``Loss`` section without building anything; returns the parsed pairs."""
+    if not isinstance(section, dict):
+        raise ConfigError("Loss", f"expected a mapping, got {section!r}")
+    for key in section:
+        if key not in LOSS_KEYS:
+            raise ConfigError(f"Loss.{key}", "unknown key" + did_you_mean(key, LOSS_KEYS) + f"; known: {', '.join(LOSS_KEYS)}")
+    name = section.get("name")
+    if name not in LOSS_NAMES:
+        raise ConfigError("Loss.name", f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}" + did_you_mean(name, LOSS_NAMES))
+    check_temperature(section.get("temperature"))
+    try:
+        queue = None if section.get("momentum_queue") is None else parse_momentum_queue(section["momentum_queue"])
+        return parse_view_pairs(section.get("pairs", []), allow_empty=queue is not None and queue.mode == "brivl")
+    except ValueError as err:
+        raise _located(err, "Loss") from None
+
+
+def build_loss(section, rank=0, world_size=1, embed_dim=None):
+    """The loss layer; ``embed_dim`` (the model's) sizes the momentum queue when one is configured."""
+    section = copy.deepcopy(section)
+    pairs = check_loss_config(section)
+    queue = section.get("momentum_queue")
+    return MultiViewContrastiveLoss(
+        [list(p) for p in pairs],
+        rank=rank,
+        world_size=world_size,
+        momentum_queue=queue,
+        embed_dim=embed_dim if queue is not None else None,
+    )

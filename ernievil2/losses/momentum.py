@@ -1,0 +1,392 @@
+"""BriVL's cross-modal momentum queue: EMA key encoders, per-modality queues, queue InfoNCE.
+
+The trainer's contract, one step (the MoCo order: score against the queue as it
+stands, step, then enqueue this step's keys)::
+
+    loss_fn = MultiViewContrastiveLoss(pairs, rank, world_size,
+                                       momentum_queue=cfg, embed_dim=D)
+    momentum = MomentumEncoder(model)           # once, after loading weights
+
+    features, logit_scale = online views {view: [B_local, D]}, model scale
+    keys = {"image": .., "text": ..} from momentum(image_v1 input, text_v1 input)
+    out = loss_fn(features, logit_scale, keys=keys, image_ids=ids, step=step)
+    out["loss"].backward(); optimizer.step(); optimizer.clear_grad()
+    momentum.update(model, loss_fn.queue_config.momentum)
+    loss_fn.enqueue(keys, image_ids=ids)
+
+``step`` counts the optimizer steps already taken (0 on the first batch).
+``keys`` are the momentum copy's features of the ``image_v1`` and ``text_v1``
+inputs (no gradient); ``image_ids`` is int64 ``[B_local]``, -1 where unknown,
+required only with ``mask_same_image``. Enqueueing before ``backward`` is an
+error: the write is in place and Paddle refuses a backward through a tensor
+modified after use (``set_value`` would instead corrupt the gradient silently,
+so it is not used here). Checkpoints keep ``momentum.state_dict()`` (e.g. under
+``momentum_model``) and ``loss_fn.state_dict()`` (the queues, ids, pointer and
+fill count); both restore with ``set_state_dict``.
+
+Maths (rows L2-normalised, ``s`` the logit scale, ``Q`` a queue, ``w`` the
+queue's share from the warm-up/ramp schedule)::
+
+    brivl, image -> text:  [s·q·k⁺ | s·q·Q_textᵀ + log w]   target column 0
+    extra negatives a->b:  [s·a·b_allᵀ | s·a·Q_mod(b)ᵀ + log w]   target rank·B + i
+
+``w`` scales the queue's share of the softmax denominator: ``w = 0`` drops the
+queue columns (the plain loss, exactly), ``w = 1`` is the full queue. Queue
+entries of the query's own image (when ids are known) are dropped (-inf).
+"""
+import copy
+import math
+import numbers
+from typing import NamedTuple, Optional
+
+import paddle
+import paddle.distributed as dist
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..registry import did_you_mean
+from .contrastive import contrastive_labels, contrastive_logits, in_batch_accuracy
+from .distributed import check_equal_local_batch
+
+QUEUE_MODES = ("extra_negatives", "brivl", "both")
+
+
+# ---------------------------------------------------------------- EMA copies
+
+
+@paddle.no_grad()
+def ema_update_(target_params, source_params, momentum):
+    """In place: ``target = momentum * target + (1 - momentum) * source``, pairwise."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    target_params, source_params = list(target_params), list(source_params)
+    if len(target_params) != len(source_params):
+        raise ValueError(f"{len(target_params)} targets but {len(source_params)} sources")
+    for index, (target, source) in enumerate(zip(target_params, source_params)):
+        if list(target.shape) != list(source.shape):
+            raise ValueError(f"tensor {index}: target shape {list(target.shape)} but source {list(source.shape)}")
+        if not target.is_floating_point():
+            raise TypeError(f"tensor {index}: EMA needs floating tensors, got {target.dtype}")
+        paddle.assign(momentum * target + (1.0 - momentum) * source, output=target)
+
+
+def _unwrapped(model):
+    # DataParallel prefixes every name with `_layers.`; the copy is of the bare model.
+    return model._layers if isinstance(model, paddle.DataParallel) else model
+
+
+def _named_state(layer):
+    return list(layer.named_parameters()) + list(layer.named_buffers())
+
+
+class MomentumEncoder(nn.Layer):
+    """A frozen deep copy of a model that follows it by EMA and encodes keys.
+
+    Every parameter of the copy has ``stop_gradient=True`` and the copy is not
+    a sublayer of the online model, so no optimizer built from the online
+    model's parameters sees it. Calls run under ``no_grad``.
+
+    The copy always runs in eval mode (dropout off), whatever ``train()`` was
+    called on: keys are targets and negatives, and dropout there only adds
+    noise; the online text tower's dropout already makes the text views. MoCo
+    keeps its key encoder in train mode for BatchNorm's batch statistics; the
+    ViT and ERNIE towers have LayerNorm only, and a BatchNorm tower's running
+    statistics are buffers, which ``update`` averages like the parameters.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = copy.deepcopy(_unwrapped(model))
+        for param in self.model.parameters():
+            param.stop_gradient = True
+
+    def forward(self, *args, **kwargs):
+        # Set per call, not once: a parent's train() switches every sublayer.
+        for layer in self.model.sublayers(include_self=True):
+            layer.training = False
+        with paddle.no_grad():
+            return self.model(*args, **kwargs)
+
+    def update(self, online_model, momentum):
+        """Move every parameter and buffer of the copy towards ``online_model``'s."""
+        targets = _named_state(self.model)
+        sources = _named_state(_unwrapped(online_model))
+        target_names, source_names = [n for n, _ in targets], [n for n, _ in sources]
+        if target_names != source_names:
+            differ = sorted(set(target_names) ^ set(source_names)) or ["(same names, other order)"]
+            raise ValueError(f"online model does not match the momentum copy: {differ[:10]}")
+        ema_update_([t for _, t in targets], [s for _, s in sources], momentum)
+
+
+# ---------------------------------------------------------------- the queues
+
+
+def _all_gather_rows(x, world_size, group):
+    """Rows of ``x`` from every rank, in rank order; no gradient."""
+    if world_size == 1:
+        return x
+    pieces = []
+    dist.all_gather(pieces, x, group=group)
+    gathered = paddle.concat(pieces, axis=0)
+    if gathered.shape[0] != world_size * x.shape[0]:
+        raise ValueError(
+            f"gathered {gathered.shape[0]} rows from {x.shape[0]} local ones, but world_size is "
+            f"{world_size}; pass the process group's world size"
+        )
+    return gathered
+
+
+def _write_rows_(buffer, positions, rows):
+    # assign(output=) bumps the tensor's version, so a backward through a
+    # loss scored against the old contents fails loudly instead of using these.
+    paddle.assign(paddle.scatter(buffer, positions, rows, overwrite=True), output=buffer)
+
+
+class CrossModalQueue(nn.Layer):
+    """One FIFO of L2-normalised keys per view (modality), written round-robin.
+
+    Buffers, all persistable (saved by ``state_dict``): ``queue_<view>``
+    ``[size, dim]``, ``ids`` ``[size]`` int64 (with ``track_ids``; -1 =
+    unknown), ``ptr`` (next row to write) and ``filled`` (rows written so far,
+    capped at ``size``). The queues start as zeros and are not used for
+    scoring until ``filled == size`` (see :func:`queue_share`), so no made-up
+    negatives ever enter the loss.
+    """
+
+    def __init__(self, dim, size, views=("image", "text"), track_ids=True):
+        super().__init__()
+        for name, value in (("dim", dim), ("size", size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        views = tuple(views)
+        names_ok = all(isinstance(v, str) and v.isidentifier() for v in views)
+        if not views or len(set(views)) != len(views) or not names_ok:
+            raise ValueError(f"views must be distinct identifiers, got {views!r}")
+        self.dim, self.size, self.views, self.track_ids = dim, size, views, track_ids
+        for view in views:
+            self.register_buffer(f"queue_{view}", paddle.zeros([size, dim]), persistable=True)
+        if track_ids:
+            self.register_buffer("ids", paddle.full([size], -1, dtype="int64"), persistable=True)
+        self.register_buffer("ptr", paddle.zeros([1], dtype="int64"), persistable=True)
+        self.register_buffer("filled", paddle.zeros([1], dtype="int64"), persistable=True)
+
+    def entries(self, view):
+        """The ``[size, dim]`` queue of ``view`` (a buffer: do not modify)."""
+        return getattr(self, f"queue_{view}")
+
+    @property
+    def is_full(self):
+        return int(self.filled.item()) == self.size
+
+    @paddle.no_grad()
+    def enqueue(self, keys, ids=None, world_size=1, group=None):
+        """Gather ``keys`` (``{view: [B, dim]}``) and ``ids`` from every rank and write them at the pointer.
+
+        Rows go in rank order and wrap around the end, so ``size`` need not be
+        a multiple of the global batch; a global batch larger than ``size`` is
+        refused (it would overwrite its own rows). Every rank ends with the
+        same queue.
+        """
+        local = self._checked_local(keys, ids)
+        if world_size > 1:
+            check_equal_local_batch(local, group)
+        rows = world_size * local
+        if rows > self.size:
+            raise ValueError(
+                f"a global batch of {rows} keys ({world_size} x {local}) does not fit a queue of "
+                f"{self.size}; make momentum_queue.size at least the global batch"
+            )
+        positions = (self.ptr + paddle.arange(rows, dtype="int64")) % self.size
+        for view in self.views:
+            normalised = F.normalize(keys[view].detach(), axis=-1).astype(self.entries(view).dtype)
+            _write_rows_(self.entries(view), positions, _all_gather_rows(normalised, world_size, group))
+        if self.track_ids:
+            _write_rows_(self.ids, positions, _all_gather_rows(ids.astype("int64"), world_size, group))
+        paddle.assign((self.ptr + rows) % self.size, output=self.ptr)
+        paddle.assign(paddle.clip(self.filled + rows, max=self.size), output=self.filled)
+
+    def _checked_local(self, keys, ids):
+        if sorted(keys) != sorted(self.views):
+            raise ValueError(f"keys must have exactly the views {list(self.views)}, got {sorted(keys)}")
+        shapes = {v: list(keys[v].shape) for v in self.views}
+        local = shapes[self.views[0]][0]
+        if any(s != [local, self.dim] for s in shapes.values()):
+            raise ValueError(f"every key view must be [B, {self.dim}] with the same B, got {shapes}")
+        if self.track_ids != (ids is not None):
+            raise ValueError("image ids are required when the queue tracks ids, and refused otherwise")
+        if ids is not None and list(ids.shape) != [local]:
+            raise ValueError(f"ids must be [{local}] (one per key row), got {list(ids.shape)}")
+        return local
+
+
+# ---------------------------------------------------------------- the maths
+
+
+def same_image_mask(query_ids, queue_ids):
+    """``[B, K]`` bool: queue entries showing the query's own image (ids >= 0)."""
+    known = (query_ids >= 0).unsqueeze(1)
+    return known & (query_ids.unsqueeze(1) == queue_ids.unsqueeze(0))
+
+
+def queue_share(step, warmup_steps, ramp_steps, queue_full):
+    """The queue's share of the loss: 0 until warm-up is over and the queue full, then a linear ramp to 1.
+
+    ``step`` counts optimizer steps already taken; the ramp counts from
+    ``warmup_steps``, so at ``step = warmup_steps + i`` the share is
+    ``min(1, (i + 1) / ramp_steps)`` (1 at once when ``ramp_steps`` is 0).
+    """
+    if step < 0 or warmup_steps < 0 or ramp_steps < 0:
+        raise ValueError(f"steps must be >= 0, got step={step}, warmup={warmup_steps}, ramp={ramp_steps}")
+    if step < warmup_steps or not queue_full:
+        return 0.0
+    if ramp_steps == 0:
+        return 1.0
+    return min(1.0, (step - warmup_steps + 1) / ramp_steps)
+
+
+def _append_queue_logits(logits, query, queue, logit_scale, negative_mask, share):
+    """``logits`` followed by the query's scaled similarities to the queue (none when ``share`` is 0)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"queue share must be in [0, 1], got {share!r}")
+    if share == 0.0:
+        # Not a zero-row queue: paddle 3.3.1's matmul backward fails on empty inputs.
+        return logits
+    queue_logits = contrastive_logits(query, queue.astype(query.dtype), logit_scale)
+    if share < 1.0:
+        queue_logits = queue_logits + math.log(share)
+    if negative_mask is not None:
+        # where(), not adding -inf: its backward gives masked entries exactly zero.
+        queue_logits = paddle.where(negative_mask, paddle.full_like(queue_logits, float("-inf")), queue_logits)
+    return paddle.concat([logits, queue_logits], axis=1)
+
+
+def queue_info_nce(query, positive_key, queue, logit_scale, negative_mask=None, queue_share=1.0):
+    """MoCo/BriVL InfoNCE: each query row against its own key (positive) and the queue (negatives).
+
+    ``query`` ``[B, D]`` carries the gradient; ``positive_key`` ``[B, D]`` and
+    ``queue`` ``[K, D]`` are constants; ``negative_mask`` ``[B, K]`` drops
+    entries. Returns ``loss`` (mean over rows) and ``acc`` (fraction of rows
+    whose positive outscores every kept queue entry).
+    """
+    positive = logit_scale * (query * positive_key.astype(query.dtype)).sum(axis=1, keepdim=True)
+    logits = _append_queue_logits(positive, query, queue, logit_scale, negative_mask, queue_share)
+    labels = paddle.zeros([query.shape[0]], dtype="int64")
+    return {"loss": F.cross_entropy(logits, labels), "acc": in_batch_accuracy(logits, labels)}
+
+
+def extra_negative_info_nce(a_local, b_all, queue_b, logit_scale, rank=0, negative_mask=None, queue_share=1.0):
+    """One direction of the pair loss, ``a -> b``, with the queue as extra negatives.
+
+    The positive and the in-batch negatives are ``b_all``'s rows (gathered
+    with gradient, or the local rows with ``rank=0``); the queue of ``b``'s
+    modality adds constant negatives. ``acc`` is the in-batch accuracy, as in
+    :func:`symmetric_info_nce`, so logs compare with and without the queue.
+    """
+    labels = contrastive_labels(a_local.shape[0], rank)
+    in_batch = contrastive_logits(a_local, b_all, logit_scale)
+    logits = _append_queue_logits(in_batch, a_local, queue_b, logit_scale, negative_mask, queue_share)
+    return {"loss": F.cross_entropy(logits, labels), "acc": in_batch_accuracy(in_batch, labels)}
+
+
+# ---------------------------------------------------------------- the config
+
+
+class MomentumQueueConfig(NamedTuple):
+    size: int
+    mode: str
+    momentum: float = 0.99
+    weight: float = 1.0
+    # None: the model's (shared) logit scale; a number: the fixed BriVL temperature.
+    temperature: Optional[float] = None
+    warmup_steps: int = 0
+    ramp_steps: int = 0
+    mask_same_image: bool = False
+
+    @property
+    def extra_negatives(self):
+        return self.mode in ("extra_negatives", "both")
+
+    @property
+    def brivl(self):
+        return self.mode in ("brivl", "both")
+
+
+def _fail(key, message):
+    raise ValueError(f"momentum_queue.{key}: {message}" if key else f"momentum_queue: {message}")
+
+
+def _check_int(key, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(key, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_real(key, value):
+    # bool is an int in Python, and PyYAML reads `1e-3` (no dot) as a string.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        _fail(key, f"must be a finite number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def _parse_temperature(value):
+    if value == "shared":
+        return None
+    if not isinstance(value, dict):
+        _fail("temperature", f"expected 'shared' or a mapping {{init: 0.07}}, got {value!r}")
+    for key in value:
+        if key not in ("init", "learnable"):
+            _fail(f"temperature.{key}", "unknown key; known: init, learnable")
+    if "init" not in value:
+        _fail("temperature", "missing key 'init'")
+    if value.get("learnable", False) is not False:
+        _fail(
+            "temperature.learnable",
+            f"must be false, got {value['learnable']!r}: a learnable queue temperature would live in the "
+            "loss, outside DataParallel's gradient sync; use 'temperature: shared' to learn it with the model's scale",
+        )
+    init = _check_real("temperature.init", value["init"])
+    if init <= 0:
+        _fail("temperature.init", f"must be positive, got {init!r}")
+    return init
+
+
+def parse_momentum_queue(section):
+    """Validate a ``momentum_queue`` config mapping into a :class:`MomentumQueueConfig`.
+
+    Errors are ``ValueError`` naming ``momentum_queue.<key>``; unknown keys,
+    wrong types and keys that the chosen mode would ignore are all refused.
+    """
+    if not isinstance(section, dict):
+        _fail("", f"expected a mapping, got {section!r}")
+    known = MomentumQueueConfig._fields
+    for key in section:
+        if key not in known:
+            _fail(key, f"unknown key; known: {', '.join(known)}" + did_you_mean(key, known))
+    for key in ("size", "mode"):
+        if key not in section:
+            _fail(key, "missing (required)")
+    if section["mode"] not in QUEUE_MODES:
+        _fail("mode", f"must be one of {', '.join(QUEUE_MODES)}, got {section['mode']!r}")
+    if section["mode"] == "extra_negatives":
+        for key in ("weight", "temperature"):
+            if key in section and not (key == "temperature" and section[key] == "shared"):
+                _fail(key, "only the brivl term uses it; with mode extra_negatives the pairs use the model's scale")
+    value = {**MomentumQueueConfig._field_defaults, "temperature": "shared", **section}
+    momentum = _check_real("momentum", value["momentum"])
+    if not 0.0 <= momentum <= 1.0:
+        _fail("momentum", f"must be in [0, 1], got {momentum!r}")
+    weight = _check_real("weight", value["weight"])
+    if weight <= 0:
+        _fail("weight", f"must be positive, got {weight!r}")
+    if not isinstance(value["mask_same_image"], bool):
+        _fail("mask_same_image", f"must be true or false, got {value['mask_same_image']!r}")
+    return MomentumQueueConfig(
+        size=_check_int("size", value["size"], 1),
+        mode=value["mode"],
+        momentum=momentum,
+        weight=weight,
+        temperature=_parse_temperature(value["temperature"]),
+        warmup_steps=_check_int("warmup_steps", value["warmup_steps"], 0),
+        ramp_steps=_check_int("ramp_steps", value["ramp_steps"], 0),
+        mask_same_image=value["mask_same_image"],
+    )

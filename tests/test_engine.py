@@ -1,0 +1,219 @@
+"""The trainer's pieces (schedule, optimizer groups, steps) and the train CLI end to end."""
+import copy
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+from ernievil2.engine.optim import NO_DECAY, freeze_towers, layer_scale, lr_at, param_groups, tower_depths
+from ernievil2.engine.steps import accumulated_step, train_step, use_tags_as_text
+from ernievil2.losses import MultiViewContrastiveLoss
+from ernievil2.models import build_model
+from tests.conftest import REPO
+from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config
+
+PAIRS = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5], ["image_v1", "tag", 0.5]]
+
+
+def tiny_model(dropout):
+    arch = copy.deepcopy(TINY_ARCH)
+    arch["text_tower"].update(hidden_dropout=dropout, attention_dropout=dropout, vocab_size=50)
+    arch["image_tower"].update(drop_rate=dropout)
+    paddle.seed(0)
+    return build_model(arch)
+
+
+def random_batch(n, seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(4, 50, size=(n, 10))
+    ids[:, 0], ids[:, -1] = 1, 2
+    ids[: n // 2, 7:] = 0
+    return {
+        "image_v1": paddle.to_tensor(rng.standard_normal((n, 3, 32, 32)).astype("float32")),
+        "image_v2": paddle.to_tensor(rng.standard_normal((n, 3, 32, 32)).astype("float32")),
+        "text": paddle.to_tensor(ids),
+        "tag": paddle.to_tensor(np.roll(ids, 1, axis=1)),
+    }
+
+
+def split(batch, parts):
+    return [{k: v[i * len(v) // parts : (i + 1) * len(v) // parts] for k, v in batch.items()} for i in range(parts)]
+
+
+def grads(model):
+    return {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_lr_schedule():
+    assert lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(55, 1.0, 10, 100) == pytest.approx(0.5)
+    assert lr_at(100, 1.0, 10, 100, min_lr_ratio=0.1) == pytest.approx(0.1)
+    with pytest.raises(AssertionError):
+        lr_at(101, 1.0, 10, 100)
+
+
+def test_param_groups_decay_layers_and_freezing():
+    model = tiny_model(0.0)
+    names = [n for n, _ in model.named_parameters()]
+    no_decay = {n for n in names if NO_DECAY.search(n)}
+    assert "visual.blocks.0.attn.qkv.weight" not in no_decay and "visual.patch_embed.proj.weight" not in no_decay
+    assert {"visual.blocks.0.attn.qkv.bias", "visual.norm_pre.weight", "text_model.word_emb.weight",
+            "visual.positional_embedding", "contrastive_loss_mm.temperature_b", "text_model.encoder_stack.block.0.ln1.weight"} <= no_decay
+    depths = tower_depths(model)
+    assert depths == {"visual.blocks": 1, "text_model.encoder_stack.block": 1}
+    assert layer_scale("visual.blocks.0.mlp.fc1.weight", depths, 0.5) == 0.5
+    assert layer_scale("visual.patch_embed.proj.weight", depths, 0.5) == 0.25
+    assert layer_scale("visual.norm_post.weight", depths, 0.5) == 1.0
+    groups = param_groups(model, 0.1, 0.5)
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    frozen = freeze_towers(model, ["image"])
+    assert frozen and all(n.startswith("visual.") for n in frozen)
+    assert sum(len(g["params"]) for g in param_groups(model, 0.1)) == len(names) - len(frozen)
+    with pytest.raises(ValueError, match="unknown tower 'img'"):
+        freeze_towers(model, ["img"])
+
+
+def test_tag_choice_is_deterministic_and_rate_respected():
+    draws = [use_tags_as_text(5, step, 0.3) for step in range(2000)]
+    assert draws == [use_tags_as_text(5, step, 0.3) for step in range(2000)]
+    assert 0.26 < np.mean(draws) < 0.34
+    assert not any(use_tags_as_text(5, step, 0.0) for step in range(100))
+
+
+def test_accumulated_step_equals_one_full_batch_step():
+    loss = MultiViewContrastiveLoss(PAIRS)
+    batch = random_batch(8, 0)
+    model = tiny_model(0.0)
+    full = train_step(model, loss, batch, loss.required_views)
+    expected = grads(model)
+    model.clear_gradients()
+    accumulated = accumulated_step(model, loss, split(batch, 2), loss.required_views)
+    got = grads(model)
+    assert float(accumulated["loss"]) == pytest.approx(float(full["loss"]), rel=1e-6)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_accumulated_step_replays_dropout_exactly():
+    """With dropout on, the cached and the re-encoded features must be the same draw."""
+    loss = MultiViewContrastiveLoss(PAIRS)
+    parts = split(random_batch(8, 1), 2)
+    model = tiny_model(0.2)
+    model.train()
+    state = paddle.get_rng_state()
+    accumulated_step(model, loss, parts, loss.required_views)
+    got = grads(model)
+    model.clear_gradients()
+    # Reference: the same micro-batch forwards in one graph, from the same RNG state.
+    paddle.set_rng_state(state)
+    from ernievil2.engine.steps import encode_views
+
+    features = [encode_views(model, p, loss.required_views)[0] for p in parts]
+    stacked = {v: paddle.concat([f[v] for f in features]) for v in features[0]}
+    loss(stacked, model.logit_scale())["loss"].backward()
+    expected = grads(model)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    # and dropout really was on: a different RNG state gives different gradients
+    model.clear_gradients()
+    paddle.seed(12345)
+    accumulated_step(model, loss, parts, loss.required_views)
+    assert any(not np.allclose(grads(model)[n], expected[n]) for n in expected)
+
+
+# --- the CLI ----------------------------------------------------------------
+
+
+def run_train(config, *overrides, check=True, **kwargs):
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "-c", str(config)]
+    for item in overrides:
+        cmd += ["-o", item]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), check=check, timeout=600, **kwargs)
+
+
+def final_weights(out_dir, step):
+    return paddle.load(os.path.join(out_dir, "checkpoints", f"step_{step:06d}", "model.pdparams"))
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return write_pairs_tsv(folder / "train.tsv", 40, seed=1), write_pairs_tsv(folder / "val.tsv", 12, seed=2)
+
+
+def test_train_cli_logs_evaluates_and_writes_checkpoints(tmp_path, train_data):
+    train, val = train_data
+    config = write_train_config(tmp_path, train, {"format": "official_tsv", "path": str(val)})
+    result = run_train(config)
+    out = tmp_path / "out"
+    log = (out / "train.log").read_text(encoding="utf-8")
+    assert "step 4/4" in log and "samples/s" in log and "eta" in log
+    assert "Text2Image" in log and (out / "eval_metrics.json").is_file()
+    assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_000002", "step_000004"]
+    assert any(name.endswith(".log") or "vdlrecords" in name for name in os.listdir(out / "vdl"))
+    state = pickle.loads((out / "checkpoints" / "step_000004" / "trainer_state.pkl").read_bytes())
+    assert state["step"] == 4 and state["ranks"][0]["position"]["records"] > 0
+    assert result.returncode == 0
+
+
+def test_killed_run_resumes_exactly(tmp_path, train_data):
+    train, _ = train_data
+    steps = ["Train.max_steps=6", "Train.save_every=3"]
+    (tmp_path / "a").mkdir()
+    straight = write_train_config(tmp_path / "a", train)
+    run_train(straight, *steps)
+    reference = final_weights(tmp_path / "a" / "out", 6)
+
+    (tmp_path / "b").mkdir()
+    interrupted = write_train_config(tmp_path / "b", train)
+    out = tmp_path / "b" / "out"
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "-c", str(interrupted)] + sum((["-o", s] for s in steps), [])
+    proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_000003" / "trainer_state.pkl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Whatever the kill interrupted, only complete checkpoints count: resume from step 3.
+    if (out / "checkpoints" / "step_000006").exists():
+        shutil.rmtree(out / "checkpoints" / "step_000006")
+    (out / "checkpoints" / "latest").write_text("step_000003\n")
+    resumed = run_train(interrupted, *steps)
+    assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout
+    got = final_weights(out, 6)
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key].numpy(), value.numpy(), err_msg=key)
+
+
+def test_bad_config_key_fails_with_its_name(tmp_path, train_data):
+    config = write_train_config(tmp_path, train_data[0])
+    result = run_train(config, "Train.max_stpes=3", check=False)
+    assert result.returncode == 2
+    assert "Train.max_stpes: unknown key" in result.stderr and "did you mean 'max_steps'" in result.stderr
+
+
+def test_bad_records_are_skipped_and_counted_or_raised(tmp_path, train_data):
+    lines = train_data[0].read_text(encoding="utf-8").splitlines()
+    lines[3] = "一个没有图片的行"
+    text, image_id, _, tags = lines[5].split("\t")
+    lines[5] = "\t".join([text, image_id, "bm90IGFuIGltYWdl", tags])  # valid base64, not an image
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = write_train_config(tmp_path, bad, Data={"on_error": "skip"})
+    run_train(config, "Train.max_steps=10", "Train.save_every=0")  # 40 records: the whole file is read
+    log = (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
+    assert "skipped 2 bad records" in log and "bad.tsv:4: wrong column count" in log, log
+    config = write_train_config(tmp_path, bad, Data={"on_error": "raise"})
+    result = run_train(config, "Train.max_steps=2", "Train.resume=never", check=False)
+    assert "Traceback" not in result.stderr
+    assert result.returncode != 0 and f"{bad}:4" in result.stderr
