@@ -3,21 +3,15 @@
 Launches ``tests/dist/dist_loss_check.py`` with ``paddle.distributed.launch``
 and compares what each rank wrote against the single-process reference.
 """
-import importlib.util
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.dist.launcher import REPO, launch, load_module
+
 WORKER = REPO / "tests" / "dist" / "dist_loss_check.py"
 WORLD_SIZE = 2
-TIMEOUT_SECONDS = 120
 
 pytestmark = pytest.mark.skipif(
     paddle.device.is_compiled_with_cuda(),
@@ -25,52 +19,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def load_worker():
-    spec = importlib.util.spec_from_file_location("dist_loss_check", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def launch(tmp_path):
-    """Run the worker on 2 processes; return (exit code, launcher output + worker logs)."""
-    out_dir, log_dir = tmp_path / "out", tmp_path / "log"
-    out_dir.mkdir()
-    # Unset rather than empty: paddle 3.3.1's launcher takes CUDA_VISIBLE_DEVICES=""
-    # for one GPU named "" and fails to place 2 processes; without it a CPU build
-    # finds no device and starts the workers with the gloo backend.
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    command = [
-        sys.executable, "-m", "paddle.distributed.launch",
-        "--nproc_per_node", str(WORLD_SIZE), "--log_dir", str(log_dir),
-        str(WORKER), str(out_dir),
-    ]
-    # A session of its own, so a hung job can be killed with all its workers.
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        output += f"\n[killed after {TIMEOUT_SECONDS} s]"
-    logs = "".join(
-        f"\n===== {path.name} =====\n{path.read_text(errors='replace')}"
-        for path in sorted(log_dir.glob("workerlog.*"))
-    )
-    return process.returncode, f"$ {' '.join(command)}\n{output}{logs}", out_dir
-
-
-def relative_error(value, reference):
-    return np.linalg.norm(value - reference) / np.linalg.norm(reference)
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    code, logs, out_dir = launch(tmp_path_factory.mktemp("dist_loss"))
+    workdir = tmp_path_factory.mktemp("dist_loss")
+    out_dir = workdir / "out"
+    out_dir.mkdir()
+    code, logs = launch(WORKER, [out_dir], workdir, nproc=WORLD_SIZE)
     assert code == 0, f"launcher exited with {code}\n{logs}"
     results = [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(WORLD_SIZE)]
     assert [int(r["world_size"]) for r in results] == [WORLD_SIZE] * WORLD_SIZE, logs
@@ -79,12 +33,16 @@ def ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker():
-    return load_worker()
+    return load_module(WORKER)
 
 
 @pytest.fixture(scope="module")
 def reference(worker):
     return worker.single_process_reference(WORLD_SIZE)
+
+
+def relative_error(value, reference):
+    return np.linalg.norm(value - reference) / np.linalg.norm(reference)
 
 
 def param_names(reference):

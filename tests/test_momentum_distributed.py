@@ -5,20 +5,14 @@ and compares what each rank recorded, step by step, against the worker's
 ``run`` on the whole global batch in this process: identical queues on both
 ranks, the mean rank loss, the synced gradients and the EMA copies.
 """
-import importlib.util
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.dist.launcher import REPO, launch, load_module
+
 WORKER = REPO / "tests" / "dist" / "dist_momentum_check.py"
-TIMEOUT_SECONDS = 120
 
 pytestmark = pytest.mark.skipif(
     paddle.device.is_compiled_with_cuda(),
@@ -26,51 +20,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def load_worker():
-    spec = importlib.util.spec_from_file_location("dist_momentum_check", WORKER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def launch(tmp_path, world_size):
-    """Run the worker on ``world_size`` processes; return (exit code, output and worker logs, out dir)."""
-    out_dir, log_dir = tmp_path / "out", tmp_path / "log"
-    out_dir.mkdir()
-    # Unset, not empty: paddle 3.3.1's launcher reads "" as one GPU (see test_losses_distributed.py).
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    command = [
-        sys.executable, "-m", "paddle.distributed.launch",
-        "--nproc_per_node", str(world_size), "--log_dir", str(log_dir),
-        str(WORKER), str(out_dir),
-    ]
-    # A session of its own, so a hung job can be killed with all its workers.
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        output += f"\n[killed after {TIMEOUT_SECONDS} s]"
-    logs = "".join(
-        f"\n===== {path.name} =====\n{path.read_text(errors='replace')}"
-        for path in sorted(log_dir.glob("workerlog.*"))
-    )
-    return process.returncode, f"$ {' '.join(command)}\n{output}{logs}", out_dir
-
-
 @pytest.fixture(scope="module")
 def worker():
-    return load_worker()
+    return load_module(WORKER)
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, worker):
-    code, logs, out_dir = launch(tmp_path_factory.mktemp("dist_momentum"), worker.WORLD_SIZE)
+    workdir = tmp_path_factory.mktemp("dist_momentum")
+    out_dir = workdir / "out"
+    out_dir.mkdir()
+    code, logs = launch(WORKER, [out_dir], workdir, nproc=worker.WORLD_SIZE)
     assert code == 0, f"launcher exited with {code}\n{logs}"
     results = [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(worker.WORLD_SIZE)]
     assert [int(r["world_size"]) for r in results] == [worker.WORLD_SIZE] * worker.WORLD_SIZE, logs

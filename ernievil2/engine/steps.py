@@ -21,6 +21,11 @@ def use_tags_as_text(seed, step, probability):
     return bool(np.random.default_rng([seed, step, 7]).random() < probability)
 
 
+def full_precision(x):
+    """The loss runs in fp32 (or wider) even when the towers run in half precision."""
+    return x.astype("float32") if x.dtype in (paddle.float16, paddle.bfloat16) else x
+
+
 def view_inputs(batch, views, tags_as_text=False):
     """(image views, stacked images or None, text views, stacked ids or None) for ``views``."""
     image_names = [v for v in IMAGE_VIEWS if v in views]
@@ -39,9 +44,9 @@ def encode_views(model, batch, views, tags_as_text=False, autocast=None):
     features = {}
     for names, key in ((image_names, "image"), (text_names, "text")):
         if names:
-            for name, part in zip(names, paddle.split(out[key].astype("float32"), len(names))):
+            for name, part in zip(names, paddle.split(full_precision(out[key]), len(names))):
                 features[name] = part
-    return features, out["logit_scale"].astype("float32")
+    return features, full_precision(out["logit_scale"])
 
 
 def momentum_keys(momentum, micro_batches, tags_as_text=False):

@@ -1,0 +1,148 @@
+"""Worker for tests/test_momentum_distributed.py: the momentum queue in 2 CPU processes.
+
+Run under the launcher (CUDA_VISIBLE_DEVICES unset, not empty; see
+dist_loss_check.py)::
+
+    env -u CUDA_VISIBLE_DEVICES PYTHONPATH=. python -m paddle.distributed.launch \
+        --nproc_per_node 2 --log_dir /tmp/log tests/dist/dist_momentum_check.py /tmp/out
+
+Every rank builds the same tiny dual encoder, its EMA copy and the loss with a
+queue (mode ``both``, masking, warm-up and ramp), and trains ``STEPS`` SGD steps
+on its slice of a fixed global batch per step, in the trainer's order: loss,
+backward (``paddle.DataParallel``), optimizer step, EMA update, enqueue. The
+queue of 6 rows takes 4 keys a step, so it wraps, and it is active from step 2
+(warm-up 2, ramp 2: queue shares 0, 0, 0.5, 1). :func:`run` writes, per step, the
+rank's loss, the synced parameter gradients, the queue buffers after the
+enqueue and the momentum copy's parameters to ``OUT/rank{r}.npz``; the pytest
+side compares them with the same :func:`run` on the global batch in one process.
+"""
+import contextlib
+import math
+import os
+import sys
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+from ernievil2.losses import MomentumEncoder, MultiViewContrastiveLoss, clamp_logit_scale
+
+PAIRS = [["image_v1", "text_v1", 1.0], ["image_v1", "image_v2", 0.5]]
+QUEUE = {
+    "size": 6,
+    "mode": "both",
+    "momentum": 0.9,
+    "weight": 0.5,
+    "temperature": {"init": 0.1},
+    "warmup_steps": 2,
+    "ramp_steps": 2,
+    "mask_same_image": True,
+}
+VIEW_TOWER = {"image_v1": "image", "image_v2": "image", "text_v1": "text"}
+INPUT_DIM = {"image": 6, "text": 5}
+EMBED_DIM = 4
+WORLD_SIZE = 2
+LOCAL_BATCH = 2
+STEPS = 4
+LEARNING_RATE = 0.1
+SEED = 20240918
+
+
+class LinearTower(paddle.nn.Layer):
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.weight = self.create_parameter(weight.shape, default_initializer=paddle.nn.initializer.Assign(weight))
+        self.bias = self.create_parameter(bias.shape, default_initializer=paddle.nn.initializer.Assign(bias))
+
+    def forward(self, x):
+        return paddle.matmul(x, self.weight) + self.bias
+
+
+class TinyDualEncoder(paddle.nn.Layer):
+    """Two linear towers and a learned temperature, like the real model's interface."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.towers = paddle.nn.LayerDict(
+            {
+                name: LinearTower(rng.standard_normal((dim, EMBED_DIM)), rng.standard_normal(EMBED_DIM))
+                for name, dim in INPUT_DIM.items()
+            }
+        )
+        self.temperature_b = self.create_parameter(
+            [], default_initializer=paddle.nn.initializer.Constant(math.log(1 / 0.07))
+        )
+
+    def forward(self, inputs):
+        features = {view: self.towers[VIEW_TOWER[view]](x) for view, x in inputs.items()}
+        return features, clamp_logit_scale(self.temperature_b, 100.0)
+
+
+def global_batch(step):
+    """The step's inputs for every view and its image ids; ids 0..2 repeat, -1 is unknown."""
+    rng = np.random.default_rng(SEED + 1 + step)
+    rows = WORLD_SIZE * LOCAL_BATCH
+    inputs = {view: rng.standard_normal((rows, INPUT_DIM[tower])) for view, tower in VIEW_TOWER.items()}
+    return inputs, rng.integers(-1, 3, rows)
+
+
+@contextlib.contextmanager
+def float64_default():
+    # Float64 keeps the comparison about the maths; the queue takes the default dtype.
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype("float64")
+    try:
+        yield
+    finally:
+        paddle.set_default_dtype(previous)
+
+
+def run(rank, world_size, rows):
+    """``STEPS`` training steps on ``rows`` of each global batch; what each step left behind."""
+    with float64_default():
+        model = TinyDualEncoder(np.random.default_rng(SEED))
+        momentum = MomentumEncoder(model)
+        loss_fn = MultiViewContrastiveLoss(PAIRS, rank, world_size, momentum_queue=QUEUE, embed_dim=EMBED_DIM)
+        trained = paddle.DataParallel(model) if world_size > 1 else model
+        optimizer = paddle.optimizer.SGD(learning_rate=LEARNING_RATE, parameters=model.parameters())
+        record = {}
+        for step in range(STEPS):
+            inputs, ids = global_batch(step)
+            tensors = {view: paddle.to_tensor(x[rows]) for view, x in inputs.items()}
+            image_ids = paddle.to_tensor(ids[rows])
+
+            features, logit_scale = trained(tensors)
+            key_features, _ = momentum({v: tensors[v] for v in ("image_v1", "text_v1")})
+            keys = {"image": key_features["image_v1"], "text": key_features["text_v1"]}
+            out = loss_fn(features, logit_scale, keys=keys, image_ids=image_ids, step=step)
+            out["loss"].backward()
+            record[f"step{step}/loss"] = out["loss"].numpy()
+            record[f"step{step}/queue_share"] = out["queue/share"].numpy()
+            record.update({f"step{step}/grad/{n}": p.grad.numpy() for n, p in model.named_parameters()})
+            optimizer.step()
+            optimizer.clear_grad()
+            momentum.update(model, loss_fn.queue_config.momentum)
+            loss_fn.enqueue(keys, image_ids)
+
+            record.update({f"step{step}/queue/{n}": t.numpy() for n, t in loss_fn.queue.state_dict().items()})
+            record.update({f"step{step}/momentum/{n}": p.numpy() for n, p in momentum.model.named_parameters()})
+        return record
+
+
+def single_process_reference():
+    """The same steps on the whole global batch, in one process."""
+    return run(0, 1, slice(None))
+
+
+def main(out_dir):
+    paddle.set_device("cpu")
+    dist.init_parallel_env()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if world_size != WORLD_SIZE:
+        raise SystemExit(f"launch with --nproc_per_node {WORLD_SIZE}, got world size {world_size}")
+    record = run(rank, world_size, slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH))
+    np.savez(os.path.join(out_dir, f"rank{rank}.npz"), world_size=world_size, **record)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

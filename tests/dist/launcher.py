@@ -1,0 +1,96 @@
+"""Run a script under ``paddle.distributed.launch`` on CPU (gloo), as the distributed tests do."""
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_SECONDS = 240
+
+
+def launcher_env():
+    # Unset rather than empty: paddle 3.3.1's launcher takes CUDA_VISIBLE_DEVICES=""
+    # for one GPU named "" and fails to place 2 processes; without it a CPU build
+    # finds no device and starts the workers with the gloo backend.
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _command(script, args, log_dir, nproc, nnodes=1, master=None):
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), "--log_dir", str(log_dir)]
+    if nnodes > 1:
+        command += ["--master", master, "--nnodes", str(nnodes)]
+    return command + [str(script)] + [str(a) for a in args]
+
+
+def _start(command, cwd):
+    # A session of its own, so a hung job can be killed with all its workers.
+    return subprocess.Popen(
+        command, cwd=cwd, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+
+
+def _finish(process, deadline):
+    try:
+        output, _ = process.communicate(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        output += "\n[killed: timed out]"
+    return process.returncode, output
+
+
+def _worker_logs(log_dir):
+    return "".join(
+        f"\n===== {path} =====\n{path.read_text(errors='replace')}" for path in sorted(Path(log_dir).glob("workerlog.*"))
+    )
+
+
+def launch(script, args, workdir, nproc=2, timeout=TIMEOUT_SECONDS):
+    """One launcher with ``nproc`` local processes; returns (exit code, everything printed and logged)."""
+    log_dir = Path(workdir) / "log"
+    command = _command(script, args, log_dir, nproc)
+    code, output = _finish(_start(command, workdir), time.time() + timeout)
+    return code, f"$ {' '.join(command)}\n{output}{_worker_logs(log_dir)}"
+
+
+def launch_nodes(script, args, workdir, nnodes=2, timeout=TIMEOUT_SECONDS):
+    """``nnodes`` launchers side by side on loopback, one process each, forming one job.
+
+    Each runs in its own folder (each launcher writes ``log/`` there), as two
+    machines would; returns (exit codes, everything printed and logged).
+    """
+    master = f"127.0.0.1:{free_port()}"
+    started, report = [], ""
+    for node in range(nnodes):
+        folder = Path(workdir) / f"node{node}"
+        folder.mkdir(parents=True, exist_ok=True)
+        command = _command(script, args, folder / "log", 1, nnodes, master)
+        started.append((folder, command, _start(command, folder)))
+    deadline = time.time() + timeout
+    codes = []
+    for folder, command, process in started:
+        code, output = _finish(process, deadline)
+        codes.append(code)
+        report += f"\n$ (in {folder}) {' '.join(command)}\n{output}{_worker_logs(folder / 'log')}"
+    return codes, report
+
+
+def load_module(path):
+    """Import a worker script as a module, so the test can reuse its reference code."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
