@@ -195,3 +195,31 @@ def test_save_pretrained_folder_round_trip(paddlenlp_model, tmp_path):
             paddlenlp_model.get_text_features(input_ids=ids).numpy(),
             atol=1e-6,
         )
+
+
+def test_convert_checkpoint_cli_round_trip(paddlenlp_model, tmp_path, fixture_dir):
+    import subprocess
+    import sys
+
+    from paddlenlp.transformers import ErnieViLModel
+
+    tool = str(REPO / "tools" / "convert_checkpoint.py")
+    nlp_dir = tmp_path / "nlp"
+    paddlenlp_model.save_pretrained(str(nlp_dir))
+    ours = tmp_path / "ours.pdparams"
+    subprocess.run([sys.executable, tool, "to-ours", str(nlp_dir), str(ours), "--arch-out", str(tmp_path / "arch.yaml")], check=True, capture_output=True)
+    state = paddle.load(str(ours))
+    assert "visual.blocks.0.attn.qkv.weight" in state and "contrastive_loss_mm.temperature_b" in state
+    back = tmp_path / "back"
+    subprocess.run([sys.executable, tool, "to-paddlenlp", str(fixture_dir / "model.pdparams"), str(back), "-c", TINY_CONFIG], check=True, capture_output=True)
+    reloaded = ErnieViLModel.from_pretrained(str(back))
+    ours_model = build_model(load_config(TINY_CONFIG)["Arch"])
+    load_pretrained(ours_model, str(fixture_dir / "model.pdparams"))
+    reloaded.eval(), ours_model.eval()
+    pixels = paddle.randn([2, 3, 224, 224])
+    with paddle.no_grad():
+        np.testing.assert_allclose(
+            reloaded.get_image_features(pixel_values=pixels).numpy(), ours_model.encode_image(pixels, normalize=False).numpy(), atol=1e-5
+        )
+    wrong = subprocess.run([sys.executable, tool, "to-paddlenlp", str(fixture_dir / "model.pdparams"), str(tmp_path / "x"), "-c", BASE_CONFIG], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "shape mismatch" in wrong.stderr

@@ -78,6 +78,14 @@ def tag_text(tags, prompt, separator):
     return prompt + separator.join(tags)
 
 
+def trim_padding(id_arrays, pad_id):
+    """Cut the padding columns no row of any array uses (one common length: the text
+    views are stacked into one batch). Padding is masked out, so features are unchanged;
+    short captions just stop paying for ``max_len``."""
+    length = max(int((ids != pad_id).sum(axis=1).max()) for ids in id_arrays.values())
+    return {name: ids[:, :length] for name, ids in id_arrays.items()}
+
+
 def shuffled(records, buffer_size, rng):
     """Reservoir-style shuffle with a bounded buffer."""
     if buffer_size <= 1:
@@ -241,9 +249,10 @@ class TrainStream:
 
     def _collate(self, records, views):
         batch = {IMAGE_VIEWS[i]: views[i] for i in range(self.image_views)}
-        batch["text"] = self.tokenizer.encode([r.text for r in records])
+        texts = {"text": self.tokenizer.encode([r.text for r in records])}
         if self.need_tags:
-            batch["tag"] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
+            texts["tag"] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
+        batch.update(trim_padding(texts, self.tokenizer.pad_id))
         batch["image_id"] = np.array([stable_image_id(r.image_id) for r in records], dtype=np.int64)
         return batch
 
