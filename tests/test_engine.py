@@ -217,3 +217,25 @@ def test_bad_records_are_skipped_and_counted_or_raised(tmp_path, train_data):
     result = run_train(config, "Train.max_steps=2", "Train.resume=never", check=False)
     assert "Traceback" not in result.stderr
     assert result.returncode != 0 and f"{bad}:4" in result.stderr
+
+
+def test_recompute_gives_the_same_gradients():
+    loss = MultiViewContrastiveLoss(PAIRS)
+    batch = random_batch(4, 3)
+    model = tiny_model(0.0)
+    train_step(model, loss, batch, loss.required_views)
+    expected = grads(model)
+    model.clear_gradients()
+    model.visual.recompute = model.text_model.recompute = True
+    train_step(model, loss, batch, loss.required_views)
+    for name, value in expected.items():
+        np.testing.assert_allclose(grads(model)[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_bfloat16_autocast_step_runs_with_fp32_loss():
+    loss = MultiViewContrastiveLoss(PAIRS[:1])
+    model = tiny_model(0.0)
+    autocast = lambda: paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1")  # noqa: E731
+    terms = train_step(model, loss, random_batch(4, 4), loss.required_views, autocast=autocast)
+    assert terms["loss"].dtype == paddle.float32 and np.isfinite(float(terms["loss"]))
+    assert all(p.grad is not None for p in model.parameters() if not p.stop_gradient)
