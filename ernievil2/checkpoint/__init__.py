@@ -13,16 +13,31 @@ def read_model_state(path):
 
     Accepts: an official ``.pdparams`` (e.g. ``OPEN_ERNIE_VIL2_BASE_ViT.pdparams``)
     or ours; a PaddleNLP ``save_pretrained`` folder or its ``model_state.pdparams``;
-    a training checkpoint folder of ours.
+    a training checkpoint folder of ours, or a training output folder (its latest checkpoint).
     """
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, MODEL_WEIGHTS)):
             return read_state(os.path.join(path, MODEL_WEIGHTS))
+        latest = latest_checkpoint(path)
+        if latest:
+            return read_state(os.path.join(latest, MODEL_WEIGHTS))
         return read_paddlenlp_dir(path)[1]
     state = read_state(path)
     if any(k.startswith("vision_model.") for k in state):
         return paddlenlp_to_official(state)
     return state
+
+
+def latest_checkpoint(path):
+    """The newest checkpoint under a training output folder (or its ``checkpoints/``), else None."""
+    for root in (os.path.join(path, "checkpoints"), path):
+        pointer = os.path.join(root, "latest")
+        if os.path.isfile(pointer):
+            with open(pointer) as f:
+                folder = os.path.join(root, f.read().strip())
+            if os.path.isfile(os.path.join(folder, MODEL_WEIGHTS)):
+                return folder
+    return None
 
 
 def load_pretrained(model, path, allow_missing=()):

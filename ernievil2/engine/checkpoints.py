@@ -16,7 +16,7 @@ import tempfile
 
 import paddle
 
-from ..checkpoint import MODEL_WEIGHTS
+from ..checkpoint import MODEL_WEIGHTS, latest_checkpoint
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 LATEST = "latest"
@@ -77,12 +77,9 @@ def find_resume_checkpoint(output_dir, resume):
         if not os.path.isfile(os.path.join(resume, "trainer_state.pkl")):
             raise FileNotFoundError(f"Train.resume: {resume} is not a training checkpoint (no trainer_state.pkl)")
         return resume
-    latest = os.path.join(checkpoint_root(output_dir), LATEST)
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            path = os.path.join(checkpoint_root(output_dir), f.read().strip())
-        if os.path.isfile(os.path.join(path, "trainer_state.pkl")):
-            return path
+    latest = latest_checkpoint(output_dir)
+    if latest and os.path.isfile(os.path.join(latest, "trainer_state.pkl")):
+        return latest
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
 
