@@ -23,10 +23,12 @@ fi
 for arg in "$@"; do
   case "$arg" in
     --demo)
-      if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-        echo "[install] Debian package dataset-fashion-mnist"
+      # The real Fashion-MNIST images, and a CJK font for the captions in the demo's picture.
+      if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+         || [ ! -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]; then
+        echo "[install] Debian packages dataset-fashion-mnist fonts-wqy-microhei"
         SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist fonts-wqy-microhei >/dev/null
       fi
       ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;

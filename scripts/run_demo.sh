@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The main job on the embedded demo (run by `make demo` after the install step):
+# FashionScenes-CN from real Fashion-MNIST images -> multi-view pre-training ->
+# retrieval evaluation (official + multi-ground-truth) -> export -> Paddle
+# Inference -> example queries (printed, and drawn in OUT/examples.png).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+DATA=${DEMO_DATA:-demo_data/fashion_scenes_cn}
+OUT=${DEMO_OUT:-output/demo}
+CONFIG=${DEMO_CONFIG:-configs/demo/multiview.yaml}
+NUM_TRAIN=${DEMO_NUM_TRAIN:-10000}
+NUM_TEST=${DEMO_NUM_TEST:-2000}
+export PYTHONWARNINGS=ignore
+started=$(date +%s)
+stage() { echo; echo "== [$(( $(date +%s) - started ))s] $*"; }
+
+stage "1/6 demo data: $NUM_TRAIN train + $NUM_TEST test scenes -> $DATA"
+$PYTHON tools/make_demo_data.py --output "$DATA" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
+$PYTHON tools/build_vocab.py --input "$DATA/train.tsv" --output "$DATA/vocab.txt"
+
+stage "2/6 multi-view pre-training ($CONFIG) -> $OUT/train"
+$PYTHON tools/train.py -c "$CONFIG" -o Global.output_dir="$OUT/train" \
+    -o Tokenizer.vocab_file="$DATA/vocab.txt" \
+    -o Data.train="{format: official_tsv, path: $DATA/train.tsv}" -o Data.val=null
+
+stage "3/6 retrieval on the test split (the official protocol, then multi-ground-truth)"
+$PYTHON tools/extract_features.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
+    --weights "$OUT/train" --data "$DATA/test.tsv" --output "$OUT/test_official.npz" --num-workers 1
+$PYTHON tools/extract_features.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
+    --weights "$OUT/train" --format chinese_clip --data "$DATA" --split test \
+    --output "$OUT/test_multi_gt.npz" --num-workers 1
+$PYTHON tools/eval_retrieval.py "$OUT/test_official.npz" --protocol official --json "$OUT/retrieval_official.json" | tee "$OUT/retrieval.txt"
+$PYTHON tools/eval_retrieval.py "$OUT/test_multi_gt.npz" --protocol multi_gt --json "$OUT/retrieval_multi_gt.json" | tee -a "$OUT/retrieval.txt"
+
+stage "4/6 export both towers for Paddle Inference -> $OUT/export"
+$PYTHON tools/export_model.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
+    --weights "$OUT/train" --output "$OUT/export" --overwrite
+
+stage "5/6 Paddle Inference: example queries on the test images"
+$PYTHON tools/demo_report.py --model "$OUT/export" --data "$DATA" --output "$OUT" | tee "$OUT/examples.txt"
+
+stage "6/6 results"
+cat "$OUT/retrieval.txt"
+echo "example queries: $OUT/examples.txt, picture: $OUT/examples.png"
+echo "training log: $OUT/train/train.log; VisualDL: visualdl --logdir $OUT/train/vdl"
+echo "done in $(( $(date +%s) - started ))s"
