@@ -27,14 +27,14 @@ def jpeg_b64(rgb):
     return base64.b64encode(data.tobytes()).decode("ascii")
 
 
-def write_pairs_tsv(path, n, seed=0, size=32):
-    """An official-format TSV (with tags) of ``n`` coloured-shape scenes."""
+def write_pairs_tsv(path, n, seed=0, size=32, id_prefix="img"):
+    """An official-format TSV (with tags) of ``n`` coloured-shape scenes, image ids ``{id_prefix}{i}``."""
     rng = np.random.default_rng(seed)
     lines = []
     for i in range(n):
         colour = list(COLOURS)[rng.integers(len(COLOURS))]
         shape = SHAPES[rng.integers(len(SHAPES))]
-        lines.append(f"一个{colour}的{shape}\timg{i}\t{jpeg_b64(scene(colour, shape, size))}\t{colour}{shape}")
+        lines.append(f"一个{colour}的{shape}\t{id_prefix}{i}\t{jpeg_b64(scene(colour, shape, size))}\t{colour}{shape}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -6,6 +6,7 @@
 """
 import json
 import os
+import resource
 import time
 
 import numpy as np
@@ -18,6 +19,11 @@ from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, officia
 from .checkpoints import load_checkpoint, save_checkpoint
 from .optim import lr_at
 from .steps import accumulated_step, average_gradients, batch_to_tensors, momentum_keys, train_step, use_tags_as_text
+
+
+def peak_rss_mib():
+    """This process's resident-set high-water mark (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def format_duration(seconds):
@@ -203,6 +209,10 @@ class Trainer:
             if cfg["eval_every"] and self.step % cfg["eval_every"] == 0 and self.step < cfg["max_steps"]:
                 self.evaluate()
         self.save()
+        self.log(
+            f"trained {self.step - first_step} steps in {format_duration(time.time() - started)}; "
+            f"peak memory {peak_rss_mib():.0f} MiB; {self.stream.counter.summary()}"
+        )
         metrics = self.evaluate()
         self.stream.close()
         if self.writer is not None:

@@ -1,0 +1,145 @@
+"""The multi-view ablation (and the momentum-queue comparison) on FashionScenes-CN.
+
+    python benchmarks/ablation.py --preset multiview --seeds 0 1 2 --steps 100 --equal-time
+    python benchmarks/ablation.py --preset queue --seeds 0 1 2 --steps 200
+
+Every row trains the demo model from scratch with ``tools/train.py`` (same data,
+batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
+(official one-to-one protocol: one caption per test image). ``--equal-time``
+adds a second pass where each row gets the wall-clock time the single-view row
+took, converted to steps with the row's own measured step time. Results go to
+``--out`` (JSON, every run) and a markdown table on stdout.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SINGLE = [["image_v1", "text_v1", 1.0]]
+INTRA = SINGLE + [["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5]]
+TAG = INTRA + [["image_v1", "tag", 0.5]]
+FULL = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5], ["image_v1", "tag", 0.5]]
+PRESETS = {
+    "multiview": [
+        ("single-view image-text", {"pairs": SINGLE}),
+        ("+ image-image, text-text", {"pairs": INTRA}),
+        ("+ tag view", {"pairs": TAG}),
+        ("full table", {"pairs": FULL}),
+    ],
+    "queue": [
+        ("in-batch negatives", {"pairs": SINGLE}),
+        (
+            "in-batch + queue (K=4096)",
+            {"pairs": SINGLE, "momentum_queue": {"size": 4096, "mode": "extra_negatives", "momentum": 0.99, "warmup_steps": 50, "mask_same_image": True}},
+        ),
+    ],
+}
+
+
+def flow(value):
+    """A value as a one-line yaml flow for -o overrides."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def train_once(name, loss, seed, steps, args):
+    out = os.path.join(args.work, re.sub(r"\W+", "_", name).strip("_"), f"seed{seed}_steps{steps}")
+    overrides = {
+        "Global.seed": seed,
+        "Global.output_dir": out,
+        "Train.max_steps": steps,
+        "Train.batch_size": args.batch,
+        "Train.save_every": 0,
+        "Train.log_every": 10,
+        "Train.resume": "never",
+        "Tokenizer.vocab_file": os.path.join(args.data, "vocab.txt"),
+        "Data.train": {"format": "official_tsv", "path": os.path.join(args.data, "train.tsv")},
+        "Data.val": {"format": "official_tsv", "path": os.path.join(args.data, "test.tsv")},
+        "Loss": {"name": "MultiViewContrastive", "temperature": {"init": 0.07, "learnable": True, "max_logit_scale": 100}, **loss},
+    }
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), "-c", args.config]
+    for key, value in overrides.items():
+        cmd += ["-o", f"{key}={flow(value)}"]
+    started = time.time()
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.time() - started
+    with open(os.path.join(out, "eval_metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)["official"]
+    log = open(os.path.join(out, "train.log"), encoding="utf-8").read()
+    rates = [float(r) for r in re.findall(r"([\d.]+) samples/s", log)]
+    peak = re.search(r"peak memory (\d+) MiB", log)
+    return {
+        "row": name,
+        "seed": seed,
+        "steps": steps,
+        "t2i_r1": metrics["text2image"]["r1"] * 100,
+        "i2t_r1": metrics["image2text"]["r1"] * 100,
+        "mean_recall": metrics["mean"]["mean_recall"] * 100,
+        "seconds_per_step": args.batch / statistics.median(rates[1:] or rates),
+        "peak_mib": int(peak.group(1)) if peak else None,
+        "wall_seconds": wall,
+    }
+
+
+def mean_std(values):
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+
+def table(runs, title):
+    lines = [f"### {title}", "", "| row | steps | T2I R@1 | I2T R@1 | MeanRecall | s/step | peak MiB |", "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["row"] for r in runs):
+        rows = [r for r in runs if r["row"] == name]
+        lines.append(
+            f"| {name} | {'/'.join(sorted({str(r['steps']) for r in rows}))} | {mean_std([r['t2i_r1'] for r in rows])} | "
+            f"{mean_std([r['i2t_r1'] for r in rows])} | {mean_std([r['mean_recall'] for r in rows])} | "
+            f"{statistics.median(r['seconds_per_step'] for r in rows):.2f} | {max(r['peak_mib'] or 0 for r in rows)} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="multiview")
+    parser.add_argument("--config", default=os.path.join(REPO, "configs", "demo", "base.yaml"))
+    parser.add_argument("--data", default=os.path.join(REPO, "demo_data", "fashion_scenes_cn"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--equal-time", action="store_true", help="also run every row for the single-view row's wall-clock time")
+    parser.add_argument("--work", default=os.path.join(REPO, "output", "ablation"))
+    parser.add_argument("--out", default=None, help="JSON of every run (default WORK/PRESET.json)")
+    args = parser.parse_args()
+    out = args.out or os.path.join(args.work, f"{args.preset}.json")
+    rows = PRESETS[args.preset]
+    runs = []
+    for name, loss in rows:
+        for seed in args.seeds:
+            runs.append(train_once(name, loss, seed, args.steps, args))
+            print(json.dumps(runs[-1]), flush=True)
+    report = [table(runs, f"equal steps ({args.steps} steps, batch {args.batch}, seeds {args.seeds})")]
+    if args.equal_time:
+        base = statistics.median(r["seconds_per_step"] for r in runs if r["row"] == rows[0][0])
+        budget = base * args.steps
+        timed = []
+        for name, loss in rows[1:]:
+            per_step = statistics.median(r["seconds_per_step"] for r in runs if r["row"] == name)
+            steps = max(1, round(budget / per_step))
+            for seed in args.seeds:
+                timed.append(train_once(name, loss, seed, steps, args))
+                print(json.dumps(timed[-1]), flush=True)
+        first = [r for r in runs if r["row"] == rows[0][0]]
+        report.append(table(first + timed, f"equal wall-clock ({budget:.0f} s of training per run)"))
+        runs += timed
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(runs, f, indent=1, ensure_ascii=False)
+    print("\n\n".join(report))
+
+
+if __name__ == "__main__":
+    main()

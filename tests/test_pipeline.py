@@ -1,0 +1,127 @@
+"""The training stream: sharding, determinism, worker independence, exact resume, bad records."""
+import numpy as np
+import pytest
+
+from ernievil2.config import resolve_resource
+from ernievil2.data.augment import TrainTransform
+from ernievil2.data.errors import DataError
+from ernievil2.data.pipeline import StreamPosition, TrainStream, expand_sources, rank_sources, shuffled, stable_image_id, trim_padding
+from ernievil2.data.tokenizer import ErnieTokenizer
+from tests.helpers import write_pairs_tsv
+
+AUGMENT = {"image_size": 32, "resize_short": 32}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return ErnieTokenizer(resolve_resource("ernie-3.0-base-zh/vocab.txt"), max_len=16)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    return [write_pairs_tsv(folder / f"part-{i}.tsv", 12, seed=i, id_prefix=f"p{i}-") for i in range(3)]
+
+
+def stream(spec, tokenizer, **kwargs):
+    defaults = dict(batch_size=4, image_views=2, need_tags=True, seed=7, shuffle_buffer=8, transform=TrainTransform(AUGMENT))
+    defaults.update(kwargs)
+    return TrainStream(spec, tokenizer, **defaults)
+
+
+def take(s, n):
+    it = iter(s)
+    out = [next(it) for _ in range(n)]
+    s.close()
+    return out
+
+
+def ids_of(batches):
+    return [int(i) for b in batches for i in b["image_id"]]
+
+
+def test_sources_glob_and_rank_assignment(shards):
+    sources = expand_sources({"format": "official_tsv", "path": str(shards[0].parent / "part-*.tsv")})
+    assert [s["path"] for s in sources] == [str(p) for p in shards]
+    # enough files: whole files per rank; too few: every file, line-sharded
+    assert rank_sources(sources, 1, 2) == [(sources[1], None)]
+    assert rank_sources(sources, 0, 4)[0] == (sources[0], (0, 4)) and len(rank_sources(sources, 0, 4)) == 3
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        expand_sources({"format": "official_tsv", "path": str(shards[0].parent / "nope-*.tsv")})
+
+
+def test_ranks_read_disjoint_parts_that_cover_the_epoch(shards, tokenizer):
+    spec = {"format": "official_tsv", "path": [str(p) for p in shards]}
+    per_rank = [set(ids_of(take(stream(spec, tokenizer, rank=r, world=2, shuffle_buffer=1), 4))) for r in range(2)]
+    assert not per_rank[0] & per_rank[1]
+    everything = set(ids_of(take(stream(spec, tokenizer, shuffle_buffer=1), 9)))
+    assert per_rank[0] | per_rank[1] <= everything and len(everything) == 36
+
+
+def test_same_seed_same_batches_whatever_the_workers(shards, tokenizer):
+    spec = {"format": "official_tsv", "path": str(shards[0])}
+    serial = take(stream(spec, tokenizer), 5)
+    parallel = take(stream(spec, tokenizer, num_workers=2), 5)
+    for a, b in zip(serial, parallel):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(serial[0]["image_v1"], serial[0]["image_v2"])  # two different draws
+    other = take(stream(spec, tokenizer, seed=8), 1)
+    assert not np.array_equal(other[0]["image_v1"], serial[0]["image_v1"])
+
+
+def test_resume_from_a_position_continues_exactly(shards, tokenizer):
+    spec = {"format": "official_tsv", "path": str(shards[1])}
+    straight = take(stream(spec, tokenizer), 7)  # crosses into epoch 2 (12 records, batch 4)
+    first = stream(spec, tokenizer)
+    take(first, 4)
+    position = StreamPosition(**vars(first.position))
+    assert position.epoch == 1
+    rest = take(stream(spec, tokenizer, position=position), 3)
+    for a, b in zip(straight[4:], rest):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_bad_image_is_replaced_and_counted(tmp_path, tokenizer):
+    path = write_pairs_tsv(tmp_path / "t.tsv", 12)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    text, image_id, _, tags = lines[2].split("\t")
+    lines[2] = "\t".join([text, image_id, "bm90IGFuIGltYWdl", tags])
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = {"format": "official_tsv", "path": str(path)}
+    s = stream(spec, tokenizer, on_error="skip", shuffle_buffer=1)
+    batches = take(s, 2)
+    assert stable_image_id("img2") not in ids_of(batches) and len(ids_of(batches)) == 8
+    assert s.counter.total == 1 and "t.tsv:3" in s.counter.examples[0]
+    with pytest.raises(DataError, match=r"t.tsv:3"):
+        take(stream(spec, tokenizer, shuffle_buffer=1), 2)
+
+
+def test_images_stay_with_their_captions(tmp_path, tokenizer):
+    """Every caption names its shape's colour; the decoded view must show that colour."""
+    from tests.helpers import COLOURS
+
+    path = write_pairs_tsv(tmp_path / "t.tsv", 16, seed=5)
+    spec = {"format": "official_tsv", "path": str(path)}
+    eval_like = TrainTransform({**AUGMENT, "crop": "center", "hflip": 0, "color_jitter": None, "grayscale": 0, "blur": None})
+    batches = take(stream(spec, tokenizer, transform=eval_like, need_tags=False), 4)
+    colour_of = {name: tokenizer.encode([name])[0][1:3].tolist() for name in COLOURS}
+    for batch in batches:
+        for ids, image in zip(batch["text"], batch["image_v1"]):
+            name = next(n for n, piece in colour_of.items() if piece == ids[3:5].tolist())
+            centre = image[:, 16, 16] * np.array([0.229, 0.224, 0.225]) + np.array([0.485, 0.456, 0.406])
+            assert np.argmax(centre) == np.argmax(COLOURS[name]), name
+
+
+def test_padding_trimmed_to_the_longest_row():
+    text = np.array([[1, 5, 2, 0, 0], [1, 5, 6, 2, 0]])
+    tag = np.array([[1, 7, 2, 0, 0], [1, 2, 0, 0, 0]])
+    out = trim_padding({"text": text, "tag": tag}, 0)
+    assert out["text"].shape == (2, 4) and out["tag"].shape == (2, 4)
+
+
+def test_shuffle_buffer_is_a_permutation():
+    rng = np.random.default_rng(0)
+    out = list(shuffled(range(100), 10, rng))
+    assert sorted(out) == list(range(100)) and out != list(range(100))
