@@ -239,3 +239,35 @@ def test_bfloat16_autocast_step_runs_with_fp32_loss():
     terms = train_step(model, loss, random_batch(4, 4), loss.required_views, autocast=autocast)
     assert terms["loss"].dtype == paddle.float32 and np.isfinite(float(terms["loss"]))
     assert all(p.grad is not None for p in model.parameters() if not p.stop_gradient)
+
+
+def test_momentum_queue_trains_checkpoints_and_resumes_exactly(tmp_path, train_data):
+    train, _ = train_data
+    loss = {
+        "pairs": [["image_v1", "text_v1", 1.0]],
+        "momentum_queue": {"size": 8, "mode": "both", "momentum": 0.9, "warmup_steps": 1, "mask_same_image": True},
+    }
+    steps = ["Train.max_steps=6", "Train.save_every=3"]
+    (tmp_path / "a").mkdir()
+    straight = write_train_config(tmp_path / "a", train, Loss=loss)
+    log = run_train(straight, *steps).stdout
+    assert "brivl=" in log
+    ckpt = tmp_path / "a" / "out" / "checkpoints"
+    extra = paddle.load(str(ckpt / "step_000006" / "extra.pdparams"))
+    assert int(extra["loss"]["queue.filled"]) == 8 and "momentum_model" in extra
+    # resume from step 3 in a second folder and compare everything at step 6
+    (tmp_path / "b").mkdir()
+    resumed = write_train_config(tmp_path / "b", train, Loss=loss)
+    run_train(resumed, "Train.max_steps=6", "Train.save_every=3")
+    out_b = tmp_path / "b" / "out" / "checkpoints"
+    shutil.rmtree(out_b / "step_000006")
+    (out_b / "latest").write_text("step_000003\n")
+    assert "at step 3" in run_train(resumed, *steps).stdout
+    for name in ("model.pdparams", "extra.pdparams"):
+        a = paddle.load(str(ckpt / "step_000006" / name))
+        b = paddle.load(str(out_b / "step_000006" / name))
+        flat_a = a if name == "model.pdparams" else {**a["loss"], **{f"m.{k}": v for k, v in a["momentum_model"].items()}}
+        flat_b = b if name == "model.pdparams" else {**b["loss"], **{f"m.{k}": v for k, v in b["momentum_model"].items()}}
+        assert sorted(flat_a) == sorted(flat_b)
+        for key in flat_a:
+            np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=key)
