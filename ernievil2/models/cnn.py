@@ -25,7 +25,10 @@ class PaddleClasTower(nn.Layer):
         if backbone not in names:
             raise ValueError(f"unknown paddleclas backbone {backbone!r}" + did_you_mean(backbone, names))
         self.out_dim = out_dim
-        self.net = getattr(zoo, backbone)(class_num=out_dim, **backbone_kwargs)
+        # PaddleClas gives parameters fixed names, and dygraph refuses a name twice per
+        # process: a fresh name scope lets a second tower (a test, an ablation) be built.
+        with paddle.utils.unique_name.guard():
+            self.net = getattr(zoo, backbone)(class_num=out_dim, **backbone_kwargs)
         if pretrained:
             self._load_backbone(pretrained)
 
