@@ -106,9 +106,10 @@ class ErnieTextEncoder(nn.Layer):
 
     def forward_tokens(self, input_ids):
         seq = input_ids.shape[1]
-        if seq > self.max_position_embeddings:
+        # While tracing for export the length is symbolic (-1 or a Value): checked at run time only.
+        if isinstance(seq, int) and seq > self.max_position_embeddings:
             raise ValueError(f"text length {seq} exceeds max_position_embeddings {self.max_position_embeddings}")
-        positions = paddle.arange(seq, dtype="int64").unsqueeze(0)
+        positions = paddle.arange(paddle.shape(input_ids)[1], dtype="int64").unsqueeze(0)
         x = self.dropout(self.ln(self.word_emb(input_ids) + self.pos_emb(positions)))
         # A key-only mask gives the same result as the official query-and-key
         # mask for every real token (padding rows are never read), at a fraction
