@@ -12,16 +12,13 @@ import paddle
 import pytest
 import yaml
 
-from tests.dist.launcher import REPO, launch, launch_nodes, load_module
+from tests.dist.launcher import cpu_launcher_only, REPO, launch, launch_nodes, load_module
 from tests.helpers import write_pairs_tsv, write_train_config
 
 WORKER = REPO / "tests" / "dist" / "dist_train_check.py"
 TRAIN = REPO / "tools" / "train.py"
 
-pytestmark = pytest.mark.skipif(
-    paddle.device.is_compiled_with_cuda(),
-    reason="checks the CPU/gloo path; on a CUDA build the launcher assigns GPUs",
-)
+pytestmark = cpu_launcher_only
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,12 @@ import numpy as np
 import paddle
 import pytest
 
-from tests.dist.launcher import REPO, launch, load_module
+from tests.dist.launcher import cpu_launcher_only, REPO, launch, load_module
 
 WORKER = REPO / "tests" / "dist" / "dist_loss_check.py"
 WORLD_SIZE = 2
 
-pytestmark = pytest.mark.skipif(
-    paddle.device.is_compiled_with_cuda(),
-    reason="checks the CPU/gloo path; on a CUDA build the launcher assigns GPUs",
-)
+pytestmark = cpu_launcher_only
 
 
 @pytest.fixture(scope="module")

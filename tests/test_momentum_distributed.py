@@ -10,14 +10,11 @@ import numpy as np
 import paddle
 import pytest
 
-from tests.dist.launcher import REPO, launch, load_module
+from tests.dist.launcher import cpu_launcher_only, REPO, launch, load_module
 
 WORKER = REPO / "tests" / "dist" / "dist_momentum_check.py"
 
-pytestmark = pytest.mark.skipif(
-    paddle.device.is_compiled_with_cuda(),
-    reason="checks the CPU/gloo path; on a CUDA build the launcher assigns GPUs",
-)
+pytestmark = cpu_launcher_only
 
 
 @pytest.fixture(scope="module")
