@@ -19,6 +19,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # Any value is accepted for keys whose default is ANY (optional paths, etc.).
 ANY = object()
+# Keys that say which component (or data format) a section describes.
+COMPONENT_KEYS = ("name", "format")
 
 DEFAULTS = {
     "Global": {
@@ -118,8 +120,8 @@ def _merge(base, update, schema, path, source):
             base.setdefault(key, {})
             _merge(base[key], value, sub_schema, key_path, source)
         elif sub_schema is ANY and isinstance(value, dict) and isinstance(base.get(key), dict):
-            if "name" in value and value["name"] != base[key].get("name"):
-                # Another component: its keys replace the inherited ones instead of mixing in.
+            if any(k in value and value[k] != base[key].get(k) for k in COMPONENT_KEYS):
+                # Another component (or data format): its keys replace the inherited ones instead of mixing in.
                 base[key] = copy.deepcopy(value)
             else:
                 _merge(base[key], value, ANY, key_path, source)

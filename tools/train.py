@@ -8,14 +8,16 @@
 import argparse
 import sys
 
-from ernievil2.checkpoint import CheckpointMismatchError
-from ernievil2.config import load_config
-from ernievil2.data.errors import DataError
-from ernievil2.engine.setup import build_trainer
-from ernievil2.registry import ConfigError
-
 
 def main(argv=None):
+    # Imported here, not at the top: the data workers are spawned processes that
+    # import this file as their main module, and must not load Paddle for nothing.
+    from ernievil2.checkpoint import CheckpointMismatchError
+    from ernievil2.config import load_config
+    from ernievil2.data.errors import DataError
+    from ernievil2.engine.setup import build_trainer
+    from ernievil2.registry import ConfigError
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")

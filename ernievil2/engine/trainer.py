@@ -192,11 +192,18 @@ class Trainer:
         return metrics
 
     def train(self):
+        try:
+            return self._train()
+        finally:
+            self.stream.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def _train(self):
         cfg = self.train_cfg
         self.model.train()
         batches = iter(self.stream)
         first_step, started = self.step, time.time()
-        metrics = None
         while self.step < cfg["max_steps"]:
             tick = time.time()
             micro = [batch_to_tensors(next(batches)) for _ in range(cfg["accum_steps"])]
@@ -213,11 +220,7 @@ class Trainer:
             f"trained {self.step - first_step} steps in {format_duration(time.time() - started)}; "
             f"peak memory {peak_rss_mib():.0f} MiB; {self.stream.counter.summary()}"
         )
-        metrics = self.evaluate()
-        self.stream.close()
-        if self.writer is not None:
-            self.writer.close()
-        return metrics
+        return self.evaluate()
 
 
 def make_eval_fn(config, tokenizer, transform, log=print):
