@@ -117,8 +117,9 @@ def main():
     out = args.out or os.path.join(args.work, f"{args.preset}.json")
     rows = PRESETS[args.preset]
     runs = []
-    for name, loss in rows:
-        for seed in args.seeds:
+    # Seeds outermost: an interrupted run still has every row for the seeds it finished.
+    for seed in args.seeds:
+        for name, loss in rows:
             runs.append(train_once(name, loss, seed, args.steps, args))
             print(json.dumps(runs[-1]), flush=True)
     report = [table(runs, f"equal steps ({args.steps} steps, batch {args.batch}, seeds {args.seeds})")]
@@ -126,11 +127,10 @@ def main():
         base = statistics.median(r["seconds_per_step"] for r in runs if r["row"] == rows[0][0])
         budget = base * args.steps
         timed = []
-        for name, loss in rows[1:]:
-            per_step = statistics.median(r["seconds_per_step"] for r in runs if r["row"] == name)
-            steps = max(1, round(budget / per_step))
-            for seed in args.seeds:
-                timed.append(train_once(name, loss, seed, steps, args))
+        for seed in args.seeds:
+            for name, loss in rows[1:]:
+                per_step = statistics.median(r["seconds_per_step"] for r in runs if r["row"] == name)
+                timed.append(train_once(name, loss, seed, max(1, round(budget / per_step)), args))
                 print(json.dumps(timed[-1]), flush=True)
         first = [r for r in runs if r["row"] == rows[0][0]]
         report.append(table(first + timed, f"equal wall-clock ({budget:.0f} s of training per run)"))
