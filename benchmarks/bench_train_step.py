@@ -1,0 +1,431 @@
+"""Training step time on CPU: our single- and multi-view steps against PaddleNLP's ErnieViLModel, with MFU.
+
+    python benchmarks/bench_train_step.py                         # base, batch 8: several minutes; run it alone
+    python benchmarks/bench_train_step.py --arch tiny --repeats 2 # quick check of the whole chain
+
+Configurations, each in a fresh child process (so every peak-memory figure is
+its own high-water mark), on the same random batch (images ~ N(0, 1), ids =
+[CLS] + random pieces + [SEP] + padding, lengths between a third of and the
+full text length):
+
+- ``ours, single-view``: ``train_step`` on one image view and one text view
+  with a one-pair ``MultiViewContrastiveLoss`` (= the CLIP loss), then the
+  AdamW step of ``build_optimizer``.
+- ``PaddleNLP, CLIP loss``: ``ErnieViLModel`` (same architecture, our initial
+  weights converted with ``official_to_paddlenlp``), symmetric cross-entropy
+  on its logits, backward and a plain ``paddle.optimizer.AdamW`` step with the
+  same hyper-parameters. Both do the same maths: the child processes report
+  eval-mode features of two samples, and the parent checks they agree.
+- ``ours, multi-view``: two image views (different pixels), two text views
+  (the same ids, two dropout draws) and the intra- and inter-modal pairs of
+  ``configs/demo/multiview.yaml``; ``+ tag`` adds the tag view and its pair.
+
+Every configuration runs one warm-up step and ``--repeats`` timed steps;
+figures are medians: wall and CPU seconds per step, and the part of it spent
+in the AdamW step and ``clear_grad``. FLOPs are counted analytically (see
+``vit_forward_flops`` and ``text_forward_flops``) and tripled for forward +
+backward. MFU divides the achieved FLOP/s (wall) by the fp32 GEMM ceiling
+(Paddle 2048-cubed matmul): the median of samples the same child process takes
+before the first timed step and after each one, so in the same time window.
+Ratios between configurations are given three ways, since other processes on
+the shared cores move each: wall time, CPU time, and wall time normalised by
+each run's ceiling; a target counts as met only when all three agree.
+
+Threads: left alone, Paddle runs its math library (MKL) on one thread.
+``--threads N`` (default: all cores) gives MKL, which does the matmuls, N
+threads through ``MKL_NUM_THREADS`` and keeps ``OMP_NUM_THREADS=1`` for
+Paddle's own OpenMP kernels: with ``OMP_NUM_THREADS=2`` here, the first Adam
+or AdamW step (a GNU OpenMP kernel, while MKL runs on Intel OpenMP) left every
+later 2048-cubed matmul about 3x slower, which would skew both the steps and
+the ceiling. Both are set before Paddle loads, in the parent and so in every
+child.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import load_average, print_table  # noqa: E402
+
+# Paddle and the project's modules are imported inside the functions below:
+# main() must put the thread count in the environment before Paddle loads.
+
+ARCH_CONFIGS = {"tiny": "configs/tiny_official_fixture.yaml", "base": "configs/ernievil2_base_vit16.yaml"}
+RESULT_PREFIX = "RESULT "
+SEED = 2024
+PROBE_ROWS = 2
+
+SINGLE_PAIRS = [["image_v1", "text_v1", 1.0]]
+# The pair table of configs/demo/multiview.yaml, without and with the tag view.
+MULTI_PAIRS = [
+    ["image_v1", "text_v1", 1.0],
+    ["image_v2", "text_v2", 1.0],
+    ["image_v1", "image_v2", 0.5],
+    ["text_v1", "text_v2", 0.5],
+]
+TAG_PAIR = ["image_v1", "tag", 0.5]
+
+
+class Case(NamedTuple):
+    label: str
+    pairs: list  # our loss's pair table; None for PaddleNLP's own model and loss
+
+    @property
+    def views(self):
+        views = {v for pair in (self.pairs or SINGLE_PAIRS) for v in pair[:2]}
+        return sum(v.startswith("image") for v in views), sum(not v.startswith("image") for v in views)
+
+
+CASES = {
+    "ours_single": Case("ours, single-view", SINGLE_PAIRS),
+    "paddlenlp_single": Case("PaddleNLP, CLIP loss", None),
+    "ours_multiview": Case("ours, multi-view", MULTI_PAIRS),
+    "ours_multiview_tag": Case("ours, multi-view + tag", MULTI_PAIRS + [TAG_PAIR]),
+}
+
+
+# --- FLOPs ----------------------------------------------------------------------
+def vit_forward_flops(cfg, images):
+    """Forward FLOPs (2 per multiply-add) of the ViT's matmuls for ``images`` images.
+
+    Patch embedding, then per block: fused qkv, attention scores and weighted
+    sum (heads x head_dim = width), output projection, the two MLP layers.
+    Norms, activations and softmax are left out: they are memory-bound and small.
+    """
+    patches = (cfg["img_size"] // cfg["patch_size"]) ** 2
+    tokens, width = patches + 1, cfg["embed_dim"]
+    hidden = int(width * cfg["mlp_ratio"])
+    patch_embed = patches * cfg.get("in_chans", 3) * cfg["patch_size"] ** 2 * width
+    block = tokens * width * 3 * width + 2 * tokens * tokens * width + tokens * width * width + 2 * tokens * width * hidden
+    return 2 * images * (patch_embed + cfg["depth"] * block)
+
+
+def text_forward_flops(cfg, texts, length):
+    """Forward FLOPs of the ERNIE tower's matmuls: q, k, v, o, scores, weighted sum, FFN per layer; the pooler.
+
+    Padding positions are computed like any other (the mask only biases the scores).
+    """
+    width, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    block = 4 * length * width * width + 2 * length * length * width + 2 * length * width * inter
+    return 2 * texts * (cfg["num_layers"] * block + width * width)
+
+
+def train_step_flops(arch, case, batch, text_len):
+    """Backward is about twice the forward (gradients for inputs and for weights): 3x forward in all."""
+    image_views, text_views = case.views
+    forward = image_views * vit_forward_flops(arch["image_tower"], batch) + text_views * text_forward_flops(
+        arch["text_tower"], batch, text_len
+    )
+    return 3 * forward
+
+
+# --- child process: one configuration ----------------------------------------------
+def vm_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def make_inputs(batch, image_size, text_len, vocab_size, seed):
+    """Two image views (different pixels), caption ids and tag ids, as numpy arrays."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def ids():
+        out = np.zeros((batch, text_len), dtype=np.int64)
+        for row in range(batch):
+            pieces = int(rng.integers(text_len // 3, text_len - 1))
+            out[row, 0], out[row, pieces + 1] = 1, 2
+            out[row, 1 : pieces + 1] = rng.integers(5, vocab_size - 1, pieces)
+        return out
+
+    def images():
+        return rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+
+    return {"image_v1": images(), "image_v2": images(), "text": ids(), "tag": ids()}
+
+
+def our_setup(config, model, inputs, case):
+    """(step, probe) for our model: ``train_step`` + AdamW from ``build_optimizer``."""
+    import paddle.nn.functional as F
+
+    from ernievil2.engine.optim import build_optimizer
+    from ernievil2.engine.steps import batch_to_tensors, train_step
+    from ernievil2.losses.multiview import MultiViewContrastiveLoss
+
+    loss_fn = MultiViewContrastiveLoss(case.pairs)
+    optimizer = build_optimizer(model, config["Optimizer"])
+    batch = batch_to_tensors(inputs)
+
+    def step():
+        terms = train_step(model, loss_fn, batch, loss_fn.required_views)
+        middle = time.perf_counter()
+        optimizer.step()
+        optimizer.clear_grad()
+        return {"optimizer": time.perf_counter() - middle, "loss": float(terms["loss"])}
+
+    def probe():
+        out = model(images=batch["image_v1"][:PROBE_ROWS], input_ids=batch["text"][:PROBE_ROWS])
+        return F.normalize(out["image"], axis=-1), F.normalize(out["text"], axis=-1)
+
+    return step, probe
+
+
+def clip_loss(logits_per_text):
+    """Symmetric cross-entropy over in-batch pairs: the plain CLIP loss."""
+    import paddle
+    import paddle.nn.functional as F
+
+    labels = paddle.arange(logits_per_text.shape[0], dtype="int64")
+    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.t(), labels)) / 2
+
+
+def paddlenlp_model(arch, state):
+    """PaddleNLP's ErnieViLModel holding ``state`` (PaddleNLP names, from ``official_to_paddlenlp``)."""
+    import paddle
+    from paddlenlp.transformers import ErnieViLConfig, ErnieViLModel
+
+    from ernievil2.checkpoint.paddlenlp import paddlenlp_config_from_arch
+
+    model = ErnieViLModel(ErnieViLConfig(**paddlenlp_config_from_arch(arch)))
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    got = {k: list(v.shape) for k, v in state.items()}
+    assert got == expected, f"converted weights do not fit ErnieViLModel: {sorted(set(got) ^ set(expected))[:10]}"
+    model.set_state_dict(state)
+    # ErnieModel's init resets every text LayerNorm to eps 1e-12; put back the
+    # configured (official) value, so both models compute the same function.
+    for name, layer in model.named_sublayers():
+        if name.startswith("text_model") and isinstance(layer, paddle.nn.LayerNorm):
+            layer._epsilon = arch["text_tower"]["epsilon"]
+    return model
+
+
+def paddlenlp_setup(config, state, inputs):
+    """(step, probe) for PaddleNLP's model: its forward, the CLIP loss on its logits, plain AdamW."""
+    import paddle
+    import paddle.nn.functional as F
+
+    model = paddlenlp_model(config["Arch"], state)
+    model.train()
+    opt = config["Optimizer"]
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=opt["lr"], parameters=model.parameters(), beta1=opt["beta1"], beta2=opt["beta2"],
+        epsilon=opt["epsilon"], weight_decay=opt["weight_decay"],
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(opt["grad_clip"]) if opt["grad_clip"] else None,
+    )
+    images, ids = paddle.to_tensor(inputs["image_v1"]), paddle.to_tensor(inputs["text"])
+
+    def step():
+        out = model(input_ids=ids, pixel_values=images, return_dict=True)
+        loss = clip_loss(out.logits_per_text)
+        loss.backward()
+        middle = time.perf_counter()
+        optimizer.step()
+        optimizer.clear_grad()
+        return {"optimizer": time.perf_counter() - middle, "loss": float(loss)}
+
+    def probe():
+        image = model.get_image_features(pixel_values=images[:PROBE_ROWS])
+        text = model.get_text_features(input_ids=ids[:PROBE_ROWS])
+        return F.normalize(image, axis=-1), F.normalize(text, axis=-1)
+
+    return model, step, probe
+
+
+def eval_probe(model, probe):
+    """Eval-mode (no dropout) features of the first samples, to check both models compute the same function."""
+    import paddle
+
+    model.eval()
+    with paddle.no_grad():
+        image, text = probe()
+    model.train()
+    return {"image": image.numpy().tolist(), "text": text.numpy().tolist()}
+
+
+def timed_steps(step, repeats):
+    """One warm-up step, then ``repeats`` timed ones, each followed by a GEMM ceiling sample.
+
+    Taking the ceiling between the steps puts it in the same time window as
+    they are, so MFU compares like with like while other processes come and
+    go on the shared cores. Returns (warm-up step's figures, per-step records,
+    ceiling samples in GFLOP/s).
+    """
+    from benchmarks.common import gemm_gflops
+
+    first = step()
+    ceilings = [gemm_gflops(repeats=3)[0]]
+    records = []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        figures = step()
+        records.append({**figures, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "load": load_average()})
+        ceilings.append(gemm_gflops(repeats=3)[0])
+    return first, records, ceilings
+
+
+def run_case(name, args):
+    """Measure one configuration in this process; returns the figures as a dict."""
+    import paddle
+
+    from ernievil2.checkpoint.paddlenlp import official_to_paddlenlp
+    from ernievil2.config import load_config
+    from ernievil2.models import build_model
+
+    case = CASES[name]
+    config = load_config(str(REPO / ARCH_CONFIGS[args.arch]))
+    arch = config["Arch"]
+    inputs = make_inputs(args.batch, arch["image_tower"]["img_size"], args.text_len, arch["text_tower"]["vocab_size"], SEED)
+    if case.pairs is None:
+        import paddlenlp  # noqa: F401  (imported before the baseline RSS, like paddle)
+    baseline_kib = vm_kib("VmRSS")
+    paddle.seed(SEED)  # the same initial weights in every child
+    if case.pairs is None:
+        # Our model only lends its weights; it is freed before PaddleNLP's is built.
+        state = official_to_paddlenlp(build_model(arch).state_dict())
+        model, step, probe = paddlenlp_setup(config, state, inputs)
+        del state
+    else:
+        model = build_model(arch)
+        model.train()
+        step, probe = our_setup(config, model, inputs, case)
+    features = eval_probe(model, probe)
+    load_start = load_average()
+    first, records, ceilings = timed_steps(step, args.repeats)
+    return {
+        "case": name,
+        **{k: statistics.median(r[k] for r in records) for k in ("wall", "cpu", "optimizer")},
+        "gemm": statistics.median(ceilings),
+        "gemm_range": [min(ceilings), max(ceilings)],
+        "losses": [first["loss"]] + [r["loss"] for r in records],
+        "load": [load_start] + [r["load"] for r in records],
+        "peak_kib": vm_kib("VmHWM"),
+        "baseline_kib": baseline_kib,
+        "probe": features,
+    }
+
+
+# --- parent process: run the children and report ----------------------------------
+def run_child(name, args):
+    command = [
+        sys.executable, __file__, "--child", name, "--arch", args.arch, "--batch", str(args.batch),
+        "--repeats", str(args.repeats), "--text-len", str(args.text_len), "--threads", str(args.threads),
+    ]
+    print(f"running {CASES[name].label} (load {load_average():.2f}) ...", flush=True)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    results = [line[len(RESULT_PREFIX):] for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode or not results:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"{name}: child process failed (exit code {proc.returncode})")
+    return json.loads(results[-1])
+
+
+def probe_difference(a, b):
+    import numpy as np
+
+    return max(float(np.abs(np.array(a[k]) - np.array(b[k])).max()) for k in ("image", "text"))
+
+
+def print_results(results, arch, args):
+    rows = []
+    for name, r in results.items():
+        flops = train_step_flops(arch, CASES[name], args.batch, args.text_len)
+        achieved = flops / r["wall"] / 1e9
+        image_views, text_views = CASES[name].views
+        low, high = r["gemm_range"]
+        rows.append([
+            CASES[name].label, f"{image_views}+{text_views}", f"{r['wall']:.2f}", f"{r['cpu']:.2f}",
+            f"{r['optimizer']:.2f}", f"{flops / 1e9:,.1f}", f"{achieved:.1f}", f"{r['gemm']:.0f} ({low:.0f}-{high:.0f})",
+            f"{achieved / r['gemm']:.0%}", f"{r['peak_kib'] / 2**20:.2f} ({r['baseline_kib'] / 2**20:.2f})",
+            " ".join(f"{x:.1f}" for x in r["load"]),
+        ])
+    print_table(
+        ["configuration", "views img+txt", "step s", "step CPU s", "of which AdamW s", "GFLOP/step", "GFLOP/s",
+         "GEMM GFLOP/s median (range)", "MFU", "peak RSS GiB (after imports)", "load avg per step"],
+        rows,
+    )
+    print()
+    for name, r in results.items():
+        print(f"{CASES[name].label}: losses {', '.join(f'{x:.4f}' for x in r['losses'])}")
+
+
+def print_ratio(label, ours, base, target=None):
+    """Wall, CPU and ceiling-normalised (wall x GEMM GFLOP/s, i.e. GEMM-seconds of work) step-time ratios.
+
+    The normalised ratio cancels, to first order, a change in how much of the
+    machine other processes left between the two child processes' runs.
+    """
+    ratios = {
+        "wall": ours["wall"] / base["wall"],
+        "CPU": ours["cpu"] / base["cpu"],
+        "normalised by the GEMM ceiling": ours["wall"] * ours["gemm"] / (base["wall"] * base["gemm"]),
+    }
+    verdict = ""
+    if target is not None:
+        met = sum(r <= target for r in ratios.values())
+        verdict = f" -> target <= {target}: " + ("met" if met == 3 else "NOT met" if met == 0 else f"inconclusive (met on {met} of 3)")
+    print(f"{label}: " + ", ".join(f"{k} {r:.2f}" for k, r in ratios.items()) + verdict)
+
+
+def print_comparisons(results, arch, args):
+    """The targets: ours no slower than PaddleNLP, multi-view at most 2.2x single-view."""
+    single = results["ours_single"]
+    if "paddlenlp_single" in results:
+        theirs = results["paddlenlp_single"]
+        print_ratio("ours single-view / PaddleNLP", single, theirs, 1.0)
+        difference = probe_difference(single["probe"], theirs["probe"])
+        print(f"  same function: eval-mode features of ours and PaddleNLP differ by at most {difference:.1e}")
+        assert difference < 1e-4, "the two models do not compute the same function; the comparison is void"
+    single_flops = train_step_flops(arch, CASES["ours_single"], args.batch, args.text_len)
+    for name, target in (("ours_multiview", 2.2), ("ours_multiview_tag", None)):
+        if name in results:
+            flops_ratio = train_step_flops(arch, CASES[name], args.batch, args.text_len) / single_flops
+            print_ratio(f"{CASES[name].label} / single-view (FLOPs ratio {flops_ratio:.2f})", results[name], single, target)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", choices=sorted(ARCH_CONFIGS), default="base")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--text-len", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="MKL (matmul) threads")
+    parser.add_argument("--skip-paddlenlp", action="store_true")
+    parser.add_argument("--skip-tag", action="store_true", help="leave out the multi-view + tag configuration")
+    parser.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Before Paddle loads: it and its math library read these once (see the module docstring).
+    os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if args.child:
+        print(RESULT_PREFIX + json.dumps(run_case(args.child, args)), flush=True)
+        return
+    from ernievil2.config import load_config
+
+    arch = load_config(str(REPO / ARCH_CONFIGS[args.arch]))["Arch"]
+    names = [n for n in CASES if not (args.skip_paddlenlp and n == "paddlenlp_single") and not (args.skip_tag and n == "ours_multiview_tag")]
+    print(
+        f"arch {args.arch}, batch {args.batch}, text length {args.text_len}, {args.threads} MKL threads, "
+        f"1 warm-up + {args.repeats} timed steps per configuration, medians"
+    )
+    results = {name: run_child(name, args) for name in names}
+    print()
+    print_results(results, arch, args)
+    print()
+    print_comparisons(results, arch, args)
+
+
+if __name__ == "__main__":
+    main()

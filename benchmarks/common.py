@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmarks: timing with warm-up, machine load, the GEMM ceiling, tables.
+
+The machine is shared, so every figure is a median over repeats and is printed
+next to the 1-minute load average seen when it was taken.
+"""
+import os
+import statistics
+import time
+from typing import Any, NamedTuple
+
+
+class Timing(NamedTuple):
+    wall: float  # median wall seconds per call
+    cpu: float  # median CPU seconds of this process per call, all threads together
+    load: float  # 1-minute load average right after the last timed call
+    first: Any  # what the warm-up call returned, for correctness checks at no extra cost
+    results: list  # what each timed call returned
+
+
+def load_average():
+    return os.getloadavg()[0]
+
+
+def measure(fn, repeats):
+    """One untimed warm-up call of ``fn`` (first-call allocations, lazy tables), then ``repeats`` timed ones."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    first = fn()
+    walls, cpus, results = [], [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        results.append(fn())
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return Timing(statistics.median(walls), statistics.median(cpus), load_average(), first, results)
+
+
+def gemm_gflops(size=2048, repeats=5):
+    """Median GFLOP/s of a Paddle fp32 ``size``-cubed matmul: the compute ceiling for model FLOP utilisation."""
+    import paddle
+
+    a = paddle.randn([size, size], dtype="float32")
+    b = paddle.randn([size, size], dtype="float32")
+    # Reading one element back makes sure the product is finished before the clock stops.
+    timing = measure(lambda: float(paddle.matmul(a, b)[0, 0]), repeats)
+    return 2 * size**3 / timing.wall / 1e9, timing.load
+
+
+def print_table(headers, rows):
+    """A Markdown table, so the output pastes into docs/benchmarks.md unchanged."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
+
+    print(line(cells[0]))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells[1:]:
+        print(line(row))
