@@ -9,7 +9,7 @@ demo:
 	bash scripts/run_demo.sh
 
 test:
-	bash scripts/install.sh --demo
+	bash scripts/install.sh --demo --browser
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 install:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Python packages (CPU Paddle unless a Paddle is already
-# importable, e.g. paddlepaddle-gpu) and, with --demo, the Debian Fashion-MNIST files.
+# importable, e.g. paddlepaddle-gpu); with --demo the Debian Fashion-MNIST files
+# and a CJK font; with --browser Chromium (for the search-page test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -29,6 +30,14 @@ for arg in "$@"; do
         echo "[install] Debian packages dataset-fashion-mnist fonts-wqy-microhei"
         SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
         $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist fonts-wqy-microhei >/dev/null
+      fi
+      ;;
+    --browser)
+      # Headless Chromium drives the search page in tests/test_service_browser.py.
+      if ! command -v chromium >/dev/null 2>&1; then
+        echo "[install] Debian package chromium"
+        SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
       fi
       ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;

@@ -1,0 +1,315 @@
+"""The retrieval service: embeddings and text <-> image search over HTTP (FastAPI).
+
+Endpoints (JSON in, JSON out; errors are ``{"detail": reason}``):
+
+- ``POST /embed/text``   ``{"texts": [str, ...]}`` -> ``{"dim", "embeddings": [[float]]}``
+- ``POST /embed/image``  ``{"images": [base64, ...]}`` -> same
+- ``POST /search``       ``{"text": str, "k": int}`` -> top-k images;
+                         ``{"image": base64, "k": int}`` -> top-k captions (needs a text gallery)
+- ``GET /thumbnails/{position}``  JPEG thumbnail of a gallery image
+- ``GET /healthz``       status, gallery sizes, batching statistics
+- ``GET /``              the search page
+
+Texts and images from concurrent requests are encoded together (see
+:mod:`.batching`); all model and faiss work runs on one worker thread, so the
+predictors are never entered twice at once. Request limits are in
+:class:`ServiceSettings`; what each bad request gets back is listed in
+``docs/export_and_serving.md``.
+"""
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import dataclasses
+import os
+from typing import List, Optional
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, StrictInt
+
+from ..data.errors import DataError
+from ..data.readers import decode_image_bytes
+from .batching import DynamicBatcher, QueueFullError
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings:
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    # Longer texts are rejected rather than truncated: nobody types a 512-character query,
+    # so such a request is a mistake. Shorter ones are cut to the model's max_len tokens, as in training.
+    max_text_chars: int = 512
+    max_texts_per_request: int = 64
+    max_images_per_request: int = 16
+    max_k: int = 100
+    default_k: int = 10
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+class RequestError(Exception):
+    """A client mistake: answered with ``status`` and ``message``, and the service carries on."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class TextsBody(BaseModel):
+    texts: List[str]
+
+
+class ImagesBody(BaseModel):
+    images: List[str]
+
+
+class SearchBody(BaseModel):
+    text: Optional[str] = None
+    image: Optional[str] = None
+    # Strict: JSON true would otherwise pass as k=1.
+    k: Optional[StrictInt] = None
+
+
+def check_count(items, name, limit):
+    if not items:
+        raise RequestError(422, f"{name} is empty")
+    if len(items) > limit:
+        raise RequestError(422, f"{name} has {len(items)} entries; the limit is {limit} per request")
+
+
+def check_text(text, where, settings):
+    if not text.strip():
+        raise RequestError(422, f"{where} is empty")
+    if len(text) > settings.max_text_chars:
+        raise RequestError(
+            422, f"{where} has {len(text)} characters; the limit is {settings.max_text_chars}"
+        )
+
+
+def check_k(k, settings):
+    if not 1 <= k <= settings.max_k:
+        raise RequestError(422, f"k must be between 1 and {settings.max_k}, got {k}")
+
+
+def decode_base64_image(text, where):
+    """Standard base64 (a ``data:image/...;base64,`` prefix is allowed) -> RGB uint8 HWC."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except ValueError as err:  # binascii.Error included
+        raise RequestError(400, f"{where} is not valid base64: {err}") from None
+    try:
+        return decode_image_bytes(data, where)
+    except DataError as err:
+        raise RequestError(400, f"{where}: {err.reason}") from None
+
+
+def json_error_message(error):
+    """``malformed JSON at character 14: Expecting ',' delimiter``."""
+    return f"malformed JSON at character {error['loc'][-1]}: {error.get('ctx', {}).get('error', error['msg'])}"
+
+
+def validation_message(errors):
+    """A one-line reason from pydantic errors: ``body.texts.0: Input should be a valid string``."""
+    return "; ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in errors[:5])
+
+
+class BodySizeLimit:
+    """Reject request bodies over ``max_bytes`` with 413, declared or streamed."""
+
+    def __init__(self, app, max_bytes):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            response = JSONResponse({"detail": self._reason()}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # FastAPI passes HTTPExceptions raised while reading the body through as they are.
+                raise HTTPException(413, self._reason())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _reason(self):
+        return f"request body over the limit of {self.max_bytes} bytes"
+
+
+def search_results(gallery, scores, positions):
+    """JSON rows for one query's hits."""
+    rows = []
+    for rank, (score, position) in enumerate(zip(scores, positions), start=1):
+        row = {"rank": rank, "id": gallery.ids[position], "score": round(float(score), 6), "position": int(position)}
+        if gallery.texts is not None:
+            row["text"] = gallery.texts[position]
+        if gallery.has_thumbnails():
+            row["thumbnail"] = f"/thumbnails/{int(position)}"
+        rows.append(row)
+    return rows
+
+
+class Engine:
+    """The service's model-side state: batchers over one worker thread, and the galleries."""
+
+    def __init__(self, model, image_gallery, text_gallery, settings):
+        for gallery in filter(None, (image_gallery, text_gallery)):
+            gallery.check_model(model.model_id, model.embed_dim)
+        if image_gallery.kind != "image":
+            raise ValueError(f"the image gallery holds {image_gallery.kind} embeddings")
+        if text_gallery is not None and text_gallery.kind != "text":
+            raise ValueError(f"the text gallery holds {text_gallery.kind} embeddings")
+        self.model = model
+        self.image_gallery = image_gallery
+        self.text_gallery = text_gallery
+        self.settings = settings
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        batching = dict(
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            executor=self.executor,
+        )
+        self.text_batcher = DynamicBatcher(self._encode_texts, **batching)
+        self.image_batcher = DynamicBatcher(self._encode_pixels, **batching)
+
+    def _encode_texts(self, texts):
+        return self.model.encode_texts(texts, batch_size=len(texts))
+
+    def _encode_pixels(self, pixels):
+        return self.model.encode_pixels(np.stack(pixels))
+
+    async def start(self):
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.model.warm_up)
+        self.text_batcher.start()
+        self.image_batcher.start()
+
+    async def stop(self):
+        await self.text_batcher.stop()
+        await self.image_batcher.stop()
+        self.executor.shutdown(wait=True)
+
+    async def embed_texts(self, texts):
+        return await asyncio.gather(*(self.text_batcher.submit(t) for t in texts))
+
+    def prepare_images(self, images):
+        """Decode and preprocess (on a request thread, before batching): bad images fail only their request."""
+        return [self.model.preprocess(decode_base64_image(b64, f"images[{i}]")) for i, b64 in enumerate(images)]
+
+    async def embed_images(self, images):
+        pixels = await run_in_threadpool(self.prepare_images, images)
+        return await asyncio.gather(*(self.image_batcher.submit(p) for p in pixels))
+
+    async def search(self, gallery, query, k):
+        loop = asyncio.get_running_loop()
+        scores, positions = await loop.run_in_executor(self.executor, gallery.search, query[None], k)
+        return search_results(gallery, scores[0], positions[0])
+
+    def health(self):
+        return {
+            "status": "ok",
+            "model_id": self.model.model_id,
+            "embed_dim": self.model.embed_dim,
+            "image_gallery": self.image_gallery.size,
+            "text_gallery": self.text_gallery.size if self.text_gallery else None,
+            "batching": {"text": self.text_batcher.stats.as_dict(), "image": self.image_batcher.stats.as_dict()},
+        }
+
+
+def create_app(model, image_gallery, text_gallery=None, settings=None):
+    """The FastAPI app over an :class:`~.predictor.ExportedModel` and its galleries."""
+    settings = settings or ServiceSettings()
+    engine = Engine(model, image_gallery, text_gallery, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await engine.start()
+        yield
+        await engine.stop()
+
+    app = FastAPI(title="ernievil2 retrieval", lifespan=lifespan)
+    app.state.engine = engine
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, err: RequestError):
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError):
+        errors = err.errors()
+        invalid_json = [e for e in errors if e["type"] == "json_invalid"]
+        if invalid_json:
+            return JSONResponse({"detail": json_error_message(invalid_json[0])}, status_code=400)
+        return JSONResponse({"detail": validation_message(errors)}, status_code=422)
+
+    @app.exception_handler(QueueFullError)
+    async def busy(request: Request, err: QueueFullError):
+        return JSONResponse({"detail": f"service busy: {err}"}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.get("/healthz")
+    async def healthz():
+        return engine.health()
+
+    @app.post("/embed/text")
+    async def embed_text(body: TextsBody):
+        check_count(body.texts, "texts", settings.max_texts_per_request)
+        for i, text in enumerate(body.texts):
+            check_text(text, f"texts[{i}]", settings)
+        rows = await engine.embed_texts(body.texts)
+        return {"dim": model.embed_dim, "embeddings": [row.tolist() for row in rows]}
+
+    @app.post("/embed/image")
+    async def embed_image(body: ImagesBody):
+        check_count(body.images, "images", settings.max_images_per_request)
+        rows = await engine.embed_images(body.images)
+        return {"dim": model.embed_dim, "embeddings": [row.tolist() for row in rows]}
+
+    @app.post("/search")
+    async def search(body: SearchBody):
+        if (body.text is None) == (body.image is None):
+            raise RequestError(422, "give exactly one of 'text' (searches images) or 'image' (searches texts)")
+        k = settings.default_k if body.k is None else body.k
+        check_k(k, settings)
+        if body.text is not None:
+            check_text(body.text, "text", settings)
+            (query,) = await engine.embed_texts([body.text])
+            gallery, query_kind = engine.image_gallery, "text"
+        else:
+            if engine.text_gallery is None:
+                raise RequestError(400, "this service has no text gallery: image queries cannot be answered")
+            (query,) = await engine.embed_images([body.image])
+            gallery, query_kind = engine.text_gallery, "image"
+        results = await engine.search(gallery, query, k)
+        return {"query": query_kind, "gallery": gallery.kind, "k": k, "results": results}
+
+    @app.get("/thumbnails/{position}")
+    async def thumbnail(position: int):
+        try:
+            data = engine.image_gallery.thumbnail(position)
+        except KeyError as err:
+            raise HTTPException(404, str(err.args[0])) from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/")
+    async def page():
+        return FileResponse(os.path.join(STATIC_DIR, "index.html"), media_type="text/html; charset=utf-8")
+
+    return app

@@ -1,0 +1,386 @@
+"""The retrieval service: API, galleries, dynamic batching, and bad requests that leave it serving."""
+import asyncio
+import base64
+import subprocess
+import sys
+import threading
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from ernievil2.config import load_config
+from ernievil2.data.errors import DataError, SkipCounter
+from ernievil2.inference.batching import DynamicBatcher, QueueFullError
+from ernievil2.inference.build import build_galleries, caption_ids, load_galleries, save_galleries
+from ernievil2.inference.errors import GalleryError
+from ernievil2.inference.export import export_model, load_model
+from ernievil2.inference.index import Gallery, load_gallery, make_thumbnail, save_embeddings
+from ernievil2.inference.inputs import iter_tsv_images
+from ernievil2.inference.predictor import ExportedModel, PredictorOptions
+from ernievil2.inference.service import ServiceSettings, create_app
+from tests.conftest import REPO
+
+TINY_CONFIG = str(REPO / "configs" / "tiny_official_fixture.yaml")
+ATOL = 1e-5
+JUNK_IMAGE = base64.b64encode(b"this is not an image").decode()
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(shared_dir):
+    return shared_dir / "fixtures" / "official_ernievil2_tiny"
+
+
+@pytest.fixture(scope="module")
+def tsv(fixture_dir):
+    return fixture_dir / "test.coco_cn.data"
+
+
+@pytest.fixture(scope="module")
+def rows(tsv):
+    return [line.split("\t") for line in tsv.read_text("utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, fixture_dir):
+    config = load_config(TINY_CONFIG)
+    weights = str(fixture_dir / "model.pdparams")
+    folder = str(tmp_path_factory.mktemp("service") / "export")
+    export_model(load_model(config, weights), config, weights, folder)
+    return ExportedModel(folder, PredictorOptions(cpu_threads=2))
+
+
+@pytest.fixture(scope="module")
+def galleries(model, tsv, tmp_path_factory):
+    """Built, saved and loaded back, so the service runs on what is on disk."""
+    folder = tmp_path_factory.mktemp("service") / "index"
+    save_galleries(str(folder), *build_galleries(model, iter_tsv_images(tsv), batch_size=8))
+    return load_galleries(str(folder))
+
+
+SETTINGS = ServiceSettings(max_wait_ms=2.0, max_body_bytes=1 << 20)
+
+
+@pytest.fixture(scope="module")
+def client(model, galleries):
+    with TestClient(create_app(model, *galleries, settings=SETTINGS)) as client:
+        yield client
+
+
+# --- galleries ------------------------------------------------------------
+
+
+def test_gallery_holds_each_image_once_and_every_caption(galleries, rows, fixture_dir):
+    images, texts = galleries
+    assert images.kind == "image" and texts.kind == "text"
+    assert images.ids == list(dict.fromkeys(row[1] for row in rows))
+    assert texts.texts == [row[0] for row in rows]
+    assert texts.ids == caption_ids(row[1] for row in rows)
+    # The stored vectors are the official image embeddings (faiss keeps them as given).
+    stored = images.index.reconstruct_n(0, images.size)
+    np.testing.assert_allclose(stored, np.load(fixture_dir / "image_emb.npy"), atol=ATOL, rtol=0)
+    thumb = cv2.imdecode(np.frombuffer(images.thumbnail(0), np.uint8), cv2.IMREAD_COLOR)
+    assert max(thumb.shape[:2]) <= 160
+
+
+def test_caption_ids_number_the_captions_of_each_image():
+    assert caption_ids(["a", "b", "a", "a"]) == ["a#0", "b#0", "a#1", "a#2"]
+
+
+def test_thumbnail_fits_and_never_enlarges():
+    wide = np.zeros((100, 400, 3), np.uint8)
+    small = np.zeros((20, 30, 3), np.uint8)
+    assert cv2.imdecode(np.frombuffer(make_thumbnail(wide, 160), np.uint8), 1).shape[:2] == (40, 160)
+    assert cv2.imdecode(np.frombuffer(make_thumbnail(small, 160), np.uint8), 1).shape[:2] == (20, 30)
+
+
+def test_gallery_search_clips_k_and_ranks_by_cosine():
+    rng = np.random.RandomState(0)
+    vectors = rng.randn(5, 8).astype(np.float32)
+    gallery = Gallery.from_embeddings(vectors, list("abcde"), "image")
+    scores, positions = gallery.search(vectors[2:3] * 3.0, 10)
+    assert positions.shape == (1, 5) and positions[0, 0] == 2
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-6)
+    assert np.all(np.diff(scores[0]) <= 0)
+
+
+def test_gallery_file_round_trip(tmp_path):
+    vectors = np.eye(3, dtype=np.float32)
+    save_embeddings(tmp_path / "g.npz", vectors, ["x", "y", "z"], "text", "m1", texts=["甲", "乙", "丙"])
+    gallery = load_gallery(str(tmp_path / "g.npz"))
+    assert (gallery.kind, gallery.ids, gallery.model_id) == ("text", ["x", "y", "z"], "m1")
+    assert gallery.texts == ["甲", "乙", "丙"]
+    np.save(tmp_path / "plain.npy", vectors)
+    assert load_gallery(str(tmp_path / "plain.npy")).ids == ["0", "1", "2"]
+
+
+def test_gallery_rejects_zero_vectors_and_foreign_models():
+    with pytest.raises(GalleryError, match="zero or not finite, first at row 1"):
+        Gallery.from_embeddings(np.array([[1.0, 0], [0, 0]]), ["a", "b"], "image")
+    gallery = Gallery.from_embeddings(np.eye(2), ["a", "b"], "image", model_id="aaa")
+    with pytest.raises(GalleryError, match="rebuild the gallery"):
+        gallery.check_model("bbb", 2)
+    with pytest.raises(GalleryError, match="64-d embeddings, the gallery holds 2-d"):
+        gallery.check_model("aaa", 64)
+
+
+def test_service_refuses_a_gallery_of_another_model(model):
+    foreign = Gallery.from_embeddings(np.eye(64)[:3], ["a", "b", "c"], "image", model_id="someone-else")
+    with pytest.raises(GalleryError, match="rebuild the gallery"):
+        create_app(model, foreign)
+
+
+# --- API ------------------------------------------------------------------
+
+
+def test_healthz(client, model):
+    body = client.get("/healthz").json()
+    assert body["status"] == "ok" and body["model_id"] == model.model_id
+    assert (body["embed_dim"], body["image_gallery"], body["text_gallery"]) == (64, 20, 20)
+
+
+def test_embed_text_matches_the_model(client, model, rows):
+    texts = [rows[0][0], rows[5][0], "猫"]
+    response = client.post("/embed/text", json={"texts": texts})
+    assert response.status_code == 200
+    got = np.array(response.json()["embeddings"], np.float32)
+    np.testing.assert_allclose(got, model.encode_texts(texts), atol=ATOL, rtol=0)
+
+
+def test_embed_image_gives_the_official_embeddings(client, rows, fixture_dir):
+    response = client.post("/embed/image", json={"images": [rows[3][2], rows[11][2]]})
+    assert response.status_code == 200
+    got = np.array(response.json()["embeddings"], np.float32)
+    np.testing.assert_allclose(got, np.load(fixture_dir / "image_emb.npy")[[3, 11]], atol=ATOL, rtol=0)
+
+
+def test_text_search_returns_the_gallerys_top_k(client, model, galleries, rows):
+    images, _ = galleries
+    response = client.post("/search", json={"text": rows[4][0], "k": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["query"], body["gallery"], body["k"]) == ("text", "image", 5)
+    scores, positions = images.search(model.encode_texts([rows[4][0]]), 5)
+    assert [hit["id"] for hit in body["results"]] == [images.ids[p] for p in positions[0]]
+    np.testing.assert_allclose([hit["score"] for hit in body["results"]], scores[0], atol=1e-5)
+    thumbnail = client.get(body["results"][0]["thumbnail"])
+    assert thumbnail.headers["content-type"] == "image/jpeg"
+    assert cv2.imdecode(np.frombuffer(thumbnail.content, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_image_search_returns_captions(client, model, galleries, rows):
+    _, texts = galleries
+    response = client.post("/search", json={"image": rows[7][2], "k": 3})
+    assert response.status_code == 200
+    hits = response.json()["results"]
+    query = model.encode_images([cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(rows[7][2]), np.uint8), 1),
+                                              cv2.COLOR_BGR2RGB)])
+    _, positions = texts.search(query, 3)
+    assert [hit["text"] for hit in hits] == [texts.texts[p] for p in positions[0]]
+    assert all("#" in hit["id"] for hit in hits)
+
+
+def test_k_larger_than_the_gallery_returns_the_whole_gallery(client):
+    response = client.post("/search", json={"text": "猫", "k": 50})
+    assert response.status_code == 200 and len(response.json()["results"]) == 20
+
+
+def test_search_page_is_served(client):
+    response = client.get("/")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    assert 'fetch("/search"' in response.text
+
+
+def test_serve_tool_reports_a_missing_model_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "serve.py"), "--model", str(tmp_path / "none"), "--index", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: export folder not found")
+
+
+def test_image_queries_need_a_text_gallery(model, galleries, rows):
+    with TestClient(create_app(model, galleries[0], None, SETTINGS)) as client:
+        response = client.post("/search", json={"image": rows[0][2]})
+        assert response.status_code == 400 and "no text gallery" in response.json()["detail"]
+
+
+# --- bad requests ---------------------------------------------------------
+
+BAD_REQUESTS = [
+    ("malformed json", "/embed/text", b'{"texts": ["a"', 400, "malformed JSON at character 14: Expecting"),
+    ("texts not a list", "/embed/text", {"texts": "猫"}, 422, "body.texts"),
+    ("no texts", "/embed/text", {"texts": []}, 422, "texts is empty"),
+    ("too many texts", "/embed/text", {"texts": ["猫"] * 65}, 422, "65 entries; the limit is 64"),
+    ("over-long text", "/embed/text", {"texts": ["猫", "长" * 513]}, 422,
+     "texts[1] has 513 characters; the limit is 512"),
+    ("blank text", "/embed/text", {"texts": ["  "]}, 422, "texts[0] is empty"),
+    ("undecodable image", "/embed/image", {"images": [JUNK_IMAGE]}, 400, "images[0]: undecodable image"),
+    ("not base64", "/embed/image", {"images": ["%%%not base64%%%"]}, 400, "images[0] is not valid base64"),
+    ("k zero", "/search", {"text": "猫", "k": 0}, 422, "k must be between 1 and 100, got 0"),
+    ("k negative", "/search", {"text": "猫", "k": -3}, 422, "got -3"),
+    ("k too large", "/search", {"text": "猫", "k": 101}, 422, "got 101"),
+    ("k not a number", "/search", {"text": "猫", "k": "ten"}, 422, "body.k"),
+    ("k a boolean", "/search", {"text": "猫", "k": True}, 422, "body.k: Input should be a valid integer"),
+    ("no query", "/search", {"k": 3}, 422, "exactly one of 'text'"),
+    ("two queries", "/search", {"text": "猫", "image": JUNK_IMAGE}, 422, "exactly one of 'text'"),
+    ("over-long query", "/search", {"text": "长" * 600}, 422, "text has 600 characters"),
+    ("oversized body", "/embed/text", {"texts": ["长" * 400] * 1000}, 413, "over the limit of 1048576 bytes"),
+]
+
+
+@pytest.mark.parametrize("path, payload, status, reason", [case[1:] for case in BAD_REQUESTS],
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_request_gets_a_reason_and_the_service_keeps_serving(client, path, payload, status, reason):
+    if isinstance(payload, bytes):
+        response = client.post(path, content=payload, headers={"Content-Type": "application/json"})
+    else:
+        response = client.post(path, json=payload)
+    assert response.status_code == status
+    assert reason in response.json()["detail"]
+    good = client.post("/search", json={"text": "一张草莓的照片", "k": 2})
+    assert good.status_code == 200 and len(good.json()["results"]) == 2
+
+
+def test_streamed_oversized_body_is_cut_off(client):
+    def chunks():
+        yield b'{"texts": ["'
+        for _ in range(300):
+            yield b"x" * 4096
+        yield b'"]}'
+
+    response = client.post("/embed/text", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert client.post("/embed/text", json={"texts": ["猫"]}).status_code == 200
+
+
+def test_a_text_at_the_limit_is_accepted_and_truncated_like_training(client, model):
+    text = "猫" * 512
+    response = client.post("/embed/text", json={"texts": [text]})
+    assert response.status_code == 200
+    np.testing.assert_allclose(response.json()["embeddings"][0], model.encode_texts([text])[0], atol=ATOL)
+
+
+def test_unknown_thumbnail_is_404(client):
+    assert client.get("/thumbnails/20").status_code == 404
+    assert client.get("/thumbnails/-1").status_code == 404
+
+
+# --- dynamic batching -----------------------------------------------------
+
+
+async def concurrent_requests(app, requests):
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            responses = await asyncio.gather(*(http.post(path, json=body) for path, body in requests))
+            health = (await http.get("/healthz")).json()
+    return responses, health
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(model, galleries, rows):
+    app = create_app(model, *galleries, settings=ServiceSettings(max_wait_ms=300.0, max_batch_size=32))
+    texts = [row[0] for row in rows[:12]]
+    requests = [("/embed/text", {"texts": [t]}) for t in texts] + [("/search", {"text": t, "k": 3}) for t in texts[:4]]
+    responses, health = asyncio.run(concurrent_requests(app, requests))
+    assert all(r.status_code == 200 for r in responses)
+    expected = model.encode_texts(texts)
+    for i, response in enumerate(responses[:12]):
+        np.testing.assert_allclose(response.json()["embeddings"][0], expected[i], atol=ATOL)
+    images, _ = galleries
+    _, positions = images.search(expected[:4], 3)
+    for i, response in enumerate(responses[12:]):
+        assert [hit["id"] for hit in response.json()["results"]] == [images.ids[p] for p in positions[i]]
+    stats = health["batching"]["text"]
+    assert stats["items"] == 16
+    assert stats["largest"] > 1 and stats["batches"] < 16, stats
+
+
+def run_batcher(batcher, items):
+    async def main():
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(i) for i in items), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
+def test_batcher_respects_the_batch_size_and_keeps_order():
+    seen = []
+
+    def double(items):
+        seen.append(list(items))
+        return [2 * i for i in items]
+
+    results = run_batcher(DynamicBatcher(double, max_batch_size=4, max_wait_ms=50), list(range(10)))
+    assert results == [2 * i for i in range(10)]
+    assert [len(b) for b in seen] == [4, 4, 2]
+    assert sorted(i for b in seen for i in b) == list(range(10))
+
+
+def test_a_failing_batch_fails_its_requests_only():
+    calls = []
+
+    def flaky(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise ValueError("boom")
+        return items
+
+    async def main():
+        batcher = DynamicBatcher(flaky, max_batch_size=2, max_wait_ms=20)
+        batcher.start()
+        first = await asyncio.gather(batcher.submit("a"), batcher.submit("b"), return_exceptions=True)
+        second = await batcher.submit("c")
+        await batcher.stop()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert all(isinstance(r, ValueError) and str(r) == "boom" for r in first)
+    assert second == "c"
+
+
+def test_wrong_result_count_is_an_error_for_every_submitter():
+    results = run_batcher(DynamicBatcher(lambda items: items[:1], max_batch_size=3, max_wait_ms=50), [1, 2, 3])
+    assert all(isinstance(r, RuntimeError) and "1 results for 3 items" in str(r) for r in results)
+
+
+def test_a_full_queue_refuses_new_items():
+    release = threading.Event()
+
+    def slow(items):
+        release.wait(5)
+        return items
+
+    async def main():
+        batcher = DynamicBatcher(slow, max_batch_size=1, max_wait_ms=0, max_queue=1)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.05)  # the worker has taken item 1 and is blocked in slow()
+        queued = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError):
+            await batcher.submit(3)
+        release.set()
+        done = await asyncio.gather(running, queued)
+        await batcher.stop()
+        return done
+
+    assert asyncio.run(main()) == [1, 2]
+
+
+def test_undecodable_tsv_image_is_skipped_or_raised(tmp_path, model, rows):
+    tsv = tmp_path / "bad.tsv"
+    lines = ["\t".join(rows[0][:3]), f"坏图\tbroken.jpg\t{JUNK_IMAGE}", "\t".join(rows[1][:3])]
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.tsv:2: undecodable image"):
+        build_galleries(model, iter_tsv_images(tsv), batch_size=2)
+    counter = SkipCounter("skip")
+    images, texts = build_galleries(model, iter_tsv_images(tsv, counter), batch_size=2, counter=counter)
+    assert images.ids == [rows[0][1], rows[1][1]] and counter.total == 1
+    assert "坏图" not in texts.texts
