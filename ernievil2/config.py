@@ -38,7 +38,7 @@ DEFAULTS = {
         "vocab_file": "vocab/ernie-3.0-base-zh/vocab.txt",
         "max_len": 48,
         "do_lower_case": True,
-        "backend": "auto",
+        "backend": "fast",
     },
     "Preprocess": {
         "image_size": 224,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ernievil2.config import resolve_resource
-from ernievil2.data.tokenizer import ErnieTokenizer, _fast_path_chars, basic_tokenize, load_vocab, needs_reference_path, wordpiece
+from ernievil2.data.tokenizer import ErnieTokenizer, basic_tokenize, load_vocab, wordpiece
 
 VOCAB = resolve_resource("ernie-3.0-base-zh/vocab.txt")
 
@@ -74,20 +74,24 @@ def test_backends_agree_on_mixed_text(backends):
     np.testing.assert_array_equal(python.encode(texts), fast.encode(texts))
 
 
-def test_backends_agree_on_every_fast_path_character(backends):
+@pytest.mark.parametrize("context", ["a{}b中", "中{}1", "{}", "T{}恤 x"])
+def test_backends_agree_on_every_bmp_character(backends, context):
     python, fast = backends
-    chars = [chr(cp) for cp in _fast_path_chars()]
-    assert len(chars) > 50000
-    texts = [f"a{c}b中" for c in chars]
-    encodings = fast._fast.encode_batch(texts, add_special_tokens=False)
-    bad = [hex(ord(c)) for c, t, e in zip(chars, texts, encodings) if python._ids_python(t) != e.ids]
+    chars = [chr(cp) for cp in range(0x10000) if not 0xD800 <= cp <= 0xDFFF]
+    texts = [context.format(c) for c in chars]
+    got, expected = fast.token_ids(texts), python.token_ids(texts)
+    bad = [hex(ord(c)) for c, g, e in zip(chars, got, expected) if g != e]
     assert bad == []
 
 
-def test_characters_off_the_fast_path_take_the_reference(backends):
+def test_backends_agree_beyond_the_bmp_and_without_lower_casing(backends):
     python, fast = backends
-    unassigned = next(chr(cp) for cp in range(0x378, 0x400) if unicodedata.category(chr(cp)) == "Cn")
-    for text in (f"a{unassigned}b", "a\u061db", "中\U0002B820文"):
-        assert needs_reference_path(text)
-        assert fast.token_ids([text]) == python.token_ids([text])
-    assert not needs_reference_path("纯中文句子，带标点。")
+    texts = ["𠀀𠀁 ext-B", "\U0002B820 ext-E", "😀😃", "中\U0001F600文"]
+    assert fast.token_ids(texts) == python.token_ids(texts)
+    cased = ErnieTokenizer(VOCAB, do_lower_case=False)
+    assert cased.token_ids(["ABC Déjà"]) == ErnieTokenizer(VOCAB, do_lower_case=False, backend="python").token_ids(["ABC Déjà"])
+
+
+def test_unknown_backend_is_an_error():
+    with pytest.raises(ValueError, match="unknown tokenizer backend 'rust'"):
+        ErnieTokenizer(VOCAB, backend="rust")

@@ -3,13 +3,15 @@
 Text ids are ``[CLS] + first (max_len - 2) pieces + [SEP]``, right-padded with
 ``[PAD]`` (id 0) to ``max_len``, as the official reader builds them.
 
-Two backends give the same ids: ``python`` (a plain BERT basic + WordPiece
-tokeniser, the reference) and ``fast`` (HF ``tokenizers``, a Rust WordPiece
-that batches across threads; about 3-4x faster). ``auto`` uses ``fast`` when
-the library is importable. The one place the two differ is the set of
-"Chinese" code points that get split into single characters: the Rust
-normaliser's table starts one CJK Extension-D/E block at U+2B920, the official
-one at U+2B820. Texts containing U+2B820..U+2B91F go through the reference path.
+Two backends give the same ids: ``python``, a plain BERT basic + WordPiece
+tokeniser (the reference), and ``fast`` (the default), which exploits what
+the reference does to Chinese text. Every CJK ideograph and every punctuation
+character becomes a token of its own, whatever surrounds it, so a text splits
+into such single characters (looked up directly) and runs of anything else,
+which go through the reference and are cached. A text of single characters
+only is one dict lookup per character. ``tests/test_tokenizer.py`` proves the
+two backends equal on every BMP character in context; the fast one is an
+order of magnitude quicker (docs/benchmarks.md).
 """
 import os
 import re
@@ -19,47 +21,6 @@ import numpy as np
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 MAX_CHARS_PER_WORD = 100
-_CJK_BMP_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
-
-
-def _fast_path_chars():
-    """Code points on which both backends provably agree (see the module docstring)."""
-    old = unicodedata.ucd_3_2_0
-    safe = [
-        cp
-        for cp in range(0x10000)
-        if not 0xD800 <= cp <= 0xDFFF
-        and unicodedata.category(chr(cp)) != "Cn"
-        and (
-            any(lo <= cp <= hi for lo, hi in _CJK_BMP_RANGES)
-            or old.category(chr(cp)) == unicodedata.category(chr(cp))
-        )
-    ]
-    return safe
-
-
-def _ranges(codepoints):
-    start = prev = codepoints[0]
-    for cp in codepoints[1:]:
-        if cp != prev + 1:
-            yield start, prev
-            start = cp
-        prev = cp
-    yield start, prev
-
-
-_NEEDS_REFERENCE = None
-
-
-def needs_reference_path(text):
-    """True when ``text`` has a character outside the fast backend's proven-equal set."""
-    global _NEEDS_REFERENCE
-    if text.isascii():
-        return False
-    if _NEEDS_REFERENCE is None:
-        allowed = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in _ranges(_fast_path_chars()))
-        _NEEDS_REFERENCE = re.compile(f"[^{allowed}]")
-    return _NEEDS_REFERENCE.search(text) is not None
 
 
 def load_vocab(path):
@@ -159,36 +120,59 @@ def wordpiece(word, vocab, unk="[UNK]"):
     return pieces
 
 
+def _ranges(codepoints):
+    start = prev = codepoints[0]
+    for cp in codepoints[1:]:
+        if cp != prev + 1:
+            yield start, prev
+            start = cp
+        prev = cp
+    yield start, prev
+
+
+def _char_class(codepoints):
+    return "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in _ranges(codepoints))
+
+
+_SEGMENTERS = None
+
+
+def segmenters():
+    """(whole-text matcher, segment finder), built once per process (~0.2 s).
+
+    Single characters: BMP CJK ideographs and punctuation that the reference
+    maps to themselves (so not, e.g., compatibility ideographs that NFD changes).
+    Runs: maximal stretches of anything but single characters and the
+    reference's whitespace; supplementary-plane characters always land in runs.
+    """
+    global _SEGMENTERS
+    if _SEGMENTERS is None:
+        bmp = [cp for cp in range(0x10000) if not 0xD800 <= cp <= 0xDFFF]
+        single = [
+            cp for cp in bmp if (_is_cjk(cp) or _is_punctuation(chr(cp))) and basic_tokenize(chr(cp)) == [chr(cp)]
+        ]
+        space = [cp for cp in bmp if _is_whitespace(chr(cp))]
+        singles, spaces = _char_class(single), _char_class(space)
+        _SEGMENTERS = (re.compile(f"[{singles}]*"), re.compile(f"([{singles}])|[^{singles}{spaces}]+"))
+    return _SEGMENTERS
+
+
 class ErnieTokenizer:
-    def __init__(self, vocab_file, max_len=48, do_lower_case=True, backend="auto"):
+    RUN_CACHE_SIZE = 200_000
+
+    def __init__(self, vocab_file, max_len=48, do_lower_case=True, backend="fast"):
         if max_len < 3:
             raise ValueError(f"max_len must be at least 3 ([CLS] x [SEP]), got {max_len}")
-        if backend not in ("auto", "fast", "python"):
-            raise ValueError(f"unknown tokenizer backend {backend!r}; use auto, fast or python")
+        if backend not in ("fast", "python"):
+            raise ValueError(f"unknown tokenizer backend {backend!r}; use fast or python")
         self.vocab_file = vocab_file
         self.vocab = load_vocab(vocab_file)
         self.max_len = max_len
         self.lower = do_lower_case
+        self.backend = backend
         self.pad_id, self.cls_id = self.vocab["[PAD]"], self.vocab["[CLS]"]
         self.sep_id, self.unk_id = self.vocab["[SEP]"], self.vocab["[UNK]"]
-        self._fast = None
-        if backend != "python":
-            try:
-                self._fast = self._build_fast()
-            except ImportError:
-                if backend == "fast":
-                    raise
-        self.backend = "fast" if self._fast is not None else "python"
-
-    def _build_fast(self):
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-
-        tok = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_CHARS_PER_WORD))
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=self.lower, lowercase=self.lower
-        )
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        return tok
+        self._runs = {}
 
     def tokenize(self, text):
         """Word pieces of ``text`` (no special tokens), via the reference path."""
@@ -197,14 +181,32 @@ class ErnieTokenizer:
     def _ids_python(self, text):
         return [self.vocab.get(p, self.unk_id) for p in self.tokenize(text)]
 
+    def _run_ids(self, run):
+        ids = self._runs.get(run)
+        if ids is None:
+            ids = self._ids_python(run)
+            if len(self._runs) < self.RUN_CACHE_SIZE:
+                self._runs[run] = ids
+        return ids
+
+    def _ids_fast(self, text):
+        whole, segment = segmenters()
+        get, unk = self.vocab.get, self.unk_id
+        if whole.fullmatch(text):
+            return [get(ch, unk) for ch in text]
+        ids = []
+        for match in segment.finditer(text):
+            single = match.group(1)
+            if single:
+                ids.append(get(single, unk))
+            else:
+                ids.extend(self._run_ids(match.group(0)))
+        return ids
+
     def token_ids(self, texts):
         """Piece ids of each text, without special tokens or truncation."""
-        if self._fast is None:
-            return [self._ids_python(t) for t in texts]
-        encodings = self._fast.encode_batch(list(texts), add_special_tokens=False)
-        return [
-            self._ids_python(t) if needs_reference_path(t) else e.ids for t, e in zip(texts, encodings)
-        ]
+        ids_of = self._ids_fast if self.backend == "fast" and self.lower else self._ids_python
+        return [ids_of(t) for t in texts]
 
     def encode(self, texts, max_len=None):
         """``[N, max_len]`` int64 ids: [CLS] + pieces[:max_len-2] + [SEP], padded with [PAD]."""
