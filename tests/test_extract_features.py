@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from ernievil2.evaluation.retrieval import load_features
 from tests.conftest import REPO

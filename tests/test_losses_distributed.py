@@ -5,7 +5,6 @@ and compares what each rank wrote against the single-process reference.
 """
 
 import numpy as np
-import paddle
 import pytest
 
 from tests.dist.launcher import cpu_launcher_only, REPO, launch, load_module

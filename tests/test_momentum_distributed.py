@@ -7,7 +7,6 @@ ranks, the mean rank loss, the synced gradients and the EMA copies.
 """
 
 import numpy as np
-import paddle
 import pytest
 
 from tests.dist.launcher import cpu_launcher_only, REPO, launch, load_module

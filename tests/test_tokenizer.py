@@ -1,5 +1,4 @@
 """The tokenizer: official ids, backend equality over the whole BMP, vocab forms, padding."""
-import unicodedata
 
 import numpy as np
 import pytest

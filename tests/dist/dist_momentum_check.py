@@ -17,7 +17,6 @@ enqueue and the momentum copy's parameters to ``OUT/rank{r}.npz``; the pytest
 side compares them with the same :func:`run` on the global batch in one process.
 """
 import contextlib
-import math
 import os
 import sys
 
@@ -25,7 +24,8 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ernievil2.losses import MomentumEncoder, MultiViewContrastiveLoss, clamp_logit_scale
+from ernievil2.losses import MomentumEncoder, MultiViewContrastiveLoss
+from tests.dist.dist_loss_check import EMBED_DIM, INPUT_DIM, TinyDualEncoder  # the same tiny towers
 
 PAIRS = [["image_v1", "text_v1", 1.0], ["image_v1", "image_v2", 0.5]]
 QUEUE = {
@@ -39,43 +39,11 @@ QUEUE = {
     "mask_same_image": True,
 }
 VIEW_TOWER = {"image_v1": "image", "image_v2": "image", "text_v1": "text"}
-INPUT_DIM = {"image": 6, "text": 5}
-EMBED_DIM = 4
 WORLD_SIZE = 2
 LOCAL_BATCH = 2
 STEPS = 4
 LEARNING_RATE = 0.1
 SEED = 20240918
-
-
-class LinearTower(paddle.nn.Layer):
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.weight = self.create_parameter(weight.shape, default_initializer=paddle.nn.initializer.Assign(weight))
-        self.bias = self.create_parameter(bias.shape, default_initializer=paddle.nn.initializer.Assign(bias))
-
-    def forward(self, x):
-        return paddle.matmul(x, self.weight) + self.bias
-
-
-class TinyDualEncoder(paddle.nn.Layer):
-    """Two linear towers and a learned temperature, like the real model's interface."""
-
-    def __init__(self, rng):
-        super().__init__()
-        self.towers = paddle.nn.LayerDict(
-            {
-                name: LinearTower(rng.standard_normal((dim, EMBED_DIM)), rng.standard_normal(EMBED_DIM))
-                for name, dim in INPUT_DIM.items()
-            }
-        )
-        self.temperature_b = self.create_parameter(
-            [], default_initializer=paddle.nn.initializer.Constant(math.log(1 / 0.07))
-        )
-
-    def forward(self, inputs):
-        features = {view: self.towers[VIEW_TOWER[view]](x) for view, x in inputs.items()}
-        return features, clamp_logit_scale(self.temperature_b, 100.0)
 
 
 def global_batch(step):
