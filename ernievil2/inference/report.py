@@ -67,7 +67,22 @@ def _font(size):
     return None
 
 
-def render_grid(results, images_by_id, path, cell=128, caption_height=28):
+def wrap_caption(text, font, width, max_lines=2):
+    """Split ``text`` into at most ``max_lines`` lines that fit ``width`` pixels ("…" when cut)."""
+    lines, current = [], ""
+    for ch in text:
+        if font.getlength(current + ch) > width:
+            lines.append(current)
+            current = ""
+        current += ch
+    lines.append(current)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][:-1] + "…"
+    return "\n".join(lines)
+
+
+def render_grid(results, images_by_id, path, cell=128, caption_height=50):
     """One row per query: the caption above its top-k images; green frames mark relevant ones.
 
     Without a CJK font (Debian ``fonts-wqy-microhei``) rows are labelled Q1, Q2, ...
@@ -82,7 +97,7 @@ def render_grid(results, images_by_id, path, cell=128, caption_height=28):
     font = _font(18)
     for row, (caption, hits) in enumerate(results):
         top = row * row_height
-        label = caption if font else f"Q{row + 1}"
+        label = wrap_caption(caption, font, width - 8) if font else f"Q{row + 1}"
         draw.text((4, top + 4), label, fill="black", font=font)
         for col, (image_id, score, relevant) in enumerate(hits):
             tile = cv2.resize(images_by_id[image_id], (cell - 8, cell - 8), interpolation=cv2.INTER_NEAREST)
