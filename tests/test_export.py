@@ -24,8 +24,8 @@ from ernievil2.inference.predictor import (
     length_sorted_batches,
     pad_text_batch,
     shape_range,
-    trim_padding,
 )
+from ernievil2.data.tokenizer import trim_padding
 from tests.conftest import REPO
 
 TINY_CONFIG = str(REPO / "configs" / "tiny_official_fixture.yaml")

@@ -5,7 +5,7 @@ import pytest
 from ernievil2.config import resolve_resource
 from ernievil2.data.augment import TrainTransform
 from ernievil2.data.errors import DataError
-from ernievil2.data.pipeline import StreamPosition, TrainStream, expand_sources, rank_sources, shuffled, stable_image_id, trim_padding
+from ernievil2.data.pipeline import StreamPosition, TrainStream, expand_sources, rank_sources, shuffled, stable_image_id, trim_common_padding
 from ernievil2.data.tokenizer import ErnieTokenizer
 from tests.helpers import write_pairs_tsv
 
@@ -117,7 +117,7 @@ def test_images_stay_with_their_captions(tmp_path, tokenizer):
 def test_padding_trimmed_to_the_longest_row():
     text = np.array([[1, 5, 2, 0, 0], [1, 5, 6, 2, 0]])
     tag = np.array([[1, 7, 2, 0, 0], [1, 2, 0, 0, 0]])
-    out = trim_padding({"text": text, "tag": tag}, 0)
+    out = trim_common_padding({"text": text, "tag": tag}, 0)
     assert out["text"].shape == (2, 4) and out["tag"].shape == (2, 4)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from .errors import DataError, SkipCounter
 from .parallel import OrderedPool
 from .readers import decode_image_bytes, open_pairs
+from .tokenizer import trim_padding
 
 IMAGE_VIEWS = ("image_v1", "image_v2")
 
@@ -78,11 +79,11 @@ def tag_text(tags, prompt, separator):
     return prompt + separator.join(tags)
 
 
-def trim_padding(id_arrays, pad_id):
+def trim_common_padding(id_arrays, pad_id):
     """Cut the padding columns no row of any array uses (one common length: the text
     views are stacked into one batch). Padding is masked out, so features are unchanged;
     short captions just stop paying for ``max_len``."""
-    length = max(int((ids != pad_id).sum(axis=1).max()) for ids in id_arrays.values())
+    length = trim_padding(np.concatenate(list(id_arrays.values())), pad_id).shape[1]
     return {name: ids[:, :length] for name, ids in id_arrays.items()}
 
 
@@ -252,7 +253,7 @@ class TrainStream:
         texts = {"text": self.tokenizer.encode([r.text for r in records])}
         if self.need_tags:
             texts["tag"] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
-        batch.update(trim_padding(texts, self.tokenizer.pad_id))
+        batch.update(trim_common_padding(texts, self.tokenizer.pad_id))
         batch["image_id"] = np.array([stable_image_id(r.image_id) for r in records], dtype=np.int64)
         return batch
 

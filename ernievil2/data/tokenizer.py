@@ -41,6 +41,16 @@ def load_vocab(path):
     return vocab
 
 
+def trim_padding(input_ids, pad_id=0):
+    """Drop the trailing columns that are padding in every row.
+
+    The text tower masks padding keys, so the embeddings do not change; the
+    work does, since attention is quadratic in the length.
+    """
+    used = np.flatnonzero((input_ids != pad_id).any(axis=0))
+    return input_ids[:, : used[-1] + 1] if used.size else input_ids
+
+
 def _is_cjk(cp):
     return (
         0x4E00 <= cp <= 0x9FFF

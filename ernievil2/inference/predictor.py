@@ -16,7 +16,7 @@ import paddle
 from paddle import inference as paddle_infer
 
 from ..data.image_ops import EvalTransform
-from ..data.tokenizer import ErnieTokenizer
+from ..data.tokenizer import ErnieTokenizer, trim_padding
 from .deploy import model_id, read_deploy, verify_files
 from .errors import DeviceUnavailableError, ExportError, OptionsError
 
@@ -145,16 +145,6 @@ class TowerPredictor:
             self._input.copy_from_cpu(np.ascontiguousarray(array))
             self._predictor.run()
             return self._output.copy_to_cpu()
-
-
-def trim_padding(input_ids, pad_id=0):
-    """Drop the trailing columns that are padding in every row.
-
-    The text tower masks padding keys, so the embeddings do not change; the
-    work does, since attention is quadratic in the length.
-    """
-    used = np.flatnonzero((input_ids != pad_id).any(axis=0))
-    return input_ids[:, : used[-1] + 1] if used.size else input_ids
 
 
 def bucket_size(n):
