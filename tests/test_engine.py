@@ -271,3 +271,45 @@ def test_momentum_queue_trains_checkpoints_and_resumes_exactly(tmp_path, train_d
         assert sorted(flat_a) == sorted(flat_b)
         for key in flat_a:
             np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=key)
+
+
+def test_accumulation_with_queue_and_tags_over_micro_batches_of_different_lengths(tmp_path):
+    """Each micro-batch is trimmed to its own longest text, so their lengths differ."""
+    train = write_pairs_tsv(tmp_path / "train.tsv", 16, seed=5)
+    lines = train.read_text(encoding="utf-8").splitlines()
+    # Every fourth caption (and tag list) is much longer: micro-batches of 2 get lengths 7 or 15.
+    lines = [
+        line if i % 4 else "\t".join([line.split("\t")[0] + "，摆在一张白色的桌子上面", *line.split("\t")[1:-1], line.split("\t")[-1] + "、桌子、白色背景"])
+        for i, line in enumerate(lines)
+    ]
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    loss = {
+        "pairs": [["image_v1", "text_v1", 1.0], ["image_v1", "tag", 0.5]],
+        "momentum_queue": {"size": 8, "mode": "extra_negatives", "momentum": 0.9, "mask_same_image": True},
+    }
+    config = write_train_config(tmp_path, train, Loss=loss, Data={"shuffle_buffer": 0})
+    result = run_train(config, "Train.batch_size=2", "Train.accum_steps=2", "Train.max_steps=4", "Train.save_every=0", check=False)
+    log = (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
+    assert "step 4/4" in log, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_tag_view_of_its_own_length_goes_through_the_text_tower_unpadded():
+    loss = MultiViewContrastiveLoss(PAIRS)
+    model = tiny_model(0.0)
+    model.eval()
+    batch = random_batch(4, 6)
+    short = dict(batch, tag=batch["tag"][:, :6])
+    padded = dict(batch, tag=paddle.concat([short["tag"], paddle.zeros([4, 4], dtype="int64")], axis=1))
+    from ernievil2.engine.steps import encode_views, view_inputs
+
+    texts = view_inputs(short, loss.required_views)[3]
+    assert [list(t.shape) for t in texts] == [[8, 10], [4, 6]]
+    assert list(view_inputs(padded, loss.required_views)[3].shape) == [12, 10]
+    # tags standing in for the captions: every text view reads the tag ids, one stack
+    assert list(view_inputs(short, loss.required_views, tags_as_text=True)[3].shape) == [12, 6]
+    separate, _ = encode_views(model, short, loss.required_views)
+    stacked, _ = encode_views(model, padded, loss.required_views)
+    assert list(separate) == list(stacked)
+    for view in separate:  # padding is masked, so the two layouts give the same features
+        np.testing.assert_allclose(separate[view].numpy(), stacked[view].numpy(), atol=2e-6, err_msg=view)
+    np.testing.assert_allclose(separate["tag"].numpy(), model.text_model(short["tag"]).numpy(), atol=1e-6)

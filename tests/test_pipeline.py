@@ -5,7 +5,7 @@ import pytest
 from ernievil2.config import resolve_resource
 from ernievil2.data.augment import TrainTransform
 from ernievil2.data.errors import DataError
-from ernievil2.data.pipeline import StreamPosition, TrainStream, expand_sources, rank_sources, shuffled, stable_image_id, trim_common_padding
+from ernievil2.data.pipeline import StreamPosition, TrainStream, expand_sources, rank_sources, shuffled, stable_image_id
 from ernievil2.data.tokenizer import ErnieTokenizer
 from tests.helpers import write_pairs_tsv
 
@@ -114,11 +114,17 @@ def test_images_stay_with_their_captions(tmp_path, tokenizer):
             assert np.argmax(centre) == np.argmax(COLOURS[name]), name
 
 
-def test_padding_trimmed_to_the_longest_row():
-    text = np.array([[1, 5, 2, 0, 0], [1, 5, 6, 2, 0]])
-    tag = np.array([[1, 7, 2, 0, 0], [1, 2, 0, 0, 0]])
-    out = trim_common_padding({"text": text, "tag": tag}, 0)
-    assert out["text"].shape == (2, 4) and out["tag"].shape == (2, 4)
+def test_caption_and_tag_ids_trimmed_each_to_its_longest_row(tmp_path, tokenizer):
+    path = write_pairs_tsv(tmp_path / "t.tsv", 8, seed=3)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[0] = "很长很长的" + lines[0]  # 14 ids; the others 9, the tags 10
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    batch = take(stream({"format": "official_tsv", "path": str(path)}, tokenizer, batch_size=8, shuffle_buffer=0), 1)[0]
+    for name in ("text", "tag"):
+        ids = batch[name]
+        assert (ids[:, -1] != 0).any(), f"{name}: a padding column was left"
+        assert ids.shape[1] < 16 and (ids[:, 0] == 1).all()
+    assert batch["text"].shape[1] > batch["tag"].shape[1]
 
 
 def test_shuffle_buffer_is_a_permutation():

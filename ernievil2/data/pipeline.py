@@ -79,14 +79,6 @@ def tag_text(tags, prompt, separator):
     return prompt + separator.join(tags)
 
 
-def trim_common_padding(id_arrays, pad_id):
-    """Cut the padding columns no row of any array uses (one common length: the text
-    views are stacked into one batch). Padding is masked out, so features are unchanged;
-    short captions just stop paying for ``max_len``."""
-    length = trim_padding(np.concatenate(list(id_arrays.values())), pad_id).shape[1]
-    return {name: ids[:, :length] for name, ids in id_arrays.items()}
-
-
 def shuffled(records, buffer_size, rng):
     """Reservoir-style shuffle with a bounded buffer."""
     if buffer_size <= 1:
@@ -253,7 +245,9 @@ class TrainStream:
         texts = {"text": self.tokenizer.encode([r.text for r in records])}
         if self.need_tags:
             texts["tag"] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
-        batch.update(trim_common_padding(texts, self.tokenizer.pad_id))
+        # Each array to its own longest row: the tag view, usually shorter than the
+        # captions, goes through the text tower at its own length (engine/steps.py).
+        batch.update({name: trim_padding(ids, self.tokenizer.pad_id) for name, ids in texts.items()})
         batch["image_id"] = np.array([stable_image_id(r.image_id) for r in records], dtype=np.int64)
         return batch
 

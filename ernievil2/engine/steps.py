@@ -1,8 +1,9 @@
 """One training step, plain or accumulated, as functions a test can call directly.
 
-Views of one modality are stacked into a single forward per tower: the two
-image views as one image batch, and the caption views (``text_v1``,
-``text_v2``: the same ids, two dropout draws) with the tag view as one text batch.
+Views of one modality go through their tower in one model call: the two image
+views as one stacked batch; the caption views (``text_v1``, ``text_v2``: the
+same ids, two dropout draws) as one stacked batch, joined by the tag view when
+it has their length, or followed by it at its own length.
 """
 import contextlib
 
@@ -27,12 +28,28 @@ def full_precision(x):
 
 
 def view_inputs(batch, views, tags_as_text=False):
-    """(image views, stacked images or None, text views, stacked ids or None) for ``views``."""
+    """(image views, stacked images or None, text views, text input or None) for ``views``.
+
+    The text input is one stacked batch when every text view has the same length,
+    else a list with one stack per length: the caption views read the same ids,
+    while the tag view (trimmed to its own longest row by the data pipeline) is
+    usually shorter and would otherwise pay for the captions' padding.
+    """
     image_names = [v for v in IMAGE_VIEWS if v in views]
     text_names = [v for v in TEXT_VIEWS if v in views]
-    caption = batch["tag"] if tags_as_text else batch["text"]
     images = paddle.concat([batch[v] for v in image_names]) if image_names else None
-    texts = paddle.concat([batch["tag"] if v == "tag" else caption for v in text_names]) if text_names else None
+    if not text_names:
+        return image_names, images, text_names, None
+    # TEXT_VIEWS lists the caption views before the tag view, so grouping by the
+    # array read keeps the views in order.
+    groups = {}
+    for view in text_names:
+        source = "tag" if view == "tag" or tags_as_text else "text"
+        groups.setdefault(source, []).append(batch[source])
+    if len({group[0].shape[1] for group in groups.values()}) == 1:
+        texts = paddle.concat([ids for group in groups.values() for ids in group])
+    else:
+        texts = [paddle.concat(group) for group in groups.values()]
     return image_names, images, text_names, texts
 
 
@@ -50,11 +67,13 @@ def encode_views(model, batch, views, tags_as_text=False, autocast=None):
 
 
 def momentum_keys(momentum, micro_batches, tags_as_text=False):
-    """The momentum encoder's ``image_v1`` and ``text_v1`` features for the (stacked) micro-batches."""
-    images = paddle.concat([b["image_v1"] for b in micro_batches])
-    texts = paddle.concat([b["tag"] if tags_as_text else b["text"] for b in micro_batches])
-    out = momentum(images=images, input_ids=texts)
-    return {"image": out["image"], "text": out["text"]}
+    """The momentum encoder's ``image_v1`` and ``text_v1`` features, micro-batch after micro-batch.
+
+    One call per micro-batch: each is trimmed to its own text length, so their
+    ids cannot be stacked, and the activations stay those of one micro-batch.
+    """
+    outs = [momentum(images=b["image_v1"], input_ids=b["tag"] if tags_as_text else b["text"]) for b in micro_batches]
+    return {key: paddle.concat([out[key] for out in outs]) for key in ("image", "text")}
 
 
 def train_step(model, loss_fn, batch, views, tags_as_text=False, autocast=None, scaler=None, loss_kwargs=None):

@@ -6,6 +6,7 @@ as is: ``visual.*``, ``text_model.*`` and ``contrastive_loss_mm.temperature_b``
 """
 import math
 
+import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
@@ -57,11 +58,13 @@ class DualEncoder(nn.Layer):
         """Raw (unnormalised) features of whichever inputs are given, and the logit scale.
 
         Training calls the model once per step with every image view stacked
-        in ``images`` and every text view in ``input_ids``: one forward per
-        tower, and one entry point for DataParallel's gradient hooks.
+        in ``images`` and every text view in ``input_ids``: one entry point for
+        DataParallel's gradient hooks. ``input_ids`` may also be a list of
+        ``[B_i, L_i]`` batches of different lengths: each goes through the text
+        tower at its own length, and their features are concatenated in order.
         """
-        return {
-            "image": None if images is None else self.visual(images),
-            "text": None if input_ids is None else self.text_model(input_ids),
-            "logit_scale": self.logit_scale(),
-        }
+        if isinstance(input_ids, (list, tuple)):
+            text = paddle.concat([self.text_model(ids) for ids in input_ids])
+        else:
+            text = None if input_ids is None else self.text_model(input_ids)
+        return {"image": None if images is None else self.visual(images), "text": text, "logit_scale": self.logit_scale()}
