@@ -86,6 +86,7 @@ def test_official_tsv_accepts_urlsafe_base64_bom_and_trailing_blank_lines(tmp_pa
 BAD_TSV_LINES = {
     "two columns": (b"caption\timg9", "wrong column count: found 2, expected 3 or 4"),
     "five columns": (b"c\timg9\t" + b64(9).encode() + b"\tt\textra", "wrong column count: found 5"),
+    "tab inside the caption": (b"a\tcaption\timg9\t" + b64(9).encode(), "columns shifted: column 4 holds the base64 image"),
     "empty caption": (b" \t img9\t" + b64(9).encode(), "empty text"),
     "empty image id": (b"caption\t  \t" + b64(9).encode(), "empty image id"),
     "empty base64": (b"caption\timg9\t ", "empty base64"),
@@ -131,7 +132,7 @@ def test_official_tsv_many_bad_lines_counted_by_reason(tmp_path):
     assert numbers_of(records) == good
     assert_aligned(records)
     assert dict(counter.by_reason) == {
-        "wrong column count": 2, "empty text": 1, "empty image id": 1, "empty base64": 1,
+        "wrong column count": 2, "columns shifted": 1, "empty text": 1, "empty image id": 1, "empty base64": 1,
         "invalid base64": 2, "not UTF-8": 1, "blank line": 2,
     }
 

@@ -37,6 +37,9 @@ UTF8_BOM = b"\xef\xbb\xbf"
 # one; a string using '-' or '_' can never be standard base64, so accepting
 # both is unambiguous.
 URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+BASE64_FIELD = re.compile(r"[A-Za-z0-9+/\-_]+={0,2}")
+# The smallest valid JPEG or PNG takes well over this many base64 characters.
+MIN_IMAGE_BASE64 = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +363,10 @@ def _parse_official_line(raw: bytes, path, line_no: int) -> PairRecord:
     if len(fields) not in (3, 4):
         reason = f"wrong column count: found {len(fields)}, expected 3 or 4 ({OFFICIAL_COLUMNS})"
         raise DataError(path, line_no, reason)
+    if len(fields) == 4 and _looks_like_base64(fields[3]) and not _looks_like_base64(fields[2]):
+        # Column 3 would otherwise be decoded as the image and fail as a bad image.
+        reason = f"columns shifted: column 4 holds the base64 image ({OFFICIAL_COLUMNS}); a tab inside the caption?"
+        raise DataError(path, line_no, reason)
     text, image_id = fields[0].strip(), fields[1].strip()
     if not text:
         raise DataError(path, line_no, "empty text")
@@ -369,6 +376,11 @@ def _parse_official_line(raw: bytes, path, line_no: int) -> PairRecord:
     tags = split_tags(fields[3]) if len(fields) == 4 else ()
     where = _location(path, line_no)
     return PairRecord(text, image_id, image, tags, where, where)
+
+
+def _looks_like_base64(field: str) -> bool:
+    """Long and of the base64 alphabet only: an encoded image, never a caption, id or tag list."""
+    return len(field) >= MIN_IMAGE_BASE64 and BASE64_FIELD.fullmatch(field.strip()) is not None
 
 
 def _parse_image_id(raw: bytes, path, line_no: int) -> str:
