@@ -21,6 +21,15 @@ def test_shipped_configs_load(name):
     assert config["Arch"]["image_tower"]["name"] in ("ViT", "PaddleClas")
 
 
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs" / "demo").glob("*.yaml")))
+def test_demo_configs_load_and_their_losses_build(path):
+    from ernievil2.losses.build import build_loss
+
+    config = load_config(str(REPO / path))
+    loss = build_loss(config["Loss"], embed_dim=config["Arch"]["image_tower"]["embed_dim"])
+    assert {"image_v1", "text_v1"} <= set(loss.required_views)
+
+
 def test_large_config_inherits_and_overrides():
     config = load_config(str(REPO / "configs" / "ernievil2_large_vit14.yaml"))
     tower = config["Arch"]["image_tower"]
