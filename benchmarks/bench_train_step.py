@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py                         # base, batch 8: several minutes; run it alone
     python benchmarks/bench_train_step.py --arch tiny --repeats 2 # quick check of the whole chain
+    python benchmarks/bench_train_step.py --only ours_single paddlenlp_single --rounds 3  # settle one ratio
 
 Configurations, each in a fresh child process (so every peak-memory figure is
 its own high-water mark), on the same random batch (images ~ N(0, 1), ids =
@@ -19,9 +20,13 @@ full text length):
 - ``ours, multi-view``: two image views (different pixels), two text views
   (the same ids, two dropout draws) and the intra- and inter-modal pairs of
   ``configs/demo/multiview.yaml``; ``+ tag`` adds the tag view and its pair.
+  Tags are ``--tag-len`` ids long (a prompt and two or three tags), captions
+  ``--text-len``, as the data pipeline trims them: the tag view runs at its own
+  length.
 
-Every configuration runs one warm-up step and ``--repeats`` timed steps;
-figures are medians: wall and CPU seconds per step, and the part of it spent
+Every configuration runs one warm-up step and ``--repeats`` timed steps, in
+``--rounds`` rounds taken in rotation (fresh child processes each round);
+figures are medians over every timed step of every round: wall and CPU seconds per step, and the part of it spent
 in the AdamW step and ``clear_grad``. FLOPs are counted analytically (see
 ``vit_forward_flops`` and ``text_forward_flops``) and tripled for forward +
 backward. MFU divides the achieved FLOP/s (wall) by the fp32 GEMM ceiling
@@ -80,8 +85,10 @@ class Case(NamedTuple):
 
     @property
     def views(self):
+        """(image views, caption views, tag views)."""
         views = {v for pair in (self.pairs or SINGLE_PAIRS) for v in pair[:2]}
-        return sum(v.startswith("image") for v in views), sum(not v.startswith("image") for v in views)
+        images = sum(v.startswith("image") for v in views)
+        return images, len(views) - images - ("tag" in views), int("tag" in views)
 
 
 CASES = {
@@ -118,11 +125,13 @@ def text_forward_flops(cfg, texts, length):
     return 2 * texts * (cfg["num_layers"] * block + width * width)
 
 
-def train_step_flops(arch, case, batch, text_len):
+def train_step_flops(arch, case, batch, text_len, tag_len):
     """Backward is about twice the forward (gradients for inputs and for weights): 3x forward in all."""
-    image_views, text_views = case.views
-    forward = image_views * vit_forward_flops(arch["image_tower"], batch) + text_views * text_forward_flops(
-        arch["text_tower"], batch, text_len
+    image_views, caption_views, tag_views = case.views
+    forward = (
+        image_views * vit_forward_flops(arch["image_tower"], batch)
+        + caption_views * text_forward_flops(arch["text_tower"], batch, text_len)
+        + tag_views * text_forward_flops(arch["text_tower"], batch, tag_len)
     )
     return 3 * forward
 
@@ -133,16 +142,21 @@ def vm_kib(field):
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def make_inputs(batch, image_size, text_len, vocab_size, seed):
-    """Two image views (different pixels), caption ids and tag ids, as numpy arrays."""
+def make_inputs(batch, image_size, text_len, tag_len, vocab_size, seed):
+    """Two image views (different pixels), caption ids and tag ids, as numpy arrays.
+
+    Rows are [CLS] + pieces + [SEP] + padding, between a third of and the full
+    length; the first row is full, so that after the pipeline's trimming the
+    captions are ``text_len`` long and the tags ``tag_len``.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
 
-    def ids():
-        out = np.zeros((batch, text_len), dtype=np.int64)
+    def ids(length):
+        out = np.zeros((batch, length), dtype=np.int64)
         for row in range(batch):
-            pieces = int(rng.integers(text_len // 3, text_len - 1))
+            pieces = length - 2 if row == 0 else int(rng.integers(length // 3, length - 1))
             out[row, 0], out[row, pieces + 1] = 1, 2
             out[row, 1 : pieces + 1] = rng.integers(5, vocab_size - 1, pieces)
         return out
@@ -150,7 +164,7 @@ def make_inputs(batch, image_size, text_len, vocab_size, seed):
     def images():
         return rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
 
-    return {"image_v1": images(), "image_v2": images(), "text": ids(), "tag": ids()}
+    return {"image_v1": images(), "image_v2": images(), "text": ids(text_len), "tag": ids(tag_len)}
 
 
 def our_setup(config, model, inputs, case):
@@ -283,7 +297,7 @@ def run_case(name, args):
     case = CASES[name]
     config = load_config(str(REPO / ARCH_CONFIGS[args.arch]))
     arch = config["Arch"]
-    inputs = make_inputs(args.batch, arch["image_tower"]["img_size"], args.text_len, arch["text_tower"]["vocab_size"], SEED)
+    inputs = make_inputs(args.batch, arch["image_tower"]["img_size"], args.text_len, args.tag_len, arch["text_tower"]["vocab_size"], SEED)
     if case.pairs is None:
         import paddlenlp  # noqa: F401  (imported before the baseline RSS, like paddle)
     baseline_kib = vm_kib("VmRSS")
@@ -302,9 +316,8 @@ def run_case(name, args):
     first, records, ceilings = timed_steps(step, args.repeats)
     return {
         "case": name,
-        **{k: statistics.median(r[k] for r in records) for k in ("wall", "cpu", "optimizer")},
-        "gemm": statistics.median(ceilings),
-        "gemm_range": [min(ceilings), max(ceilings)],
+        **{k: [r[k] for r in records] for k in ("wall", "cpu", "optimizer")},
+        "gemm": ceilings,
         "losses": [first["loss"]] + [r["loss"] for r in records],
         "load": [load_start] + [r["load"] for r in records],
         "peak_kib": vm_kib("VmHWM"),
@@ -314,10 +327,25 @@ def run_case(name, args):
 
 
 # --- parent process: run the children and report ----------------------------------
+def pooled(runs):
+    """One configuration's child runs (one per round) as medians over every timed step and ceiling sample."""
+    merged = {k: [x for run in runs for x in run[k]] for k in ("wall", "cpu", "optimizer", "gemm", "load")}
+    return {
+        **{k: statistics.median(merged[k]) for k in ("wall", "cpu", "optimizer", "gemm")},
+        "steps": len(merged["wall"]),
+        "gemm_range": [min(merged["gemm"]), max(merged["gemm"])],
+        "load": merged["load"],
+        "losses": runs[0]["losses"],
+        "peak_kib": max(run["peak_kib"] for run in runs),
+        "baseline_kib": runs[0]["baseline_kib"],
+        "probe": runs[0]["probe"],
+    }
+
+
 def run_child(name, args):
     command = [
         sys.executable, __file__, "--child", name, "--arch", args.arch, "--batch", str(args.batch),
-        "--repeats", str(args.repeats), "--text-len", str(args.text_len), "--threads", str(args.threads),
+        "--repeats", str(args.repeats), "--text-len", str(args.text_len), "--tag-len", str(args.tag_len), "--threads", str(args.threads),
     ]
     print(f"running {CASES[name].label} (load {load_average():.2f}) ...", flush=True)
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -337,12 +365,12 @@ def probe_difference(a, b):
 def print_results(results, arch, args):
     rows = []
     for name, r in results.items():
-        flops = train_step_flops(arch, CASES[name], args.batch, args.text_len)
+        flops = train_step_flops(arch, CASES[name], args.batch, args.text_len, args.tag_len)
         achieved = flops / r["wall"] / 1e9
-        image_views, text_views = CASES[name].views
+        image_views, caption_views, tag_views = CASES[name].views
         low, high = r["gemm_range"]
         rows.append([
-            CASES[name].label, f"{image_views}+{text_views}", f"{r['wall']:.2f}", f"{r['cpu']:.2f}",
+            CASES[name].label, f"{image_views}+{caption_views}" + (f"+{tag_views} tag" if tag_views else ""), f"{r['wall']:.2f}", f"{r['cpu']:.2f}",
             f"{r['optimizer']:.2f}", f"{flops / 1e9:,.1f}", f"{achieved:.1f}", f"{r['gemm']:.0f} ({low:.0f}-{high:.0f})",
             f"{achieved / r['gemm']:.0%}", f"{r['peak_kib'] / 2**20:.2f} ({r['baseline_kib'] / 2**20:.2f})",
             " ".join(f"{x:.1f}" for x in r["load"]),
@@ -384,10 +412,10 @@ def print_comparisons(results, arch, args):
         difference = probe_difference(single["probe"], theirs["probe"])
         print(f"  same function: eval-mode features of ours and PaddleNLP differ by at most {difference:.1e}")
         assert difference < 1e-4, "the two models do not compute the same function; the comparison is void"
-    single_flops = train_step_flops(arch, CASES["ours_single"], args.batch, args.text_len)
+    single_flops = train_step_flops(arch, CASES["ours_single"], args.batch, args.text_len, args.tag_len)
     for name, target in (("ours_multiview", 2.2), ("ours_multiview_tag", None)):
         if name in results:
-            flops_ratio = train_step_flops(arch, CASES[name], args.batch, args.text_len) / single_flops
+            flops_ratio = train_step_flops(arch, CASES[name], args.batch, args.text_len, args.tag_len) / single_flops
             print_ratio(f"{CASES[name].label} / single-view (FLOPs ratio {flops_ratio:.2f})", results[name], single, target)
 
 
@@ -395,8 +423,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", choices=sorted(ARCH_CONFIGS), default="base")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--text-len", type=int, default=48)
+    parser.add_argument("--text-len", type=int, default=48, help="caption ids per row, [CLS] and [SEP] included")
+    parser.add_argument("--tag-len", type=int, default=16, help="tag-view ids per row (prompt + two or three tags)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run the configurations this many times in rotation; medians pool every round's steps",
+    )
+    parser.add_argument("--only", nargs="+", choices=sorted(CASES), help="these configurations only")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="MKL (matmul) threads")
     parser.add_argument("--skip-paddlenlp", action="store_true")
     parser.add_argument("--skip-tag", action="store_true", help="leave out the multi-view + tag configuration")
@@ -416,11 +450,19 @@ def main(argv=None):
 
     arch = load_config(str(REPO / ARCH_CONFIGS[args.arch]))["Arch"]
     names = [n for n in CASES if not (args.skip_paddlenlp and n == "paddlenlp_single") and not (args.skip_tag and n == "ours_multiview_tag")]
+    names = [n for n in names if not args.only or n in args.only]
+    if "ours_single" not in names:
+        raise SystemExit("every ratio is to 'ours_single': keep it in --only")
     print(
-        f"arch {args.arch}, batch {args.batch}, text length {args.text_len}, {args.threads} MKL threads, "
-        f"1 warm-up + {args.repeats} timed steps per configuration, medians"
+        f"arch {args.arch}, batch {args.batch}, text length {args.text_len} (tags {args.tag_len}), {args.threads} MKL threads, "
+        f"1 warm-up + {args.repeats} timed steps per configuration and round, {args.rounds} round(s) in rotation, medians"
     )
-    results = {name: run_child(name, args) for name in names}
+    # Rotation (A B C, A B C, ...) spreads a change in the machine's load over every configuration.
+    runs = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in names:
+            runs[name].append(run_child(name, args))
+    results = {name: pooled(runs[name]) for name in names}
     print()
     print_results(results, arch, args)
     print()

@@ -81,3 +81,41 @@ def test_dual_encoder_rejects_mismatched_widths():
     text = TEXT_TOWERS.build({"name": "ErnieText", **{**SMALL_TEXT_TOWERS["ErnieText"], "hidden_size": 16}}, "Arch.text_tower")
     with pytest.raises(ValueError, match="32-d features and the text tower 16-d"):
         DualEncoder(image, text)
+
+
+def _grads(tower):
+    return {n: p.grad.numpy().copy() for n, p in tower.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("kind", ["ViT", "ErnieText"])
+def test_class_token_only_last_block_equals_the_full_computation(kind, recompute):
+    """The feature path runs the last block for the first token alone: same features, same gradients."""
+    paddle.seed(1)
+    if kind == "ViT":
+        tower = IMAGE_TOWERS.build({"name": kind, **SMALL_IMAGE_TOWERS[kind], "depth": 2, "recompute": recompute}, "Arch.image_tower")
+        inputs = paddle.randn([3, 3, 32, 32])
+        full = lambda: tower.forward_tokens(inputs)[:, 0]  # noqa: E731
+    else:
+        tower = TEXT_TOWERS.build({"name": kind, **SMALL_TEXT_TOWERS[kind], "num_layers": 2, "recompute": recompute}, "Arch.text_tower")
+        inputs = paddle.to_tensor(np.array([[1, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0], [1, 8, 9, 10, 11, 2]], dtype="int64"))
+        full = lambda: paddle.tanh(tower.pooler(tower.forward_tokens(inputs)[:, 0]))  # noqa: E731
+    tower.train()  # recompute runs in training only; dropout is switched off so both paths are deterministic
+    for layer in tower.sublayers():
+        if isinstance(layer, paddle.nn.Dropout):
+            layer.p = 0.0
+    if kind == "ErnieText":
+        for block in tower.encoder_stack.block:
+            block.attn.attn_drop = 0.0
+    reference = full()
+    reference.sum().backward()
+    reference_grads = _grads(tower)
+    tower.clear_gradients()
+    fast = tower(inputs)
+    fast.sum().backward()
+    np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
+    fast_grads = _grads(tower)
+    assert sorted(fast_grads) == sorted(reference_grads)
+    for name, grad in reference_grads.items():
+        np.testing.assert_allclose(fast_grads[name], grad, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert list(tower.forward_tokens(inputs, cls_only=True).shape)[1] == 1

@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .layers import scaled_dot_attention
+from .layers import run_block, scaled_dot_attention
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 # The official model adds (1 - mask) * -1e4 to attention scores of padding keys.
@@ -29,9 +29,11 @@ class TextAttention(nn.Layer):
         self.o = nn.Linear(hidden, hidden)
         self.attn_drop = attn_drop
 
-    def forward(self, x, bias):
+    def forward(self, x, bias, cls_only=False):
+        """Attention over every token; with ``cls_only``, the output of the first ([CLS]) token alone."""
         shape = [0, 0, self.num_heads, x.shape[-1] // self.num_heads]
-        q, k, v = (proj(x).reshape(shape) for proj in (self.q, self.k, self.v))
+        q = self.q(x[:, :1] if cls_only else x).reshape(shape)
+        k, v = (proj(x).reshape(shape) for proj in (self.k, self.v))
         out = scaled_dot_attention(q, k, v, bias, self.attn_drop if self.training else 0.0)
         return self.o(out.reshape([0, 0, x.shape[-1]]))
 
@@ -56,8 +58,10 @@ class ErnieBlock(nn.Layer):
         self.ln2 = nn.LayerNorm(hidden, epsilon=epsilon)
         self.dropout = nn.Dropout(hidden_drop)
 
-    def forward(self, x, bias):
-        x = self.ln1(x + self.dropout(self.attn(x, bias)))
+    def forward(self, x, bias, cls_only=False):
+        """``cls_only``: the [CLS] token's output alone (``[B, 1, D]``); every other row is per token."""
+        attended = self.dropout(self.attn(x, bias, cls_only))
+        x = self.ln1((x[:, :1] if cls_only else x) + attended)
         return self.ln2(x + self.dropout(self.ffn(x)))
 
 
@@ -104,7 +108,8 @@ class ErnieTextEncoder(nn.Layer):
                 nn.initializer.TruncatedNormal(std=0.02)(layer.weight)
                 nn.initializer.Constant(0.0)(layer.bias)
 
-    def forward_tokens(self, input_ids):
+    def forward_tokens(self, input_ids, cls_only=False):
+        """Every token's output ``[B, L, D]``; with ``cls_only``, the [CLS] token's ``[B, 1, D]``."""
         seq = input_ids.shape[1]
         # While tracing for export the length is symbolic (-1 or a Value): checked at run time only.
         if isinstance(seq, int) and seq > self.max_position_embeddings:
@@ -115,14 +120,11 @@ class ErnieTextEncoder(nn.Layer):
         # mask for every real token (padding rows are never read), at a fraction
         # of the memory: [batch, 1, 1, seq] instead of [batch, heads, seq, seq].
         bias = (input_ids == self.pad_id).astype(x.dtype).unsqueeze([1, 2]) * PAD_BIAS
-        for block in self.encoder_stack.block:
-            if self.recompute and self.training:
-                from paddle.distributed.fleet.utils import recompute
-
-                x = recompute(block, x, bias)
-            else:
-                x = block(x, bias)
+        last = len(self.encoder_stack.block) - 1
+        for index, block in enumerate(self.encoder_stack.block):
+            x = run_block(block, self.recompute and self.training, x, bias, cls_only=cls_only and index == last)
         return x
 
     def forward(self, input_ids):
-        return F.tanh(self.pooler(self.forward_tokens(input_ids)[:, 0]))
+        # Only [CLS] feeds the pooler: the last block computes that row alone.
+        return F.tanh(self.pooler(self.forward_tokens(input_ids, cls_only=True)[:, 0]))

@@ -47,3 +47,12 @@ class DropPath(nn.Layer):
         keep = 1.0 - self.rate
         mask = paddle.floor(keep + paddle.rand([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype))
         return x / keep * mask
+
+
+def run_block(block, recompute, *args, **kwargs):
+    """``block(*args, **kwargs)``, through activation recomputation when ``recompute``."""
+    if recompute:
+        from paddle.distributed.fleet.utils import recompute as recompute_block
+
+        return recompute_block(block, *args, **kwargs)
+    return block(*args, **kwargs)
