@@ -26,10 +26,10 @@ full text length):
 
 Every configuration runs one warm-up step and ``--repeats`` timed steps, in
 ``--rounds`` rounds taken in rotation (fresh child processes each round);
-figures are medians over every timed step of every round: wall and CPU seconds per step, and the part of it spent
-in the AdamW step and ``clear_grad``. FLOPs are counted analytically (see
-``vit_forward_flops`` and ``text_forward_flops``) and tripled for forward +
-backward. MFU divides the achieved FLOP/s (wall) by the fp32 GEMM ceiling
+figures are medians over every timed step of every round: wall and CPU
+seconds per step, and the part of it spent in the AdamW step and
+``clear_grad``. FLOPs are counted analytically (see ``vit_forward_flops`` and
+``text_forward_flops``) and tripled for forward + backward. MFU divides the achieved FLOP/s (wall) by the fp32 GEMM ceiling
 (Paddle 2048-cubed matmul): the median of samples the same child process takes
 before the first timed step and after each one, so in the same time window.
 Ratios between configurations are given three ways, since other processes on
@@ -100,38 +100,50 @@ CASES = {
 
 
 # --- FLOPs ----------------------------------------------------------------------
-def vit_forward_flops(cfg, images):
+def vit_forward_flops(cfg, images, cls_only_last=False):
     """Forward FLOPs (2 per multiply-add) of the ViT's matmuls for ``images`` images.
 
     Patch embedding, then per block: fused qkv, attention scores and weighted
     sum (heads x head_dim = width), output projection, the two MLP layers.
     Norms, activations and softmax are left out: they are memory-bound and small.
+    ``cls_only_last``: the last block computes the class token's row alone
+    (what our tower does; its qkv still covers every token).
     """
     patches = (cfg["img_size"] // cfg["patch_size"]) ** 2
     tokens, width = patches + 1, cfg["embed_dim"]
     hidden = int(width * cfg["mlp_ratio"])
     patch_embed = patches * cfg.get("in_chans", 3) * cfg["patch_size"] ** 2 * width
-    block = tokens * width * 3 * width + 2 * tokens * tokens * width + tokens * width * width + 2 * tokens * width * hidden
-    return 2 * images * (patch_embed + cfg["depth"] * block)
+
+    def block(rows):
+        return tokens * width * 3 * width + 2 * rows * tokens * width + rows * width * width + 2 * rows * width * hidden
+
+    blocks = (cfg["depth"] - 1) * block(tokens) + block(1 if cls_only_last else tokens)
+    return 2 * images * (patch_embed + blocks)
 
 
-def text_forward_flops(cfg, texts, length):
+def text_forward_flops(cfg, texts, length, cls_only_last=False):
     """Forward FLOPs of the ERNIE tower's matmuls: q, k, v, o, scores, weighted sum, FFN per layer; the pooler.
 
     Padding positions are computed like any other (the mask only biases the scores).
+    ``cls_only_last``: the last block computes the [CLS] row alone (k and v still cover every token).
     """
     width, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    block = 4 * length * width * width + 2 * length * length * width + 2 * length * width * inter
-    return 2 * texts * (cfg["num_layers"] * block + width * width)
+
+    def block(rows):
+        return (2 * rows + 2 * length) * width * width + 2 * rows * length * width + 2 * rows * width * inter
+
+    blocks = (cfg["num_layers"] - 1) * block(length) + block(1 if cls_only_last else length)
+    return 2 * texts * (blocks + width * width)
 
 
 def train_step_flops(arch, case, batch, text_len, tag_len):
     """Backward is about twice the forward (gradients for inputs and for weights): 3x forward in all."""
     image_views, caption_views, tag_views = case.views
+    ours = case.pairs is not None  # PaddleNLP's towers run the last block on every token
     forward = (
-        image_views * vit_forward_flops(arch["image_tower"], batch)
-        + caption_views * text_forward_flops(arch["text_tower"], batch, text_len)
-        + tag_views * text_forward_flops(arch["text_tower"], batch, tag_len)
+        image_views * vit_forward_flops(arch["image_tower"], batch, ours)
+        + caption_views * text_forward_flops(arch["text_tower"], batch, text_len, ours)
+        + tag_views * text_forward_flops(arch["text_tower"], batch, tag_len, ours)
     )
     return 3 * forward
 
