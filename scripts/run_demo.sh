@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 DATA=${DEMO_DATA:-demo_data/fashion_scenes_cn}
 OUT=${DEMO_OUT:-output/demo}
-CONFIG=${DEMO_CONFIG:-configs/demo/multiview.yaml}
+CONFIG=${DEMO_CONFIG:-configs/demo/intra_modal.yaml}
 NUM_TRAIN=${DEMO_NUM_TRAIN:-10000}
 NUM_TEST=${DEMO_NUM_TEST:-2000}
 export PYTHONWARNINGS=ignore
