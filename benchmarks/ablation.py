@@ -48,7 +48,8 @@ def flow(value):
     return json.dumps(value, ensure_ascii=False)
 
 
-def train_once(name, loss, seed, steps, args):
+def train_once(name, loss, seed, steps, args, extra=None):
+    """Train one row with ``tools/train.py`` and evaluate it on the test split; ``extra``: more overrides."""
     out = os.path.join(args.work, re.sub(r"\W+", "_", name).strip("_"), f"seed{seed}_steps{steps}")
     overrides = {
         "Global.seed": seed,
@@ -62,6 +63,7 @@ def train_once(name, loss, seed, steps, args):
         "Data.train": {"format": "official_tsv", "path": os.path.join(args.data, "train.tsv")},
         "Data.val": {"format": "official_tsv", "path": os.path.join(args.data, "test.tsv")},
         "Loss": {"name": "MultiViewContrastive", "temperature": {"init": 0.07, "learnable": True, "max_logit_scale": 100}, **loss},
+        **(extra or {}),
     }
     cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), "-c", args.config]
     for key, value in overrides.items():
@@ -71,9 +73,8 @@ def train_once(name, loss, seed, steps, args):
     wall = time.time() - started
     with open(os.path.join(out, "eval_metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)["official"]
-    log = open(os.path.join(out, "train.log"), encoding="utf-8").read()
-    rates = [float(r) for r in re.findall(r"([\d.]+) samples/s", log)]
-    peak = re.search(r"peak memory (\d+) MiB", log)
+    with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
     return {
         "row": name,
         "seed": seed,
@@ -81,8 +82,9 @@ def train_once(name, loss, seed, steps, args):
         "t2i_r1": metrics["text2image"]["r1"] * 100,
         "i2t_r1": metrics["image2text"]["r1"] * 100,
         "mean_recall": metrics["mean"]["mean_recall"] * 100,
-        "seconds_per_step": args.batch / statistics.median(rates[1:] or rates),
-        "peak_mib": int(peak.group(1)) if peak else None,
+        "seconds_per_step": summary["step_seconds"] / summary["steps"],
+        "train_seconds": summary["step_seconds"],
+        "peak_mib": round(summary["peak_mib"]),
         "wall_seconds": wall,
     }
 

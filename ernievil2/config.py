@@ -8,7 +8,9 @@ and the file. ``_base_: other.yaml`` at the top of a file inherits from another
 config (paths relative to the file).
 """
 import copy
+import math
 import os
+import re
 
 import yaml
 
@@ -28,6 +30,7 @@ DEFAULTS = {
         "device": "cpu",
         "output_dir": "output",
         "pretrained": ANY,  # path of a checkpoint to start from (official, converted or ours)
+        "num_threads": ANY,  # matmul (MKL) threads; null: every core available (ernievil2/runtime.py)
     },
     "Arch": {
         "name": "ErnieViL2",
@@ -93,6 +96,94 @@ DEFAULTS = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 with scientific notation read as numbers: ``1e-3`` and ``5E-5`` (no dot) are floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_Loader)
+
+
+def _positive(value):
+    return value > 0
+
+
+def _non_negative(value):
+    return value >= 0
+
+
+def _fraction(value):
+    return 0 <= value <= 1
+
+
+def _one_of(*choices):
+    check = lambda value: value in choices  # noqa: E731
+    check.__doc__ = "one of " + ", ".join(map(repr, choices))
+    return check
+
+
+_positive.__doc__, _non_negative.__doc__, _fraction.__doc__ = "> 0", ">= 0", "in [0, 1]"
+
+# Values checked at load time, beyond their type (null passes where the key allows it).
+RANGES = {
+    "Global.num_threads": _positive,
+    "Tokenizer.max_len": lambda v: v >= 3,
+    "Tokenizer.backend": _one_of("fast", "python"),
+    "Preprocess.image_size": _positive,
+    "Preprocess.resize_short": _positive,
+    "Data.on_error": _one_of("raise", "skip"),
+    "Data.num_workers": _non_negative,
+    "Data.shuffle_buffer": _non_negative,
+    "Train.max_steps": _positive,
+    "Train.batch_size": _positive,
+    "Train.accum_steps": _positive,
+    "Train.tag_as_text_prob": _fraction,
+    "Train.log_every": _positive,
+    "Train.save_every": _non_negative,
+    "Train.eval_every": _non_negative,
+    "Train.keep_checkpoints": _positive,
+    "Train.amp_dtype": _one_of("float16", "bfloat16"),
+    "Train.amp_level": _one_of("O1", "O2"),
+    "Train.sharding_stage": _one_of(0, 1, 2),
+    "Optimizer.name": _one_of("AdamW"),
+    "Optimizer.lr": _positive,
+    "Optimizer.weight_decay": _non_negative,
+    "Optimizer.beta1": lambda v: 0 <= v < 1,
+    "Optimizer.beta2": lambda v: 0 <= v < 1,
+    "Optimizer.epsilon": _positive,
+    "Optimizer.warmup_steps": _non_negative,
+    "Optimizer.min_lr_ratio": _fraction,
+    "Optimizer.layer_decay": lambda v: 0 < v <= 1,
+    "Optimizer.grad_clip": _positive,
+    "Eval.batch_size": _positive,
+    "Eval.num_workers": _non_negative,
+}
+RANGES["Tokenizer.max_len"].__doc__ = ">= 3 ([CLS] + one piece + [SEP])"
+for _key in ("Optimizer.beta1", "Optimizer.beta2"):
+    RANGES[_key].__doc__ = "in [0, 1)"
+RANGES["Optimizer.layer_decay"].__doc__ = "in (0, 1]"
+
+
+def check_ranges(config, source=None):
+    """Every value of :data:`RANGES` within its range, and numbers finite; the key is named otherwise."""
+    for key, check in RANGES.items():
+        section, name = key.split(".")
+        value = (config.get(section) or {}).get(name)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value!r}", source)
+        if not check(value):
+            raise ConfigError(key, f"must be {check.__doc__}, got {value!r}", source)
+
+
 def _type_ok(default, value):
     if default is ANY or value is None:
         return True
@@ -140,7 +231,7 @@ def _read_yaml(path):
         raise ConfigError("-c", f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f) or {}
+            data = parse_yaml(f) or {}
         except yaml.YAMLError as err:
             raise ConfigError("(yaml)", f"cannot parse: {err}", path) from None
     if not isinstance(data, dict):
@@ -175,7 +266,7 @@ def parse_override(text):
         raise ConfigError(text, "an override must look like Section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -210,6 +301,16 @@ def validate_component_sections(config):
     from .models import IMAGE_TOWERS, TEXT_TOWERS
 
     source = config.get("_source_")
+    check_ranges(config, source)
+    from .data.readers import check_pair_spec
+
+    for key in ("train", "val"):
+        spec = config["Data"].get(key)
+        if spec is not None:
+            try:
+                check_pair_spec(spec)
+            except ValueError as err:
+                raise ConfigError(f"Data.{key}", str(err), source) from None
     arch = config["Arch"]
     for key, registry in (("image_tower", IMAGE_TOWERS), ("text_tower", TEXT_TOWERS)):
         section = arch.get(key)

@@ -18,6 +18,14 @@ class ConfigError(ValueError):
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{key}: {message}")
 
+    def __reduce__(self):
+        return type(self), (self.key, self.message, self.source)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and (self.key, self.message, self.source) == (other.key, other.message, other.source)
+
+    __hash__ = ValueError.__hash__
+
     def located(self, source):
         """The same error, attributed to ``source`` (a file or an override)."""
         return ConfigError(self.key, self.message, source)

@@ -105,3 +105,49 @@ def test_tower_width_mismatch_is_explained():
     config = load_config(BASE, ["Arch.image_tower.embed_dim=64", "Arch.image_tower.num_heads=4", "Arch.image_tower.depth=1", "Arch.text_tower.num_layers=1"])
     with pytest.raises(ValueError, match="64-d features and the text tower 768-d"):
         build_model(config["Arch"])
+
+
+@pytest.mark.parametrize("written, expected", [("1e-3", 1e-3), ("5E-5", 5e-5), ("-2e2", -200.0), ("1.5e-4", 1.5e-4), ("3", 3)])
+def test_scientific_notation_is_a_number_in_yaml_and_overrides(tmp_path, written, expected):
+    from_file = load_config(write(tmp_path, f"Optimizer:\n  weight_decay: {abs(float(written)) if written.startswith('-') else written}\n"))
+    assert from_file["Optimizer"]["weight_decay"] == pytest.approx(abs(expected))
+    if expected > 0:
+        assert load_config(BASE, [f"Optimizer.lr={written}"])["Optimizer"]["lr"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("Optimizer.lr=-1.0", "Optimizer.lr"),
+        ("Optimizer.lr=0", "Optimizer.lr"),
+        ("Train.max_steps=-5", "Train.max_steps"),
+        ("Train.batch_size=0", "Train.batch_size"),
+        ("Data.on_error=ignore", "Data.on_error"),
+        ("Data.num_workers=-1", "Data.num_workers"),
+        ("Train.tag_as_text_prob=1.5", "Train.tag_as_text_prob"),
+        ("Optimizer.min_lr_ratio=2", "Optimizer.min_lr_ratio"),
+        ("Train.sharding_stage=3", "Train.sharding_stage"),
+        ("Global.num_threads=0", "Global.num_threads"),
+        ("Optimizer.lr=.nan", "Optimizer.lr"),
+    ],
+)
+def test_values_out_of_range_fail_at_load_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(BASE, [override])
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("{format: official_tsvv, path: a.tsv}", "did you mean 'official_tsv'"),
+        ("{format: official_tsv, pth: a.tsv}", "did you mean 'path'"),
+        ("{path: a.tsv}", "no 'format' key"),
+        ("{format: chinese_clip, root: d}", "split"),
+    ],
+)
+@pytest.mark.parametrize("which", ["train", "val"])
+def test_data_specs_are_checked_when_the_config_loads(spec, words, which):
+    with pytest.raises(ConfigError) as info:
+        load_config(BASE, [f"Data.{which}={spec}"])
+    assert info.value.key == f"Data.{which}" and words in str(info.value)

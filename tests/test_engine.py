@@ -313,3 +313,44 @@ def test_tag_view_of_its_own_length_goes_through_the_text_tower_unpadded():
     for view in separate:  # padding is masked, so the two layouts give the same features
         np.testing.assert_allclose(separate[view].numpy(), stacked[view].numpy(), atol=2e-6, err_msg=view)
     np.testing.assert_allclose(separate["tag"].numpy(), model.text_model(short["tag"]).numpy(), atol=1e-6)
+
+
+def test_resume_skips_an_unreadable_checkpoint_and_cleans_temporary_folders(tmp_path, train_data):
+    config = write_train_config(tmp_path, train_data[0])
+    run_train(config, "Train.max_steps=6", "Train.save_every=3")
+    root = tmp_path / "out" / "checkpoints"
+    weights = root / "step_000006" / "model.pdparams"
+    weights.write_bytes(weights.read_bytes()[:100])  # a cut-off write
+    leftover = root / ".step_000009-x1y2"
+    leftover.mkdir()
+    (leftover / "model.pdparams").write_bytes(b"half")
+    result = run_train(config, "Train.max_steps=7", "Train.save_every=0")
+    assert "Traceback" not in result.stderr
+    assert f"resume: skipped {root / 'step_000006'}" in result.stdout and "model.pdparams" in result.stdout
+    assert "at step 3" in result.stdout
+    assert f"removed {leftover}" in result.stdout and not leftover.exists()
+    assert (root / "step_000007").is_dir()
+
+
+def test_an_unreadable_checkpoint_named_in_train_resume_is_a_one_line_error(tmp_path, train_data):
+    config = write_train_config(tmp_path, train_data[0])
+    run_train(config, "Train.max_steps=3", "Train.save_every=0")
+    step = tmp_path / "out" / "checkpoints" / "step_000003"
+    (step / "optimizer.pdopt").write_bytes(b"\x80\x04garbage")
+    result = run_train(config, "Train.max_steps=4", f"Train.resume={step}", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{step / 'optimizer.pdopt'}: cannot be read" in result.stderr
+
+
+def test_skipped_records_are_listed_once_in_a_report(tmp_path, train_data):
+    lines = train_data[0].read_text(encoding="utf-8").splitlines()
+    text, image_id, b64, tags = lines[7].split("\t")
+    lines[7] = "\t".join([text, image_id, b64[: len(b64) // 2], tags])  # a cut-off JPEG
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = write_train_config(tmp_path, bad, Data={"on_error": "skip", "num_workers": 1})
+    run_train(config, "Train.max_steps=25", "Train.save_every=0")  # 25 x 4 records: the file is read 2.5 times
+    report = (tmp_path / "out" / "skipped.tsv").read_text(encoding="utf-8").splitlines()
+    assert report == ["where\treason", f"{bad}:8\t" + report[1].split("\t", 1)[1]]
+    assert report[1].split("\t")[1].startswith("truncated JPEG")
+    assert "skipped 1 bad records" in (tmp_path / "out" / "train.log").read_text(encoding="utf-8")

@@ -462,12 +462,43 @@ def test_decode_image_bytes_returns_rgb_uint8_hwc():
     assert tuple(image[1, 1]) == rgb_of(5)
 
 
-@pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0 truncated jpeg", b"hello"])
-def test_decode_image_bytes_locates_undecodable_bytes(data):
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "undecodable image: 0 bytes"),
+        (b"\xff\xd8\xff\xe0 truncated jpeg", "truncated JPEG"),
+        (b"hello", "undecodable image: 5 bytes"),
+    ],
+)
+def test_decode_image_bytes_locates_undecodable_bytes(data, reason):
     with pytest.raises(DataError) as info:
         decode_image_bytes(data, "/data/part-0.tsv:17")
     assert (info.value.path, info.value.line) == ("/data/part-0.tsv", 17)
-    assert info.value.reason.startswith(f"undecodable image: {len(data)} bytes")
+    assert info.value.reason.startswith(reason)
+
+
+def _encoded(extension, size=(16, 12)):
+    image = np.zeros((size[1], size[0], 3), np.uint8)
+    image[::2] = 200
+    ok, data = cv2.imencode(extension, image)
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize("extension, reason", [(".jpg", "truncated JPEG"), (".png", "truncated PNG")])
+def test_cut_off_images_are_bad_records_although_the_decoder_accepts_them(extension, reason):
+    whole = _encoded(extension)
+    assert decode_image_bytes(whole, "a.tsv:1").shape == (12, 16, 3)
+    assert decode_image_bytes(whole + b"\x00trailing", "a.tsv:1").shape == (12, 16, 3)
+    for cut in (len(whole) - 2, len(whole) // 2 + 10):
+        with pytest.raises(DataError) as info:
+            decode_image_bytes(whole[:cut], "a.tsv:4")
+        assert info.value.reason.startswith(reason) and info.value.line == 4
+
+
+def test_a_one_pixel_image_is_a_bad_record():
+    with pytest.raises(DataError, match="image too small: 1x1"):
+        decode_image_bytes(_encoded(".png", (1, 1)), "a.tsv:2")
 
 
 def test_decode_image_bytes_accepts_a_file_path_as_location():

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from ernievil2.data.errors import ON_ERROR_CHOICES, SkipCounter  # noqa: E402
+from ernievil2.data.errors import ON_ERROR_CHOICES, SkipCounter, skip_report_path  # noqa: E402
 from ernievil2.inference.build import build_galleries, save_galleries  # noqa: E402
 from ernievil2.inference.cli import add_predictor_arguments, predictor_options  # noqa: E402
 from ernievil2.inference.errors import USER_ERRORS  # noqa: E402
@@ -53,6 +53,9 @@ def build(args):
     save_galleries(args.output, images, texts)
     caption_note = f" and {texts.size} captions" if texts else ""
     print(f"wrote {images.size} images{caption_note} to {args.output}; {counter.summary()}")
+    report = counter.write_report(skip_report_path(args.output.rstrip("/")))
+    if report:
+        print(f"skip report: {counter.total} records listed in {report}")
     return 0
 
 
@@ -66,4 +69,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ernievil2 import cli
+
+    sys.exit(cli.run(main))

@@ -12,9 +12,10 @@ loads as it is (``Global.pretrained`` or ``--weights``).
 import argparse
 import sys
 
-import paddle
 import yaml
 
+import ernievil2  # noqa: F401  (sets up the CPU runtime before Paddle loads)
+import paddle
 from ernievil2.checkpoint import CheckpointMismatchError, load_pretrained, read_model_state
 from ernievil2.checkpoint.paddlenlp import read_paddlenlp_dir, write_paddlenlp_dir
 from ernievil2.checkpoint.state import atomic_save
@@ -61,4 +62,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ernievil2 import cli
+
+    sys.exit(cli.run(main))

@@ -18,7 +18,6 @@ import numpy as np
 # Run as a script from a checkout: make the repository's package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ernievil2.data.errors import DataError  # noqa: E402
 from ernievil2.evaluation import retrieval  # noqa: E402
 
 PROTOCOLS = ("official", "multi_gt", "both")
@@ -112,14 +111,12 @@ def run(parser, args):
         print(f"metrics written to {args.json}")
 
 
-def main():
+def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args()
-    try:
-        run(parser, args)
-    except (retrieval.RetrievalInputError, DataError) as err:
-        parser.error(str(err))
+    run(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    from ernievil2 import cli
+
+    sys.exit(cli.run(main))

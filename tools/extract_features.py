@@ -14,11 +14,12 @@ import sys
 import time
 
 import numpy as np
-import paddle
 
+import ernievil2  # noqa: F401  (sets up the CPU runtime before Paddle loads)
+import paddle
 from ernievil2.checkpoint import CheckpointMismatchError, load_pretrained
 from ernievil2.config import load_config
-from ernievil2.data.errors import DataError
+from ernievil2.data.errors import DataError, skip_report_path
 from ernievil2.data.image_ops import EvalTransform
 from ernievil2.data.readers import PAIR_FORMATS
 from ernievil2.engine.setup import build_tokenizer
@@ -79,7 +80,12 @@ def main(argv=None):
         f"{len(features.text_emb)} texts, {len(np.unique(features.image_ids))} images "
         f"in {time.time() - started:.1f}s -> {args.output}; {counter.summary()}"
     )
+    report = counter.write_report(skip_report_path(args.output))
+    if report:
+        print(f"skip report: {counter.total} records listed in {report}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ernievil2 import cli
+
+    sys.exit(cli.run(main))

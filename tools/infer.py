@@ -134,4 +134,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ernievil2 import cli
+
+    sys.exit(cli.run(main))

@@ -8,6 +8,8 @@
 import argparse
 import sys
 
+import ernievil2  # noqa: F401  (the CPU runtime, before anything loads Paddle; light: no Paddle here)
+
 
 def main(argv=None):
     # Imported here, not at the top: the data workers are spawned processes that
@@ -30,4 +32,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ernievil2 import cli
+
+    sys.exit(cli.run(main))

@@ -10,6 +10,10 @@ class CheckpointMismatchError(ValueError):
     """Keys or shapes of a checkpoint do not match the model; every problem is listed by name."""
 
 
+class CheckpointReadError(ValueError):
+    """A weights or checkpoint file that cannot be read at all (truncated, corrupt, not Paddle's)."""
+
+
 def _shape(value):
     return list(value.shape)
 
@@ -54,7 +58,10 @@ def load_state_strict(layer, state, source="checkpoint", allow_missing=()):
 def read_state(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = paddle.load(path)
+    try:
+        state = paddle.load(path)
+    except Exception as err:  # noqa: BLE001  (paddle.load raises anything from int() to pickle errors)
+        raise CheckpointReadError(f"{path}: cannot read as Paddle weights ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict):
         raise CheckpointMismatchError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state

@@ -242,7 +242,10 @@ class TrainStream:
 
     def _collate(self, records, views):
         batch = {IMAGE_VIEWS[i]: views[i] for i in range(self.image_views)}
-        texts = {"text": self.tokenizer.encode([r.text for r in records])}
+        captions, cut = self.tokenizer.encode([r.text for r in records], return_truncated=True)
+        for record in (r for r, c in zip(records, cut) if c):
+            self.counter.note_truncated(record.where)
+        texts = {"text": captions}
         if self.need_tags:
             texts["tag"] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
         # Each array to its own longest row: the tag view, usually shorter than the

@@ -38,6 +38,9 @@ UTF8_BOM = b"\xef\xbb\xbf"
 # both is unambiguous.
 URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 BASE64_FIELD = re.compile(r"[A-Za-z0-9+/\-_]+={0,2}")
+# A one-pixel side is a placeholder (a tracking pixel, an "image removed" stub), not a photo:
+# resized to the model's input it trains on one colour.
+MIN_IMAGE_SIDE = 2
 # The smallest valid JPEG or PNG takes well over this many base64 characters.
 MIN_IMAGE_BASE64 = 64
 
@@ -114,17 +117,42 @@ def split_tags(field: str) -> Tuple[str, ...]:
     return tuple(tag.strip() for tag in TAG_SEPARATORS.split(field) if tag.strip())
 
 
+def truncation(data: bytes) -> Optional[str]:
+    """Why ``data`` is a cut-off JPEG or PNG, or None.
+
+    Decoders accept both: OpenCV fills a JPEG's missing rows with grey after a
+    warning, so a half-downloaded photo would train as a half-grey one. A JPEG
+    is whole when an end-of-image marker follows its last start-of-scan (data
+    after that marker is tolerated); a PNG when its IEND chunk is there, CRC included.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        scan = data.rfind(b"\xff\xda")
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+            return "truncated JPEG: no end-of-image marker after the last scan"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        end = data.rfind(b"IEND")
+        if end < 8 or len(data) < end + 8:  # the chunk type, then its 4-byte CRC
+            return "truncated PNG: no complete IEND chunk"
+    return None
+
+
 def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 HWC array.
 
     Raises :class:`DataError` located at ``where`` (``path:line`` or a file
-    path) when OpenCV cannot decode the bytes.
+    path) when the bytes are cut off, OpenCV cannot decode them, or the image
+    is smaller than ``MIN_IMAGE_SIDE`` on a side.
     """
+    path, line = _split_where(where)
+    cut = truncation(data) if data else None
+    if cut:
+        raise DataError(path, line, f"{cut} ({len(data)} bytes)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
-        path, line = _split_where(where)
         start = data[:8].hex() or "(none)"
         raise DataError(path, line, f"undecodable image: {len(data)} bytes starting {start}")
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise DataError(path, line, f"image too small: {image.shape[1]}x{image.shape[0]} (at least {MIN_IMAGE_SIDE} px a side)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -219,12 +247,10 @@ class ChineseClipSplit:
                     yield PairRecord(text.text, image_id, image, (), text.where, image_where)
 
 
-def open_pairs(spec: Mapping, counter: SkipCounter, shard: Shard = None) -> Iterator[PairRecord]:
-    """Pairs from a data spec: ``{"format": name, **that format's arguments}``.
-
-    ``official_tsv``: ``path``; ``chinese_clip``: ``root``, ``split``;
-    ``jsonl_folder``: ``path``, optional ``image_root``.
-    """
+def check_pair_spec(spec: Mapping):
+    """The opener and its keyword arguments for a data spec; a bad spec raises ValueError naming the key."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a data spec is a mapping like {{format: official_tsv, path: ...}}, got {spec!r}")
     kwargs = dict(spec)
     name = kwargs.pop("format", None)
     known = ", ".join(PAIR_FORMATS)
@@ -241,9 +267,19 @@ def open_pairs(spec: Mapping, counter: SkipCounter, shard: Shard = None) -> Iter
             hint = _did_you_mean(key, keys)
             raise ValueError(f"unknown key {key!r} in {name!r} data spec{hint}; allowed keys: {', '.join(keys)}")
     try:
-        signature.bind(counter=counter, shard=shard, **kwargs)
+        signature.bind(counter=None, shard=None, **kwargs)
     except TypeError as err:
         raise ValueError(f"bad {name!r} data spec: {err}") from None
+    return opener, kwargs
+
+
+def open_pairs(spec: Mapping, counter: SkipCounter, shard: Shard = None) -> Iterator[PairRecord]:
+    """Pairs from a data spec: ``{"format": name, **that format's arguments}``.
+
+    ``official_tsv``: ``path``; ``chinese_clip``: ``root``, ``split``;
+    ``jsonl_folder``: ``path``, optional ``image_root``.
+    """
+    opener, kwargs = check_pair_spec(spec)
     return opener(counter=counter, shard=shard, **kwargs)
 
 

@@ -218,13 +218,18 @@ class ErnieTokenizer:
         ids_of = self._ids_fast if self.backend == "fast" and self.lower else self._ids_python
         return [ids_of(t) for t in texts]
 
-    def encode(self, texts, max_len=None):
-        """``[N, max_len]`` int64 ids: [CLS] + pieces[:max_len-2] + [SEP], padded with [PAD]."""
+    def encode(self, texts, max_len=None, return_truncated=False):
+        """``[N, max_len]`` int64 ids: [CLS] + pieces[:max_len-2] + [SEP], padded with [PAD].
+
+        ``return_truncated``: also a bool mask of the texts that lost pieces to ``max_len``.
+        """
         max_len = max_len or self.max_len
         out = np.full((len(texts), max_len), self.pad_id, dtype=np.int64)
+        truncated = np.zeros(len(texts), dtype=bool)
         out[:, 0] = self.cls_id
         for row, ids in enumerate(self.token_ids(texts)):
+            truncated[row] = len(ids) > max_len - 2
             ids = ids[: max_len - 2]
             out[row, 1 : 1 + len(ids)] = ids
             out[row, 1 + len(ids)] = self.sep_id
-        return out
+        return (out, truncated) if return_truncated else out

@@ -17,6 +17,7 @@ import tempfile
 import paddle
 
 from ..checkpoint import MODEL_WEIGHTS, latest_checkpoint
+from ..checkpoint.state import CheckpointReadError
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 LATEST = "latest"
@@ -69,31 +70,56 @@ def list_checkpoints(output_dir):
     return [path for _, path in sorted(found)]
 
 
-def find_resume_checkpoint(output_dir, resume):
-    """The folder to resume from: ``auto`` = the latest here (or None), ``never`` = None, else a path."""
+def resume_candidates(output_dir, resume):
+    """Checkpoint folders to try, in order: ``auto`` = every one here, newest first; ``never`` = none; else that path."""
     if resume == "never":
-        return None
+        return []
     if resume != "auto":
         if not os.path.isfile(os.path.join(resume, "trainer_state.pkl")):
             raise FileNotFoundError(f"Train.resume: {resume} is not a training checkpoint (no trainer_state.pkl)")
-        return resume
+        return [resume]
+    found = list_checkpoints(output_dir)[::-1]
     latest = latest_checkpoint(output_dir)
-    if latest and os.path.isfile(os.path.join(latest, "trainer_state.pkl")):
-        return latest
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
+    if latest in found:
+        found.remove(latest)
+        found.insert(0, latest)
+    return found
+
+
+def clean_temporary(output_dir):
+    """Remove what an interrupted save left behind (``.step_*`` folders, ``.latest-*`` files); returns their paths."""
+    root = checkpoint_root(output_dir)
+    if not os.path.isdir(root):
+        return []
+    removed = []
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if name.startswith(".step_") and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        elif name.startswith(".latest-") and os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
 
 
 def load_checkpoint(path):
-    """(model state, optimizer state, extra state, trainer state) of a checkpoint folder."""
-    with open(os.path.join(path, "trainer_state.pkl"), "rb") as f:
-        trainer_state = pickle.load(f)
-    return (
-        paddle.load(os.path.join(path, MODEL_WEIGHTS)),
-        paddle.load(os.path.join(path, "optimizer.pdopt")),
-        paddle.load(os.path.join(path, "extra.pdparams")),
-        trainer_state,
-    )
+    """(model state, optimizer state, extra state, trainer state) of a checkpoint folder, all read before any is used.
+
+    A missing, truncated or corrupt file raises :class:`CheckpointReadError` naming it.
+    """
+    parts = []
+    for name in (MODEL_WEIGHTS, "optimizer.pdopt", "extra.pdparams", "trainer_state.pkl"):
+        file = os.path.join(path, name)
+        try:
+            if name.endswith(".pkl"):
+                with open(file, "rb") as f:
+                    parts.append(pickle.load(f))
+            else:
+                parts.append(paddle.load(file))
+        except Exception as err:  # noqa: BLE001  (a cut file fails in pickle, numpy or Paddle)
+            raise CheckpointReadError(f"{file}: cannot be read ({type(err).__name__}: {err})") from None
+    return tuple(parts)
 
 
-__all__ = ["find_resume_checkpoint", "list_checkpoints", "load_checkpoint", "save_checkpoint"]
+__all__ = ["clean_temporary", "list_checkpoints", "load_checkpoint", "resume_candidates", "save_checkpoint"]

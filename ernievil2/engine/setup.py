@@ -4,6 +4,7 @@ import os
 import paddle
 import paddle.distributed as dist
 
+from .. import runtime
 from ..checkpoint import load_pretrained
 from ..config import dump_config, resolve_resource
 from ..data.augment import TrainTransform
@@ -13,7 +14,8 @@ from ..data.tokenizer import ErnieTokenizer
 from ..losses.build import build_loss, check_temperature
 from ..losses.momentum import MomentumEncoder
 from ..models import build_model
-from .checkpoints import find_resume_checkpoint
+from ..checkpoint.state import CheckpointReadError
+from .checkpoints import clean_temporary, load_checkpoint, resume_candidates
 from .optim import build_optimizer
 from .trainer import Trainer, make_eval_fn
 
@@ -73,6 +75,8 @@ def build_trainer(config):
     log = rank_logger(rank, os.path.join(out_dir, "train.log"))
     if rank == 0:
         dump_config(config, os.path.join(out_dir, "config.yaml"))
+    runtime.configure(config["Global"]["num_threads"])
+    log(runtime.describe())
     seed = config["Global"]["seed"]
     if config["Data"]["train"] is None:
         raise ValueError("Data.train: no training data given")
@@ -127,7 +131,23 @@ def build_trainer(config):
     if data["val"] is not None:
         eval_fn = make_eval_fn(config, tokenizer, EvalTransform.from_config(config["Preprocess"]), log)
     trainer = Trainer(config, model, loss_fn, optimizer, stream, rank, world, train_model, eval_fn, log, writer, momentum)
-    resume = find_resume_checkpoint(out_dir, train["resume"])
-    if resume:
-        trainer.restore(resume)
+    if rank == 0:
+        for path in clean_temporary(out_dir):
+            log(f"removed {path}, left by an interrupted save")
+    resume(trainer, out_dir, train["resume"], log)
     return trainer
+
+
+def resume(trainer, out_dir, setting, log):
+    """Restore the newest checkpoint that reads; with ``auto``, unreadable ones are skipped and named."""
+    for path in resume_candidates(out_dir, setting):
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointReadError as err:
+            if setting != "auto":
+                raise
+            log(f"resume: skipped {path}: {err}")
+            continue
+        trainer.restore(path, loaded)
+        return path
+    return None

@@ -16,7 +16,7 @@ import paddle.distributed as dist
 from ..checkpoint.state import load_state_strict
 from ..evaluation.embed import embed_split
 from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import clean_temporary, load_checkpoint, save_checkpoint
 from .optim import lr_at
 from .steps import accumulated_step, average_gradients, batch_to_tensors, momentum_keys, train_step, use_tags_as_text
 
@@ -108,7 +108,7 @@ class Trainer:
 
     # --- state --------------------------------------------------------------
     def trainer_state(self):
-        local = {"position": vars(self.stream.position).copy(), "rng": paddle.get_rng_state(), "skipped": dict(self.stream.counter.by_reason)}
+        local = {"position": vars(self.stream.position).copy(), "rng": paddle.get_rng_state(), "skipped": dict(self.stream.counter.skipped), "truncated": sorted(self.stream.counter.truncated)}
         per_rank = [local]
         if self.world_size > 1:
             per_rank = []
@@ -134,8 +134,9 @@ class Trainer:
             dist.barrier()
         return path
 
-    def restore(self, path):
-        model_state, opt_state, extra, state = load_checkpoint(path)
+    def restore(self, path, loaded=None):
+        """Continue from the checkpoint at ``path`` (``loaded``: its contents, if already read)."""
+        model_state, opt_state, extra, state = loaded or load_checkpoint(path)
         if state["world_size"] != self.world_size:
             raise ValueError(
                 f"{path} was written by {state['world_size']} ranks, this run has {self.world_size}: "
@@ -151,7 +152,8 @@ class Trainer:
         mine = state["ranks"][self.rank]
         self.stream.position.epoch = mine["position"]["epoch"]
         self.stream.position.records = mine["position"]["records"]
-        self.stream.counter.by_reason.update(mine["skipped"])
+        self.stream.counter.skipped.update(mine["skipped"])
+        self.stream.counter.truncated.update(mine.get("truncated", ()))
         paddle.set_rng_state(mine["rng"])
         self.step = state["step"]
         self.log(f"resumed from {path} at step {self.step}")
@@ -159,7 +161,7 @@ class Trainer:
     # --- the loop -----------------------------------------------------------
     def _log_step(self, terms, step_time, started, first_step):
         cfg = self.train_cfg
-        samples = cfg["batch_size"] * cfg["accum_steps"] * self.world_size
+        samples = self._samples_per_step()
         done = self.step - first_step
         remaining = (time.time() - started) / max(1, done) * (cfg["max_steps"] - self.step)
         if self.writer is not None:
@@ -196,20 +198,31 @@ class Trainer:
             return self._train()
         finally:
             self.stream.close()
+            self._write_skip_report()
+            if self.rank == 0:
+                clean_temporary(self.output_dir)
             if self.writer is not None:
                 self.writer.close()
+
+    def _write_skip_report(self):
+        name = "skipped.tsv" if self.world_size == 1 else f"skipped.rank{self.rank}.tsv"
+        path = self.stream.counter.write_report(os.path.join(self.output_dir, name))
+        if path:
+            self.log(f"skip report: {self.stream.counter.total} records listed in {path}")
 
     def _train(self):
         cfg = self.train_cfg
         self.model.train()
         batches = iter(self.stream)
         first_step, started = self.step, time.time()
+        step_seconds = 0.0  # waiting for data + computing: what a step costs, without checkpoints and evaluation
         while self.step < cfg["max_steps"]:
             tick = time.time()
             micro = [batch_to_tensors(next(batches)) for _ in range(cfg["accum_steps"])]
             terms = self.run_step(micro)
             if not np.isfinite(terms["loss"]):
                 raise FloatingPointError(f"step {self.step}: the loss is {terms['loss']}; lower Optimizer.lr or enable grad_clip")
+            step_seconds += time.time() - tick
             self._log_step(terms, time.time() - tick, started, first_step)
             if cfg["save_every"] and self.step % cfg["save_every"] == 0 and self.step < cfg["max_steps"]:
                 self.save()
@@ -220,7 +233,20 @@ class Trainer:
             f"trained {self.step - first_step} steps in {format_duration(time.time() - started)}; "
             f"peak memory {peak_rss_mib():.0f} MiB; {self.stream.counter.summary()}"
         )
+        if self.rank == 0:
+            summary = {
+                "steps": self.step - first_step,
+                "step_seconds": step_seconds,
+                "samples_per_second": (self.step - first_step) * self._samples_per_step() / max(step_seconds, 1e-9),
+                "peak_mib": peak_rss_mib(),
+                "skipped_records": self.stream.counter.total,
+            }
+            with open(os.path.join(self.output_dir, "train_summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
         return self.evaluate()
+
+    def _samples_per_step(self):
+        return self.train_cfg["batch_size"] * self.train_cfg["accum_steps"] * self.world_size
 
 
 def make_eval_fn(config, tokenizer, transform, log=print):
@@ -240,6 +266,7 @@ def make_eval_fn(config, tokenizer, transform, log=print):
             log(f"retrieval ({protocol}, {len(features.text_emb)} texts):\n{official_table(metrics)}")
         if counter.total:
             log(f"evaluation data: {counter.summary()}")
+            counter.write_report(os.path.join(out_dir, "eval_skipped.tsv"))
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "eval_metrics.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

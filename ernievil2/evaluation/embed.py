@@ -6,12 +6,13 @@ for pair formats (official TSV, jsonl + folder) one image row per data line
 (so the official one-to-one protocol applies), encoded once per image id; for
 the Chinese-CLIP layout one row per image and several positives per text.
 """
+import dataclasses
 import time
 
 import numpy as np
 import paddle
 
-from ..data.errors import SkipCounter
+from ..data.errors import DataError, SkipCounter
 from ..data.parallel import OrderedPool
 from ..data.readers import ChineseClipSplit, decode_image_bytes, open_pairs
 from .retrieval import make_features, text_positives_csr
@@ -25,8 +26,17 @@ def _init(transform):
 
 
 def _decode_batch(job):
+    """(pixels of the images that decoded, or None; kept mask; the errors of the others)."""
     images, wheres = job
-    return np.stack([_TRANSFORM(decode_image_bytes(data, where)) for data, where in zip(images, wheres)])
+    pixels, kept, errors = [], [], []
+    for data, where in zip(images, wheres):
+        try:
+            pixels.append(_TRANSFORM(decode_image_bytes(data, where)))
+            kept.append(True)
+        except DataError as err:
+            kept.append(False)
+            errors.append(err)
+    return (np.stack(pixels) if pixels else None), kept, errors
 
 
 def _chunks(items, size):
@@ -57,31 +67,58 @@ class Progress:
 
 
 @paddle.no_grad()
-def _encode_images(model, pool, records, batch_size, progress):
-    """{image_id: row} and the stacked embeddings, for (image_id, bytes, where) records, each id once."""
-    seen = {}
+def _encode_images(model, pool, records, batch_size, progress, counter):
+    """{image_id: row} and the stacked embeddings, for (image_id, bytes, where) records, each id once.
+
+    An image that does not decode is reported to ``counter`` (raised, or
+    counted under ``skip``) and has no row: the caller drops what refers to it.
+    """
+    seen, rows = set(), {}
 
     def unseen():
         for image_id, data, where in records:
             if image_id not in seen:
-                seen[image_id] = len(seen)
+                seen.add(image_id)
                 yield image_id, data, where
 
     jobs = ((chunk, ([d for _, d, _ in chunk], [w for _, _, w in chunk])) for chunk in _chunks(unseen(), batch_size))
     parts = []
-    for _, pixels in pool.map(_decode_batch, jobs):
-        parts.append(model.encode_image(paddle.to_tensor(pixels)).numpy())
-        progress.add(len(pixels))
-    return seen, np.concatenate(parts) if parts else np.zeros((0, model.embed_dim), np.float32)
+    for chunk, (pixels, kept, errors) in pool.map(_decode_batch, jobs):
+        for err in errors:
+            counter.report(err)
+        for (image_id, _, _), ok in zip(chunk, kept):
+            if ok:
+                rows[image_id] = len(rows)
+        if pixels is not None:
+            parts.append(model.encode_image(paddle.to_tensor(pixels)).numpy())
+        progress.add(len(chunk))
+    return rows, np.concatenate(parts) if parts else np.zeros((0, model.embed_dim), np.float32)
 
 
 @paddle.no_grad()
-def _encode_texts(model, tokenizer, texts, batch_size, progress):
+def _encode_texts(model, tokenizer, texts, batch_size, progress, counter, wheres):
+    """Embeddings of ``texts``; each caption cut to the tokenizer's max_len is noted in ``counter`` by its ``wheres``."""
     parts = []
-    for chunk in _chunks(texts, batch_size):
-        parts.append(model.encode_text(paddle.to_tensor(tokenizer.encode(chunk))).numpy())
+    for start, chunk in zip(range(0, len(texts), batch_size), _chunks(texts, batch_size)):
+        ids, cut = tokenizer.encode(chunk, return_truncated=True)
+        for index in np.flatnonzero(cut):
+            counter.note_truncated(wheres[start + index])
+        parts.append(model.encode_text(paddle.to_tensor(ids)).numpy())
         progress.add(len(chunk))
     return np.concatenate(parts) if parts else np.zeros((0, model.embed_dim), np.float32)
+
+
+def _texts_with_images(texts, rows, counter):
+    """Texts with their positives narrowed to images that decoded; a text left with none is skipped."""
+    kept = []
+    for text in texts:
+        image_ids = [i for i in text.image_ids if i in rows]
+        if not image_ids:
+            path, _, line = text.where.rpartition(":")
+            counter.report(DataError(path, int(line), "every image of this text failed to decode"))
+            continue
+        kept.append(dataclasses.replace(text, image_ids=tuple(image_ids)) if len(image_ids) != len(text.image_ids) else text)
+    return kept
 
 
 def embed_split(model, spec, tokenizer, transform, batch_size=64, num_workers=0, on_error="raise", printer=print):
@@ -93,9 +130,11 @@ def embed_split(model, spec, tokenizer, transform, batch_size=64, num_workers=0,
         if spec.get("format") == "chinese_clip":
             split = ChineseClipSplit(spec["root"], spec["split"])
             images = ((r.image_id, r.image, r.where) for r in split.iter_images(counter))
-            rows, image_emb = _encode_images(model, pool, images, batch_size, Progress("images", printer=printer))
-            texts = list(split.iter_texts(counter))
-            text_emb = _encode_texts(model, tokenizer, [t.text for t in texts], batch_size, Progress("texts", printer=printer))
+            rows, image_emb = _encode_images(model, pool, images, batch_size, Progress("images", printer=printer), counter)
+            texts = _texts_with_images(split.iter_texts(counter), rows, counter)
+            text_emb = _encode_texts(
+                model, tokenizer, [t.text for t in texts], batch_size, Progress("texts", printer=printer), counter, [t.where for t in texts]
+            )
             image_ids = np.array(sorted(rows, key=rows.get), dtype=str)
             indptr, pos_ids = text_positives_csr([t.image_ids for t in texts])
             text_ids = [str(t.text_id) for t in texts]
@@ -107,8 +146,12 @@ def embed_split(model, spec, tokenizer, transform, batch_size=64, num_workers=0,
                     pairs.append((record.text, record.image_id, record.where))
                     yield record.image_id, record.image, record.image_where
 
-            rows, unique_emb = _encode_images(model, pool, records(), batch_size, Progress("images", printer=printer))
-            text_emb = _encode_texts(model, tokenizer, [p[0] for p in pairs], batch_size, Progress("texts", printer=printer))
+            rows, unique_emb = _encode_images(model, pool, records(), batch_size, Progress("images", printer=printer), counter)
+            # A pair whose image did not decode was reported already; its caption goes too.
+            pairs = [p for p in pairs if p[1] in rows]
+            text_emb = _encode_texts(
+                model, tokenizer, [p[0] for p in pairs], batch_size, Progress("texts", printer=printer), counter, [p[2] for p in pairs]
+            )
             image_ids = np.array([p[1] for p in pairs], dtype=str)
             image_emb = unique_emb[[rows[p[1]] for p in pairs]] if pairs else unique_emb
             indptr, pos_ids = text_positives_csr([[p[1]] for p in pairs])

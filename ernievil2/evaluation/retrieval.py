@@ -35,7 +35,6 @@ DEFAULT_BLOCK_SIZE = 8192
 # top-k also partitions a copy of each block: about 9 bytes per score.
 TOPK_BLOCK_SIZE = 4096
 TABLE_HEADERS = ("Name", "R@1", "R@5", "R@10", "meanRecall")
-NPZ_MAGIC = b"PK\x03\x04"
 # Pairs per GEMM when scoring positives alone: large enough that BLAS takes the
 # same kernel as for the score blocks (small products use other kernels, whose
 # rounding differs), small enough that the wasted off-diagonal work is ~0.3%.
@@ -506,9 +505,8 @@ def save_features(path, text_emb, image_emb, image_ids, text_ids, text_pos_indpt
 
 
 def is_npz(path):
-    """True when ``path`` starts like a zip archive (what ``np.savez`` writes)."""
-    with open(path, "rb") as f:
-        return f.read(len(NPZ_MAGIC)) == NPZ_MAGIC
+    """True when ``path`` is a zip archive (what ``np.savez`` writes, an empty one included)."""
+    return zipfile.is_zipfile(path)
 
 
 def load_features(path):
@@ -537,8 +535,11 @@ def read_official_embeddings(path):
             if len(fields) != 3:
                 raise DataError(path, line_no, f"expected 3 tab-separated fields, got {len(fields)}")
             # float64 first, then float32: the official reader's rounding.
-            text = np.array(fields[0].split(), dtype=np.float64).astype(np.float32)
-            image = np.array(fields[1].split(), dtype=np.float64).astype(np.float32)
+            try:
+                text = np.array(fields[0].split(), dtype=np.float64).astype(np.float32)
+                image = np.array(fields[1].split(), dtype=np.float64).astype(np.float32)
+            except ValueError as err:
+                raise DataError(path, line_no, f"a vector holds a non-number ({err})") from None
             dim = len(texts[0]) if texts else len(text)
             if len(text) != dim or len(image) != dim or dim == 0:
                 raise DataError(path, line_no, f"vector sizes {len(text)}/{len(image)}, expected {dim}")

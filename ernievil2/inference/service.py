@@ -61,6 +61,9 @@ class RequestError(Exception):
         self.status = status
         self.message = message
 
+    def __reduce__(self):
+        return type(self), (self.status, self.message)
+
 
 class TextsBody(BaseModel):
     texts: List[str]

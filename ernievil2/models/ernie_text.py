@@ -4,17 +4,21 @@
 official checkpoint: ``word_emb``, ``pos_emb``, ``ln`` (embedding LayerNorm),
 ``encoder_stack.block.i.{attn.{q,k,v,o}, ln1, ffn.{i,o}, ln2}`` and ``pooler``.
 No sentence or task embeddings; post-LN blocks; the feature is
-``tanh(pooler(h[:, 0]))``.
+``tanh(pooler(h[:, 0]))`` (``pooler="none"``: ``h[:, 0]``, and no pooler weights).
 """
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .layers import run_block, scaled_dot_attention
+from .layers import check_init, init_weights, run_block, scaled_dot_attention
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 # The official model adds (1 - mask) * -1e4 to attention scores of padding keys.
 PAD_BIAS = -1e4
+# The text feature: "tanh" = tanh(pooler([CLS])), the official model's (its checkpoint has
+# the pooler); "none" = the [CLS] output itself, which trains far faster from scratch
+# (docs/training.md, "Training from scratch").
+POOLERS = ("tanh", "none")
 
 
 class TextAttention(nn.Layer):
@@ -80,18 +84,22 @@ class ErnieTextEncoder(nn.Layer):
         epsilon=1e-5,
         pad_id=0,
         recompute=False,
+        init="xavier",
+        pooler="tanh",
     ):
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; known: {', '.join(ACTIVATIONS)}")
+        if pooler not in POOLERS:
+            raise ValueError(f"unknown pooler {pooler!r}; known: {', '.join(POOLERS)}")
+        check_init(init)
         self.out_dim = hidden_size
         self.pad_id = pad_id
         self.max_position_embeddings = max_position_embeddings
         self.recompute = recompute
-        init = paddle.ParamAttr(initializer=nn.initializer.TruncatedNormal(std=0.02))
         self.ln = nn.LayerNorm(hidden_size, epsilon=epsilon)
-        self.word_emb = nn.Embedding(vocab_size, hidden_size, weight_attr=init)
-        self.pos_emb = nn.Embedding(max_position_embeddings, hidden_size, weight_attr=init)
+        self.word_emb = nn.Embedding(vocab_size, hidden_size)
+        self.pos_emb = nn.Embedding(max_position_embeddings, hidden_size)
         self.dropout = nn.Dropout(hidden_dropout)
         self.encoder_stack = nn.Layer()
         self.encoder_stack.block = nn.LayerList(
@@ -102,11 +110,10 @@ class ErnieTextEncoder(nn.Layer):
                 for _ in range(num_layers)
             ]
         )
-        self.pooler = nn.Linear(hidden_size, hidden_size)
-        for layer in self.sublayers():
-            if isinstance(layer, nn.Linear):
-                nn.initializer.TruncatedNormal(std=0.02)(layer.weight)
-                nn.initializer.Constant(0.0)(layer.bias)
+        self.pooler_kind = pooler
+        if pooler == "tanh":
+            self.pooler = nn.Linear(hidden_size, hidden_size)
+        init_weights(self, init)
 
     def forward_tokens(self, input_ids, cls_only=False):
         """Every token's output ``[B, L, D]``; with ``cls_only``, the [CLS] token's ``[B, 1, D]``."""
@@ -126,5 +133,6 @@ class ErnieTextEncoder(nn.Layer):
         return x
 
     def forward(self, input_ids):
-        # Only [CLS] feeds the pooler: the last block computes that row alone.
-        return F.tanh(self.pooler(self.forward_tokens(input_ids, cls_only=True)[:, 0]))
+        # Only [CLS] is read: the last block computes that row alone.
+        cls = self.forward_tokens(input_ids, cls_only=True)[:, 0]
+        return F.tanh(self.pooler(cls)) if self.pooler_kind == "tanh" else cls

@@ -11,7 +11,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .layers import DropPath, run_block, scaled_dot_attention
+from .layers import DropPath, check_init, init_weights, run_block, scaled_dot_attention
 
 
 def quick_gelu(x):
@@ -99,16 +99,15 @@ class VisionTransformer(nn.Layer):
         attn_drop_rate=0.0,
         drop_path_rate=0.0,
         recompute=False,
+        init="xavier",
     ):
         super().__init__()
         self.out_dim = embed_dim
         self.recompute = recompute
+        check_init(init)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        init = nn.initializer.TruncatedNormal(std=0.02)
-        self.class_embedding = self.create_parameter([1, 1, embed_dim], default_initializer=init)
-        self.positional_embedding = self.create_parameter(
-            [1, self.patch_embed.num_patches + 1, embed_dim], default_initializer=init
-        )
+        self.class_embedding = self.create_parameter([1, 1, embed_dim])
+        self.positional_embedding = self.create_parameter([1, self.patch_embed.num_patches + 1, embed_dim])
         self.pos_drop = nn.Dropout(drop_rate)
         self.norm_pre = nn.LayerNorm(embed_dim, epsilon=epsilon)
         rates = np.linspace(0, drop_path_rate, depth)
@@ -119,7 +118,7 @@ class VisionTransformer(nn.Layer):
             ]
         )
         self.norm_post = nn.LayerNorm(embed_dim, epsilon=epsilon)
-        self.apply(_init_linear)
+        init_weights(self, init, embeddings=(self.class_embedding, self.positional_embedding))
 
     def forward_tokens(self, images, cls_only=False):
         """Every token's output ``[B, 1+N, D]``; with ``cls_only``, the class token's ``[B, 1, D]``."""
@@ -137,9 +136,3 @@ class VisionTransformer(nn.Layer):
         # alone (its attention still reads every token), about 1/depth less work.
         return self.forward_tokens(images, cls_only=True)[:, 0]
 
-
-def _init_linear(layer):
-    if isinstance(layer, nn.Linear):
-        nn.initializer.TruncatedNormal(std=0.02)(layer.weight)
-        if layer.bias is not None:
-            nn.initializer.Constant(0.0)(layer.bias)

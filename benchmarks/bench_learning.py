@@ -1,0 +1,187 @@
+"""How much our trainer learns, against a plain CLIP loop on the same demo data.
+
+    # our trainer beside the plain loop: equal samples and equal training time, 3 seeds
+    python benchmarks/bench_learning.py compare --seeds 0 1 2 --steps 150 --batch 128
+    # the diagnosis: the plain loop with one of our towers swapped in, options varied
+    python benchmarks/bench_learning.py towers --text ours --text-init bert --text-pooler tanh
+
+``compare`` rows, all evaluated on the demo's 2,000 test pairs (official protocol):
+- the plain loop (``reference_clip.py``) for ``--steps`` steps of ``--batch``;
+- our trainer (``tools/train.py``), single-view and the demo's table, at the
+  same batch and steps (equal samples), then for the plain loop's training time
+  (steps from each row's own measured step time; its cosine schedule spans them).
+Training time counts data waiting and compute, not start-up or evaluation, on both sides.
+Every figure is printed per seed and as mean ± std, with ratios to the plain loop.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+import ernievil2  # noqa: E402,F401  (CPU runtime before Paddle loads)
+from ablation import INTRA, SINGLE, mean_std, train_once  # noqa: E402
+
+DATA = os.path.join(REPO, "demo_data", "fashion_scenes_cn")
+
+
+def load_data(data_dir):
+    from ernievil2.data.tokenizer import ErnieTokenizer
+    from reference_clip import read_official_tsv
+
+    tokenizer = ErnieTokenizer(os.path.join(data_dir, "vocab.txt"), 48)
+    return read_official_tsv(os.path.join(data_dir, "train.tsv"), tokenizer), read_official_tsv(os.path.join(data_dir, "test.tsv"), tokenizer)
+
+
+def plain_towers(args, vocab_size):
+    """The plain loop's towers, or ours (demo size) where ``--image``/``--text`` say so."""
+    from reference_clip import PlainText, PlainViT
+
+    from ernievil2.models.ernie_text import ErnieTextEncoder
+    from ernievil2.models.vit import VisionTransformer
+
+    image = (
+        PlainViT()
+        if args.image == "plain"
+        else VisionTransformer(img_size=64, patch_size=16, embed_dim=128, depth=4, num_heads=4, init=args.image_init)
+    )
+    text = (
+        PlainText(vocab_size=vocab_size)
+        if args.text == "plain"
+        else ErnieTextEncoder(
+            vocab_size=vocab_size, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512,
+            max_position_embeddings=64, init=args.text_init, pooler=args.text_pooler,
+        )
+    )
+    return image, text
+
+
+def run_plain(args, data, seed, steps=None, seconds=None):
+    import paddle
+    from reference_clip import train_plain
+
+    paddle.seed(seed)
+    image, text = plain_towers(args, vocab_size=128)
+    metrics, stats = train_plain(image, text, *data, steps=steps, seconds=seconds, batch=args.batch, lr=args.lr, seed=seed)
+    return {
+        "row": "plain CLIP loop",
+        "seed": seed,
+        "steps": stats["steps"],
+        "t2i_r1": metrics["text2image"]["r1"] * 100,
+        "i2t_r1": metrics["image2text"]["r1"] * 100,
+        "mean_recall": metrics["mean"]["mean_recall"] * 100,
+        "train_seconds": stats["train_seconds"],
+        "final_loss": stats["final_loss"],
+    }
+
+
+def summarise(runs, reference):
+    """Markdown: one line per row with mean ± std over seeds and the ratio of means to ``reference``."""
+    ref = statistics.mean(r["mean_recall"] for r in runs if r["row"] == reference)
+    lines = [
+        "| row | steps | train s | T2I R@1 | I2T R@1 | MeanRecall | / plain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["row"] for r in runs):
+        rows = [r for r in runs if r["row"] == name]
+        mr = statistics.mean(r["mean_recall"] for r in rows)
+        lines.append(
+            f"| {name} | {'/'.join(sorted({str(r['steps']) for r in rows}))} | "
+            f"{statistics.median(r['train_seconds'] for r in rows):.0f} | {mean_std([r['t2i_r1'] for r in rows])} | "
+            f"{mean_std([r['i2t_r1'] for r in rows])} | {mean_std([r['mean_recall'] for r in rows])} | {mr / ref:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+def compare(args):
+    data = load_data(args.data)
+    args.text = args.image = "plain"
+    tables = {
+        "single-view": ("configs/demo/single_view.yaml", {"pairs": SINGLE}),
+        "demo table": (args.demo_config, None),
+    }
+    equal_samples, equal_time = [], []
+    for seed in args.seeds:
+        plain = run_plain(args, data, seed, steps=args.steps)
+        print(json.dumps(plain), flush=True)
+        equal_samples.append(plain)
+        equal_time.append(plain)
+        for name, (config, loss) in tables.items():
+            args.config = os.path.join(REPO, config)
+            extra = {"Optimizer.lr": args.lr} if args.our_lr is None else {"Optimizer.lr": args.our_lr}
+            loss = loss or load_loss(args.config)
+            ours = train_once(f"ours {name}", loss, seed, args.steps, args, extra)
+            print(json.dumps(ours), flush=True)
+            equal_samples.append(ours)
+            steps = max(1, round(plain["train_seconds"] / ours["seconds_per_step"]))
+            timed = train_once(f"ours {name}", loss, seed, steps, args, extra)
+            print(json.dumps(timed), flush=True)
+            equal_time.append(timed)
+    report = [
+        f"### Equal samples ({args.steps} steps of {args.batch}, seeds {args.seeds})\n\n" + summarise(equal_samples, "plain CLIP loop"),
+        "### Equal training time (the plain loop's, per seed)\n\n" + summarise(equal_time, "plain CLIP loop"),
+    ]
+    save(args, {"equal_samples": equal_samples, "equal_time": equal_time})
+    print("\n\n".join(report))
+
+
+def load_loss(config_path):
+    from ernievil2.config import load_config
+
+    loss = dict(load_config(config_path)["Loss"])
+    loss.pop("name", None)
+    loss.pop("temperature", None)
+    return loss
+
+
+def towers(args):
+    data = load_data(args.data)
+    runs = []
+    for seed in args.seeds:
+        started = time.time()
+        run = run_plain(args, data, seed, steps=args.steps)
+        run.update(row=f"image {args.image}/{args.image_init}, text {args.text}/{args.text_init}/{args.text_pooler}", wall=time.time() - started)
+        print(json.dumps(run), flush=True)
+        runs.append(run)
+    save(args, {"towers": runs})
+
+
+def save(args, result):
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, ensure_ascii=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("compare", "towers"):
+        p = sub.add_parser(name)
+        p.add_argument("--data", default=DATA)
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--steps", type=int, default=150)
+        p.add_argument("--batch", type=int, default=128)
+        p.add_argument("--lr", type=float, default=1e-3, help="the plain loop's learning rate (constant)")
+        p.add_argument("--out", default=None, help="JSON of every run")
+        p.add_argument("--work", default=os.path.join(REPO, "output", "bench_learning"))
+    compare_parser, towers_parser = sub.choices["compare"], sub.choices["towers"]
+    compare_parser.add_argument("--demo-config", default="configs/demo/intra_modal.yaml")
+    compare_parser.add_argument("--our-lr", type=float, default=None, help="our trainer's peak lr (default: --lr)")
+    towers_parser.add_argument("--image", choices=("plain", "ours"), default="plain")
+    towers_parser.add_argument("--text", choices=("plain", "ours"), default="plain")
+    towers_parser.add_argument("--image-init", default="xavier")
+    towers_parser.add_argument("--text-init", default="xavier")
+    towers_parser.add_argument("--text-pooler", default="none")
+    args = parser.parse_args()
+    compare(args) if args.command == "compare" else towers(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""CPU runtime set-up, applied when ``ernievil2`` is imported and before Paddle loads.
+
+Why: Paddle's CPU matmuls run in its bundled MKL. Left alone, MKL follows
+``OMP_NUM_THREADS`` (pinned to 1 in many containers) and, on AMD processors,
+takes a generic code path far below the vector units' rate (docs/benchmarks.md
+measured 45 GFLOP/s as run by default against 204-234 with two threads and the
+vendor switch, on a 2-core EPYC). Both are read from the environment when MKL
+initialises, so they must be in place before ``import paddle``.
+
+What is set, each only when the user has not set it already:
+- ``MKL_NUM_THREADS``: the cores this process may use (affinity and cgroup quota);
+- ``MKL_DEBUG_CPU_TYPE=5`` on AMD processors (the AVX2 kernels; MKL 2020 and older
+  honour it, newer ones ignore it);
+- ``OMP_NUM_THREADS=1``: Paddle's own OpenMP loops (element-wise ops) run on a
+  second OpenMP runtime beside MKL's; two runtimes both spinning on every core
+  slowed the matmuls about 3x here, so Paddle's loops stay single-threaded.
+``Global.num_threads`` (or :func:`configure` with ``num_threads``) overrides the
+thread count, also after Paddle has loaded.
+"""
+import math
+import os
+import sys
+
+_CHOSEN = {}
+_USER_SET = {}
+
+
+def available_cores():
+    """Cores this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return max(1, cores)
+
+
+def _cgroup_quota():
+    """CPUs granted by a cgroup v2 (``cpu.max``) or v1 (``cfs_quota_us``) limit, or None."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", encoding="ascii") as f:
+            quota = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us", encoding="ascii") as f:
+            period = int(f.read())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_vendor():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def cpu_environment(environ, cores, vendor):
+    """The variables to add to ``environ`` (pure: what :func:`configure` would set)."""
+    wanted = {"MKL_NUM_THREADS": str(cores), "OMP_NUM_THREADS": "1"}
+    if vendor == "AuthenticAMD":
+        wanted["MKL_DEBUG_CPU_TYPE"] = "5"
+    return {key: value for key, value in wanted.items() if key not in environ}
+
+
+def configure(num_threads=None, environ=None):
+    """Set the CPU variables (once per process) and, given ``num_threads``, the matmul thread count.
+
+    Returns the settings in force, for the log.
+    """
+    environ = os.environ if environ is None else environ
+    if not _CHOSEN:
+        for key in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE"):
+            if key in environ:
+                _USER_SET[key] = environ[key]
+        _CHOSEN.update(cpu_environment(environ, available_cores(), cpu_vendor()))
+        environ.update(_CHOSEN)
+    if num_threads is not None:
+        if not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"Global.num_threads must be a positive integer, got {num_threads!r}")
+        environ["MKL_NUM_THREADS"] = str(num_threads)
+        _CHOSEN["MKL_NUM_THREADS"] = str(num_threads)
+        if "paddle" in sys.modules:
+            # MKL has read its variables already: tell it directly.
+            sys.modules["paddle"].base.core.set_num_threads(num_threads)
+    return settings()
+
+
+def settings():
+    """``{variable: (value, 'set by ernievil2' | 'user')}`` for the variables this module manages."""
+    out = {key: (value, "user") for key, value in _USER_SET.items()}
+    out.update({key: (value, "ernievil2") for key, value in _CHOSEN.items()})
+    return out
+
+
+def describe():
+    """One log line: the CPU settings and who chose each."""
+    late = " (paddle was imported before ernievil2: MKL may not have seen these)" if _PADDLE_FIRST else ""
+    parts = [f"{key}={value} ({who})" for key, (value, who) in sorted(settings().items())]
+    return f"cpu runtime: {available_cores()} cores, {cpu_vendor()}; " + ", ".join(parts) + late
+
+
+_PADDLE_FIRST = "paddle" in sys.modules

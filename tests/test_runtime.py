@@ -1,0 +1,69 @@
+"""The CPU runtime is set before Paddle loads, by every entry point, and the user's own settings win."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ernievil2 import runtime
+from tests.conftest import REPO
+
+MANAGED = ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in MANAGED}
+    env.update(extra)
+    return env
+
+
+def environment_after(code, **extra):
+    """The managed variables as a fresh interpreter sees them after running ``code``."""
+    probe = code + "\nimport json, os; print(json.dumps({k: os.environ.get(k) for k in %r}))" % (MANAGED,)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=clean_env(**extra), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "vendor, expected",
+    [
+        ("AuthenticAMD", {"MKL_NUM_THREADS": "4", "OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5"}),
+        ("GenuineIntel", {"MKL_NUM_THREADS": "4", "OMP_NUM_THREADS": "1"}),
+    ],
+)
+def test_cpu_environment_per_vendor(vendor, expected):
+    assert runtime.cpu_environment({}, 4, vendor) == expected
+
+
+def test_cpu_environment_leaves_what_the_user_set():
+    user = {"MKL_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "2"}
+    assert runtime.cpu_environment(user, 8, "AuthenticAMD") == {"OMP_NUM_THREADS": "1"}
+
+
+def test_importing_the_package_sets_the_variables_before_paddle():
+    seen = environment_after("import ernievil2, sys; assert 'paddle' not in sys.modules")
+    assert seen["MKL_NUM_THREADS"] == str(runtime.available_cores())
+    assert seen["OMP_NUM_THREADS"] == "1"
+    assert (seen["MKL_DEBUG_CPU_TYPE"] == "5") == (runtime.cpu_vendor() == "AuthenticAMD")
+
+
+def test_a_users_own_setting_wins():
+    seen = environment_after("import ernievil2", MKL_NUM_THREADS="1", OMP_NUM_THREADS="3")
+    assert seen["MKL_NUM_THREADS"] == "1" and seen["OMP_NUM_THREADS"] == "3"
+
+
+@pytest.mark.parametrize("tool", ["train", "extract_features", "export_model", "convert_checkpoint", "infer", "serve", "build_index"])
+def test_every_tool_configures_the_runtime_before_paddle(tool):
+    """Importing a tool (what its first lines do) leaves MKL's variables set, whether or not it loads Paddle."""
+    seen = environment_after(f"import runpy, sys; sys.argv = ['x']; sys.path.insert(0, 'tools'); import {tool}")
+    assert seen["MKL_NUM_THREADS"] == str(runtime.available_cores())
+
+
+def test_num_threads_is_validated():
+    with pytest.raises(ValueError, match="num_threads"):
+        runtime.configure(num_threads=0, environ={})
+
+
+def test_available_cores_is_at_most_the_affinity_mask():
+    assert 1 <= runtime.available_cores() <= len(os.sched_getaffinity(0))
