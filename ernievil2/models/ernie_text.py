@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .layers import check_init, init_weights, run_block, scaled_dot_attention
+from .layers import check_init, init_weights, merge_heads, run_block, scaled_dot_attention
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 # The official model adds (1 - mask) * -1e4 to attention scores of padding keys.
@@ -36,10 +36,12 @@ class TextAttention(nn.Layer):
     def forward(self, x, bias, cls_only=False):
         """Attention over every token; with ``cls_only``, the output of the first ([CLS]) token alone."""
         shape = [0, 0, self.num_heads, x.shape[-1] // self.num_heads]
-        q = self.q(x[:, :1] if cls_only else x).reshape(shape)
-        k, v = (proj(x).reshape(shape) for proj in (self.k, self.v))
+        q, k, v = (
+            proj(rows).reshape(shape).transpose([0, 2, 1, 3])
+            for proj, rows in ((self.q, x[:, :1] if cls_only else x), (self.k, x), (self.v, x))
+        )
         out = scaled_dot_attention(q, k, v, bias, self.attn_drop if self.training else 0.0)
-        return self.o(out.reshape([0, 0, x.shape[-1]]))
+        return self.o(merge_heads(out))
 
 
 class FeedForward(nn.Layer):

@@ -16,22 +16,29 @@ def _use_fused_attention(q):
 
 
 def scaled_dot_attention(q, k, v, bias=None, dropout=0.0):
-    """Multi-head attention on ``[batch, seq, heads, head_dim]`` tensors.
+    """Multi-head attention on heads-first ``[batch, heads, seq, head_dim]`` tensors.
 
     ``bias`` is additive, broadcastable to ``[batch, heads, seq_q, seq_k]``.
-    Returns ``[batch, seq, heads, head_dim]``.
+    Returns ``[batch, heads, seq_q, head_dim]``.
     """
     if _use_fused_attention(q):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, training=dropout > 0)
+        # Paddle's fused kernel takes [batch, seq, heads, head_dim].
+        q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, training=dropout > 0)
+        return out.transpose([0, 2, 1, 3])
     scale = q.shape[-1] ** -0.5
-    q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
     scores = paddle.matmul(q * scale, k, transpose_y=True)
     if bias is not None:
         scores = scores + bias
     probs = F.softmax(scores, axis=-1)
     if dropout > 0:
         probs = F.dropout(probs, dropout)
-    return paddle.matmul(probs, v).transpose([0, 2, 1, 3])
+    return paddle.matmul(probs, v)
+
+
+def merge_heads(x):
+    """``[batch, heads, seq, head_dim]`` -> ``[batch, seq, heads * head_dim]``."""
+    return x.transpose([0, 2, 1, 3]).reshape([0, 0, x.shape[1] * x.shape[3]])
 
 
 class DropPath(nn.Layer):

@@ -11,7 +11,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .layers import DropPath, check_init, init_weights, run_block, scaled_dot_attention
+from .layers import DropPath, check_init, init_weights, merge_heads, run_block, scaled_dot_attention
 
 
 def quick_gelu(x):
@@ -44,12 +44,14 @@ class Attention(nn.Layer):
         """Attention over every token; with ``cls_only``, the output of the first (class) token alone."""
         seq, dim = x.shape[1], x.shape[2]
         # The fused qkv output is laid out (3, heads, head_dim) per token, as in the official layer.
-        qkv = self.qkv(x).reshape([-1, seq, 3, self.num_heads, dim // self.num_heads])
-        q, k, v = qkv.unbind(axis=2)
+        # One transpose to [3, batch, heads, seq, head_dim] first: splitting the leading axis
+        # costs a fraction of unbinding the strided one in backward.
+        qkv = self.qkv(x).reshape([-1, seq, 3, self.num_heads, dim // self.num_heads]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv.unbind(axis=0)
         if cls_only:
-            q = q[:, :1]
+            q = q[:, :, :1]
         out = scaled_dot_attention(q, k, v, None, self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(out.reshape([0, 0, dim])))
+        return self.proj_drop(self.proj(merge_heads(out)))
 
 
 class Block(nn.Layer):
@@ -69,18 +71,32 @@ class Block(nn.Layer):
 
 
 class PatchEmbed(nn.Layer):
+    """Non-overlapping patches times the kernel of a stride-``patch`` convolution, as one matmul.
+
+    The weight is the official ``patch_embed.proj.weight`` ``[D, C, p, p]`` (held by
+    a Conv2D so the key and shape stay the checkpoint's), but the product is
+    computed as unfolded patches ``[B, N, C*p*p]`` times the flattened kernel: the
+    same numbers, and Paddle's CPU conv kernel (forward and backward) took a fifth
+    of a demo-size training step where the matmul takes a few percent.
+    """
+
     def __init__(self, img_size, patch_size, in_chans, embed_dim):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         self.img_size = img_size
-        self.num_patches = (img_size // patch_size) ** 2
+        self.patch_size = patch_size
+        self.grid = img_size // patch_size
+        self.num_patches = self.grid**2
         self.proj = nn.Conv2D(in_chans, embed_dim, patch_size, stride=patch_size, bias_attr=False)
 
     def forward(self, x):
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
             raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {list(x.shape[-2:])}")
-        return self.proj(x).flatten(2).transpose([0, 2, 1])
+        g, p, channels = self.grid, self.patch_size, x.shape[1]
+        patches = x.reshape([-1, channels, g, p, g, p]).transpose([0, 2, 4, 1, 3, 5]).reshape([-1, g * g, channels * p * p])
+        kernel = self.proj.weight.reshape([self.proj.weight.shape[0], -1])
+        return paddle.matmul(patches, kernel, transpose_y=True)
 
 
 class VisionTransformer(nn.Layer):
