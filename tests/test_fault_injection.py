@@ -352,3 +352,15 @@ def test_build_index_skip_reports_every_fault(tmp_path, corpus, exported):
     report = read_report(tmp_path / "g.skipped.tsv")
     assert {k for k, v in report.items() if v != TRUNCATED} == {f"{path}:{where[n]}" for n in BAD}
     assert f"skipped {len(BAD)} bad records" in result.stdout
+
+
+def test_infer_embed_images_skip_reports_every_fault(tmp_path, corpus, exported):
+    path, where = corpus
+    tag = uuid.uuid4().hex
+    output = tmp_path / "images.npz"
+    result = run_tool(["tools/infer.py", "embed-images", "--model", str(exported), "--tsv", str(path), "--output", str(output), "--on-error", "skip"], tag)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not left_behind(tag)
+    report = read_report(tmp_path / "images.skipped.tsv")
+    assert set(report) == {f"{path}:{where[n]}" for n in BAD}
+    assert len(np.load(output)["ids"]) == GOOD + 1

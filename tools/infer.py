@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from ernievil2.data.errors import ON_ERROR_CHOICES, SkipCounter  # noqa: E402
+from ernievil2.data.errors import ON_ERROR_CHOICES, SkipCounter, skip_report_path  # noqa: E402
 from ernievil2.inference.cli import add_predictor_arguments, predictor_options  # noqa: E402
 from ernievil2.inference.errors import USER_ERRORS  # noqa: E402
 from ernievil2.inference.index import load_gallery, save_embeddings  # noqa: E402
@@ -72,8 +72,9 @@ def load_model(args):
 
 def embed_images(args):
     model = load_model(args)
-    items = unique_images(iter_tsv_images(args.tsv)) if args.tsv else iter_image_files(args.images)
+    # One counter for the TSV's lines and the images' decoding: --on-error holds for both.
     counter = SkipCounter(args.on_error)
+    items = unique_images(iter_tsv_images(args.tsv, counter)) if args.tsv else iter_image_files(args.images)
     ids, batches = [], []
     for kept, _, embeddings in encode_image_batches(model, items, args.batch_size, counter):
         ids.extend(item.image_id for item in kept)
@@ -85,6 +86,9 @@ def embed_images(args):
         return 1
     save_embeddings(args.output, np.concatenate(batches), ids, "image", model.model_id)
     print(f"wrote {len(ids)} image embeddings to {args.output}; {counter.summary()}")
+    report = counter.write_report(skip_report_path(args.output))
+    if report:
+        print(f"skip report: {counter.total} records listed in {report}")
     return 0
 
 
