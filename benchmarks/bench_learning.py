@@ -4,10 +4,12 @@
     python benchmarks/bench_learning.py compare --seeds 0 1 2 --steps 150 --batch 128
     # the diagnosis: the plain loop with one of our towers swapped in, options varied
     python benchmarks/bench_learning.py towers --text ours --text-init bert --text-pooler tanh
+    # the plain loop alone for a training time (e.g. the demo's), 3 seeds
+    python benchmarks/bench_learning.py towers --seconds 280
 
 ``compare`` rows, all evaluated on the demo's 2,000 test pairs (official protocol):
 - the plain loop (``reference_clip.py``) for ``--steps`` steps of ``--batch``;
-- our trainer (``tools/train.py``), single-view and the demo's table, at the
+- our trainer (``tools/train.py``), single-view and a multi-view table, at the
   same batch and steps (equal samples), then for the plain loop's training time
   (steps from each row's own measured step time; its cosine schedule spans them).
 Training time counts data waiting and compute, not start-up or evaluation, on both sides.
@@ -104,7 +106,7 @@ def compare(args):
     args.text = args.image = "plain"
     tables = {
         "single-view": ("configs/demo/single_view.yaml", {"pairs": SINGLE}),
-        "demo table": (args.demo_config, None),
+        "intra-modal table": (args.table_config, None),
     }
     equal_samples, equal_time = [], []
     for seed in args.seeds:
@@ -145,7 +147,7 @@ def towers(args):
     runs = []
     for seed in args.seeds:
         started = time.time()
-        run = run_plain(args, data, seed, steps=args.steps)
+        run = run_plain(args, data, seed, steps=None if args.seconds else args.steps, seconds=args.seconds)
         run.update(row=f"image {args.image}/{args.image_init}, text {args.text}/{args.text_init}/{args.text_pooler}", wall=time.time() - started)
         print(json.dumps(run), flush=True)
         runs.append(run)
@@ -172,13 +174,14 @@ def main():
         p.add_argument("--out", default=None, help="JSON of every run")
         p.add_argument("--work", default=os.path.join(REPO, "output", "bench_learning"))
     compare_parser, towers_parser = sub.choices["compare"], sub.choices["towers"]
-    compare_parser.add_argument("--demo-config", default="configs/demo/intra_modal.yaml")
+    compare_parser.add_argument("--table-config", default="configs/demo/intra_modal.yaml", help="the multi-view row's config")
     compare_parser.add_argument("--our-lr", type=float, default=None, help="our trainer's peak lr (default: --lr)")
     towers_parser.add_argument("--image", choices=("plain", "ours"), default="plain")
     towers_parser.add_argument("--text", choices=("plain", "ours"), default="plain")
     towers_parser.add_argument("--image-init", default="xavier")
     towers_parser.add_argument("--text-init", default="xavier")
     towers_parser.add_argument("--text-pooler", default="none")
+    towers_parser.add_argument("--seconds", type=float, default=None, help="train for this long instead of --steps")
     args = parser.parse_args()
     compare(args) if args.command == "compare" else towers(args)
 

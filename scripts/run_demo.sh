@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 DATA=${DEMO_DATA:-demo_data/fashion_scenes_cn}
 OUT=${DEMO_OUT:-output/demo}
-CONFIG=${DEMO_CONFIG:-configs/demo/intra_modal.yaml}
+CONFIG=${DEMO_CONFIG:-configs/demo/single_view.yaml}
 NUM_TRAIN=${DEMO_NUM_TRAIN:-10000}
 NUM_TEST=${DEMO_NUM_TEST:-2000}
 export PYTHONWARNINGS=ignore
@@ -19,7 +19,7 @@ stage "1/6 demo data: $NUM_TRAIN train + $NUM_TEST test scenes -> $DATA"
 $PYTHON tools/make_demo_data.py --output "$DATA" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
 $PYTHON tools/build_vocab.py --input "$DATA/train.tsv" --output "$DATA/vocab.txt"
 
-stage "2/6 multi-view pre-training ($CONFIG) -> $OUT/train"
+stage "2/6 pre-training ($CONFIG) -> $OUT/train"
 $PYTHON tools/train.py -c "$CONFIG" -o Global.output_dir="$OUT/train" \
     -o Tokenizer.vocab_file="$DATA/vocab.txt" \
     -o Data.train="{format: official_tsv, path: $DATA/train.tsv}" -o Data.val=null
