@@ -6,6 +6,10 @@
     python benchmarks/bench_learning.py towers --text ours --text-init bert --text-pooler tanh
     # the plain loop alone for a training time (e.g. the demo's), 3 seeds
     python benchmarks/bench_learning.py towers --seconds 280
+    # seeds run side by side (one MKL thread each), then one report
+    MKL_NUM_THREADS=1 python benchmarks/bench_learning.py compare --seeds 0 --out a.json &
+    MKL_NUM_THREADS=1 python benchmarks/bench_learning.py compare --seeds 1 --out b.json; wait
+    python benchmarks/bench_learning.py report a.json b.json
 
 ``compare`` rows, all evaluated on the demo's 2,000 test pairs (official protocol):
 - the plain loop (``reference_clip.py``) for ``--steps`` steps of ``--batch``;
@@ -125,12 +129,30 @@ def compare(args):
             timed = train_once(f"ours {name}", loss, seed, steps, args, extra)
             print(json.dumps(timed), flush=True)
             equal_time.append(timed)
-    report = [
-        f"### Equal samples ({args.steps} steps of {args.batch}, seeds {args.seeds})\n\n" + summarise(equal_samples, "plain CLIP loop"),
-        "### Equal training time (the plain loop's, per seed)\n\n" + summarise(equal_time, "plain CLIP loop"),
-    ]
-    save(args, {"equal_samples": equal_samples, "equal_time": equal_time})
-    print("\n\n".join(report))
+    result = {"equal_samples": equal_samples, "equal_time": equal_time}
+    save(args, result)
+    print(report(result))
+
+
+def report(result):
+    """The markdown tables of a compare result (``{"equal_samples": [...], "equal_time": [...]}``)."""
+    seeds = sorted({r["seed"] for r in result["equal_samples"]})
+    steps = sorted({r["steps"] for r in result["equal_samples"] if r["row"] == "plain CLIP loop"})
+    return "\n\n".join([
+        f"### Equal samples ({'/'.join(map(str, steps))} steps, seeds {seeds})\n\n" + summarise(result["equal_samples"], "plain CLIP loop"),
+        "### Equal training time (the plain loop's, per seed)\n\n" + summarise(result["equal_time"], "plain CLIP loop"),
+    ])
+
+
+def merge(paths):
+    """One compare result from the JSON files of several runs (e.g. seeds run side by side)."""
+    merged = {"equal_samples": [], "equal_time": []}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            part = json.load(f)
+        for key in merged:
+            merged[key] += part[key]
+    return merged
 
 
 def load_loss(config_path):
@@ -164,6 +186,8 @@ def save(args, result):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    merge_parser = sub.add_parser("report", help="the tables of one or more compare --out files together")
+    merge_parser.add_argument("files", nargs="+")
     for name in ("compare", "towers"):
         p = sub.add_parser(name)
         p.add_argument("--data", default=DATA)
@@ -183,7 +207,10 @@ def main():
     towers_parser.add_argument("--text-pooler", default="none")
     towers_parser.add_argument("--seconds", type=float, default=None, help="train for this long instead of --steps")
     args = parser.parse_args()
-    compare(args) if args.command == "compare" else towers(args)
+    if args.command == "report":
+        print(report(merge(args.files)))
+    else:
+        compare(args) if args.command == "compare" else towers(args)
 
 
 if __name__ == "__main__":

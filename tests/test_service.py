@@ -28,6 +28,15 @@ ATOL = 1e-5
 JUNK_IMAGE = base64.b64encode(b"this is not an image").decode()
 
 
+def _cut_jpeg():
+    ok, data = cv2.imencode(".jpg", np.full((40, 40, 3), 128, np.uint8))
+    assert ok
+    return base64.b64encode(data.tobytes()[:-30]).decode()
+
+
+CUT_JPEG = _cut_jpeg()  # decodable by OpenCV (grey rows), but a cut-off download
+
+
 @pytest.fixture(scope="module")
 def fixture_dir(shared_dir):
     return shared_dir / "fixtures" / "official_ernievil2_tiny"
@@ -220,6 +229,7 @@ BAD_REQUESTS = [
     ("blank text", "/embed/text", {"texts": ["  "]}, 422, "texts[0] is empty"),
     ("undecodable image", "/embed/image", {"images": [JUNK_IMAGE]}, 400, "images[0]: undecodable image"),
     ("not base64", "/embed/image", {"images": ["%%%not base64%%%"]}, 400, "images[0] is not valid base64"),
+    ("truncated JPEG", "/embed/image", {"images": [CUT_JPEG]}, 400, "images[0]: truncated JPEG"),
     ("k zero", "/search", {"text": "猫", "k": 0}, 422, "k must be between 1 and 100, got 0"),
     ("k negative", "/search", {"text": "猫", "k": -3}, 422, "got -3"),
     ("k too large", "/search", {"text": "猫", "k": 101}, 422, "got 101"),

@@ -124,3 +124,40 @@ def _alive(pid):
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_ctrl_c_stops_training_cleanly_and_leaves_no_worker(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, mid-training with 2 decode workers."""
+    from tests.helpers import write_pairs_tsv, write_train_config
+
+    data = write_pairs_tsv(tmp_path / "d.tsv", 40)
+    config = write_train_config(tmp_path, data, Data={"num_workers": 2}, Train={"max_steps": 100000, "save_every": 0, "log_every": 1})
+    tag = f"ctrl-c-{os.getpid()}-{time.time()}"
+    proc = subprocess.Popen(
+        [sys.executable, "tools/train.py", "-c", str(config)], cwd=REPO, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, CTRL_C_TEST=tag),
+    )
+    log = tmp_path / "out" / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "step 3/" in log.read_text(encoding="utf-8")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    deadline = time.time() + 10
+    while time.time() < deadline and _tagged(tag):
+        time.sleep(0.2)
+    assert not _tagged(tag), "processes outlived the interrupted run"
+
+
+def _tagged(tag):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"CTRL_C_TEST={tag}".encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found

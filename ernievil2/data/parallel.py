@@ -38,6 +38,9 @@ def _die_with_parent():
 
 def _start_worker(initializer, initargs):
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the
+    # workers, which would otherwise each die printing a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
         initializer(*initargs)
 
