@@ -111,69 +111,61 @@ def parse_yaml(text_or_stream):
     return yaml.load(text_or_stream, Loader=_Loader)
 
 
-def _positive(value):
-    return value > 0
+def _between(low, high, low_open=False, high_open=False):
+    """A (check, description) pair for a number in an interval."""
+    def check(value):
+        return (value > low if low_open else value >= low) and (high is None or (value < high if high_open else value <= high))
 
-
-def _non_negative(value):
-    return value >= 0
-
-
-def _fraction(value):
-    return 0 <= value <= 1
+    upper = "" if high is None else f", {high}{')' if high_open else ']'}"
+    text = f"> {low}" if high is None and low_open else (f">= {low}" if high is None else f"in {'(' if low_open else '['}{low}{upper}")
+    return check, text
 
 
 def _one_of(*choices):
-    check = lambda value: value in choices  # noqa: E731
-    check.__doc__ = "one of " + ", ".join(map(repr, choices))
-    return check
+    return (lambda value: value in choices), "one of " + ", ".join(map(repr, choices))
 
 
-_positive.__doc__, _non_negative.__doc__, _fraction.__doc__ = "> 0", ">= 0", "in [0, 1]"
-
-# Values checked at load time, beyond their type (null passes where the key allows it).
+POSITIVE, NON_NEGATIVE, FRACTION = _between(0, None, low_open=True), _between(0, None), _between(0, 1)
+# Values checked at load time beyond their type, as (check, what it means); null passes
+# wherever the key allows it.
 RANGES = {
-    "Global.num_threads": _positive,
-    "Tokenizer.max_len": lambda v: v >= 3,
+    "Global.num_threads": POSITIVE,
+    "Tokenizer.max_len": _between(3, None),  # [CLS] + one piece + [SEP]
     "Tokenizer.backend": _one_of("fast", "python"),
-    "Preprocess.image_size": _positive,
-    "Preprocess.resize_short": _positive,
+    "Preprocess.image_size": POSITIVE,
+    "Preprocess.resize_short": POSITIVE,
     "Data.on_error": _one_of("raise", "skip"),
-    "Data.num_workers": _non_negative,
-    "Data.shuffle_buffer": _non_negative,
-    "Train.max_steps": _positive,
-    "Train.batch_size": _positive,
-    "Train.accum_steps": _positive,
-    "Train.tag_as_text_prob": _fraction,
-    "Train.log_every": _positive,
-    "Train.save_every": _non_negative,
-    "Train.eval_every": _non_negative,
-    "Train.keep_checkpoints": _positive,
+    "Data.num_workers": NON_NEGATIVE,
+    "Data.shuffle_buffer": NON_NEGATIVE,
+    "Train.max_steps": POSITIVE,
+    "Train.batch_size": POSITIVE,
+    "Train.accum_steps": POSITIVE,
+    "Train.tag_as_text_prob": FRACTION,
+    "Train.log_every": POSITIVE,
+    "Train.save_every": NON_NEGATIVE,
+    "Train.eval_every": NON_NEGATIVE,
+    "Train.keep_checkpoints": POSITIVE,
     "Train.amp_dtype": _one_of("float16", "bfloat16"),
     "Train.amp_level": _one_of("O1", "O2"),
     "Train.sharding_stage": _one_of(0, 1, 2),
     "Optimizer.name": _one_of("AdamW"),
-    "Optimizer.lr": _positive,
-    "Optimizer.weight_decay": _non_negative,
-    "Optimizer.beta1": lambda v: 0 <= v < 1,
-    "Optimizer.beta2": lambda v: 0 <= v < 1,
-    "Optimizer.epsilon": _positive,
-    "Optimizer.warmup_steps": _non_negative,
-    "Optimizer.min_lr_ratio": _fraction,
-    "Optimizer.layer_decay": lambda v: 0 < v <= 1,
-    "Optimizer.grad_clip": _positive,
-    "Eval.batch_size": _positive,
-    "Eval.num_workers": _non_negative,
+    "Optimizer.lr": POSITIVE,
+    "Optimizer.weight_decay": NON_NEGATIVE,
+    "Optimizer.beta1": _between(0, 1, high_open=True),
+    "Optimizer.beta2": _between(0, 1, high_open=True),
+    "Optimizer.epsilon": POSITIVE,
+    "Optimizer.warmup_steps": NON_NEGATIVE,
+    "Optimizer.min_lr_ratio": FRACTION,
+    "Optimizer.layer_decay": _between(0, 1, low_open=True),
+    "Optimizer.grad_clip": POSITIVE,
+    "Eval.batch_size": POSITIVE,
+    "Eval.num_workers": NON_NEGATIVE,
 }
-RANGES["Tokenizer.max_len"].__doc__ = ">= 3 ([CLS] + one piece + [SEP])"
-for _key in ("Optimizer.beta1", "Optimizer.beta2"):
-    RANGES[_key].__doc__ = "in [0, 1)"
-RANGES["Optimizer.layer_decay"].__doc__ = "in (0, 1]"
 
 
 def check_ranges(config, source=None):
     """Every value of :data:`RANGES` within its range, and numbers finite; the key is named otherwise."""
-    for key, check in RANGES.items():
+    for key, (check, meaning) in RANGES.items():
         section, name = key.split(".")
         value = (config.get(section) or {}).get(name)
         if value is None:
@@ -181,7 +173,7 @@ def check_ranges(config, source=None):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(key, f"must be a finite number, got {value!r}", source)
         if not check(value):
-            raise ConfigError(key, f"must be {check.__doc__}, got {value!r}", source)
+            raise ConfigError(key, f"must be {meaning}, got {value!r}", source)
 
 
 def _type_ok(default, value):

@@ -67,3 +67,18 @@ def write_train_config(tmp_path, train_tsv, val_spec=None, **sections):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def processes_tagged(variable, value):
+    """Pids of live processes whose environment holds ``variable=value``: a run's children carry its tag."""
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"{variable}={value}".encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found

@@ -28,7 +28,7 @@ from ernievil2.data.pipeline import TrainStream
 from ernievil2.data.tokenizer import ErnieTokenizer
 from ernievil2.evaluation.embed import embed_split
 from tests.conftest import REPO
-from tests.helpers import COLOURS, SHAPES, jpeg_b64, scene, write_train_config
+from tests.helpers import COLOURS, SHAPES, jpeg_b64, processes_tagged, scene, write_train_config
 
 import cv2
 
@@ -229,16 +229,7 @@ def run_tool(args, tag):
 
 
 def left_behind(tag):
-    """Processes still carrying the run's tag in their environment."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if f"FAULT_INJECTION_RUN={tag}".encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
+    return processes_tagged("FAULT_INJECTION_RUN", tag)
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def _alive(pid):
 
 def test_ctrl_c_stops_training_cleanly_and_leaves_no_worker(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, mid-training with 2 decode workers."""
-    from tests.helpers import write_pairs_tsv, write_train_config
+    from tests.helpers import processes_tagged, write_pairs_tsv, write_train_config
 
     data = write_pairs_tsv(tmp_path / "d.tsv", 40)
     config = write_train_config(tmp_path, data, Data={"num_workers": 2}, Train={"max_steps": 100000, "save_every": 0, "log_every": 1})
@@ -146,18 +146,7 @@ def test_ctrl_c_stops_training_cleanly_and_leaves_no_worker(tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     deadline = time.time() + 10
-    while time.time() < deadline and _tagged(tag):
+    while time.time() < deadline and processes_tagged("CTRL_C_TEST", tag):
         time.sleep(0.2)
-    assert not _tagged(tag), "processes outlived the interrupted run"
+    assert not processes_tagged("CTRL_C_TEST", tag), "processes outlived the interrupted run"
 
-
-def _tagged(tag):
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if f"CTRL_C_TEST={tag}".encode() in f.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
