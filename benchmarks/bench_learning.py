@@ -55,7 +55,7 @@ def plain_towers(args, vocab_size):
     image = (
         PlainViT()
         if args.image == "plain"
-        else VisionTransformer(img_size=64, patch_size=16, embed_dim=128, depth=4, num_heads=4, init=args.image_init)
+        else VisionTransformer(img_size=64, patch_size=16, embed_dim=128, depth=4, num_heads=4, init=args.image_init, act=args.image_act)
     )
     text = (
         PlainText(vocab_size=vocab_size)
@@ -113,8 +113,13 @@ def compare(args):
         "intra-modal table": (args.table_config, None),
     }
     equal_samples, equal_time = [], []
+    reused = {}
+    if args.plain_from:
+        with open(args.plain_from, encoding="utf-8") as f:
+            reused = {r["seed"]: r for r in map(json.loads, f) if r["steps"] == args.steps}
     for seed in args.seeds:
-        plain = run_plain(args, data, seed, steps=args.steps)
+        # The plain loop does not depend on our code: a run of the same seed, steps and batch can be reused.
+        plain = reused.get(seed) or run_plain(args, data, seed, steps=args.steps)
         print(json.dumps(plain), flush=True)
         equal_samples.append(plain)
         equal_time.append(plain)
@@ -200,10 +205,12 @@ def main():
     compare_parser, towers_parser = sub.choices["compare"], sub.choices["towers"]
     compare_parser.add_argument("--table-config", default="configs/demo/intra_modal.yaml", help="the multi-view row's config")
     compare_parser.add_argument("--our-lr", type=float, default=None, help="our trainer's peak lr (default: --lr)")
+    compare_parser.add_argument("--plain-from", default=None, help="JSON lines of earlier plain-loop runs to reuse (same steps and batch)")
     towers_parser.add_argument("--image", choices=("plain", "ours"), default="plain")
     towers_parser.add_argument("--text", choices=("plain", "ours"), default="plain")
     towers_parser.add_argument("--image-init", default="xavier")
     towers_parser.add_argument("--text-init", default="xavier")
+    towers_parser.add_argument("--image-act", default="quick_gelu")
     towers_parser.add_argument("--text-pooler", default="none")
     towers_parser.add_argument("--seconds", type=float, default=None, help="train for this long instead of --steps")
     args = parser.parse_args()

@@ -43,6 +43,8 @@ def test_xavier_scales_with_width_and_bert_is_002():
     assert float(np.abs(xavier.encoder_stack.block[0].ffn.i.bias.numpy()).max()) == 0.0
     vit = image_tower(init="xavier")
     assert std(vit.positional_embedding) == pytest.approx(WIDTH**-0.5, rel=0.1)
+    # the patch kernel is a linear map from a 3x16x16 patch to a token, not an overlapping conv
+    assert std(vit.patch_embed.proj.weight) == pytest.approx(math.sqrt(2 / (3 * 16 * 16 + WIDTH)), rel=0.05)
     assert std(image_tower(init="bert").positional_embedding) == pytest.approx(0.02, rel=0.1)
 
 

@@ -83,7 +83,11 @@ def init_weights(tower, scheme, embeddings=()):
             if scheme == "bert":
                 nn.initializer.TruncatedNormal(std=0.02)(layer.weight)
             elif isinstance(layer, nn.Conv2D):
-                nn.initializer.XavierUniform()(layer.weight)
+                # A patchify convolution (stride = kernel) is a linear map from a patch to a
+                # token: fan-in C*k*k, fan-out D. Paddle's conv rule (fan-out D*k*k) made
+                # the patch embeddings ~6x smaller than that, below the position embeddings.
+                out_channels, in_channels, kh, kw = layer.weight.shape
+                nn.initializer.XavierUniform(fan_in=in_channels * kh * kw, fan_out=out_channels)(layer.weight)
             else:
                 fan_in, fan_out = layer.weight.shape
                 nn.initializer.XavierUniform(fan_in=fan_in, fan_out=fan_out)(layer.weight)

@@ -18,15 +18,20 @@ def quick_gelu(x):
     return x * F.sigmoid(1.702 * x)
 
 
+# The MLP activation: the official model's QuickGELU, or another for training from scratch.
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu, "relu": F.relu}
+
+
 class Mlp(nn.Layer):
-    def __init__(self, dim, hidden, drop=0.0):
+    def __init__(self, dim, hidden, drop=0.0, act="quick_gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        self.act = ACTIVATIONS[act]
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(quick_gelu(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Attention(nn.Layer):
@@ -55,13 +60,13 @@ class Attention(nn.Layer):
 
 
 class Block(nn.Layer):
-    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, epsilon, drop, attn_drop, drop_path):
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, epsilon, drop, attn_drop, drop_path, act="quick_gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, epsilon=epsilon)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, epsilon=epsilon)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, act)
 
     def forward(self, x, cls_only=False):
         """``cls_only``: the class token's output alone (``[B, 1, D]``); every other row is per token."""
@@ -116,11 +121,14 @@ class VisionTransformer(nn.Layer):
         drop_path_rate=0.0,
         recompute=False,
         init="xavier",
+        act="quick_gelu",
     ):
         super().__init__()
         self.out_dim = embed_dim
         self.recompute = recompute
         check_init(init)
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown act {act!r}; known: {', '.join(ACTIVATIONS)}")
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.class_embedding = self.create_parameter([1, 1, embed_dim])
         self.positional_embedding = self.create_parameter([1, self.patch_embed.num_patches + 1, embed_dim])
@@ -129,7 +137,7 @@ class VisionTransformer(nn.Layer):
         rates = np.linspace(0, drop_path_rate, depth)
         self.blocks = nn.LayerList(
             [
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, epsilon, drop_rate, attn_drop_rate, float(r))
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, epsilon, drop_rate, attn_drop_rate, float(r), act)
                 for r in rates
             ]
         )
