@@ -44,12 +44,14 @@ def test_two_ranks_give_the_global_loss_and_gradients(ranks, reference, mode):
     loss, grads = reference
     assert np.mean([r[f"{mode}/loss"] for r in ranks]) == pytest.approx(loss, rel=1e-12)
     assert len(grads) > 20
+    # The floor: the key bias's gradient is zero in exact arithmetic (softmax ignores a
+    # shift shared by all keys), so only rounding noise is left there; it is measured
+    # against the gradients' overall scale, which the initialisation sets.
+    floor = 1e-6 * np.sqrt(sum(np.linalg.norm(g) ** 2 for g in grads.values()))
     for rank in ranks:
         for name, expected in grads.items():
             # (a gather without gradient is off by 1e-2 and more, see test_losses_distributed).
-            # The floor: the key bias's gradient is zero in exact arithmetic (softmax
-            # ignores a shift shared by all keys), so only rounding noise is left there.
-            error = np.linalg.norm(rank[f"{mode}/grad/{name}"] - expected) / max(np.linalg.norm(expected), 1e-8)
+            error = np.linalg.norm(rank[f"{mode}/grad/{name}"] - expected) / max(np.linalg.norm(expected), floor)
             assert error < 1e-9, (mode, name, error)
 
 
