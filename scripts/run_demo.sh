@@ -20,7 +20,8 @@ $PYTHON tools/make_demo_data.py --output "$DATA" --num-train "$NUM_TRAIN" --num-
 $PYTHON tools/build_vocab.py --input "$DATA/train.tsv" --output "$DATA/vocab.txt"
 
 stage "2/6 pre-training ($CONFIG) -> $OUT/train"
-$PYTHON tools/train.py -c "$CONFIG" -o Global.output_dir="$OUT/train" \
+# Train.resume=never: a re-run trains afresh (idempotent), never continuing an older demo's checkpoints.
+$PYTHON tools/train.py -c "$CONFIG" -o Global.output_dir="$OUT/train" -o Train.resume=never \
     -o Tokenizer.vocab_file="$DATA/vocab.txt" \
     -o Data.train="{format: official_tsv, path: $DATA/train.tsv}" -o Data.val=null
 
