@@ -32,7 +32,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import ernievil2  # noqa: E402,F401  (CPU runtime before Paddle loads)
-from ablation import INTRA, SINGLE, mean_std, train_once  # noqa: E402
+from ablation import SINGLE, mean_std, train_once  # noqa: E402
 
 DATA = os.path.join(REPO, "demo_data", "fashion_scenes_cn")
 

@@ -152,7 +152,9 @@ class Trainer:
         mine = state["ranks"][self.rank]
         self.stream.position.epoch = mine["position"]["epoch"]
         self.stream.position.records = mine["position"]["records"]
-        self.stream.counter.skipped.update(mine["skipped"])
+        # Checkpoints written before skip reports kept counts by reason, with no places to list.
+        if all(isinstance(reason, str) for reason in mine["skipped"].values()):
+            self.stream.counter.skipped.update(mine["skipped"])
         self.stream.counter.truncated.update(mine.get("truncated", ()))
         paddle.set_rng_state(mine["rng"])
         self.step = state["step"]
