@@ -140,6 +140,7 @@ def test_ctrl_c_stops_training_cleanly_and_leaves_no_worker(tmp_path):
     log = tmp_path / "out" / "train.log"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and "step 3/" in log.read_text(encoding="utf-8")):
+        assert proc.poll() is None, f"the trainer exited before step 3: {proc.communicate()[1][-2000:]}"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)

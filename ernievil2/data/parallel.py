@@ -15,8 +15,10 @@ import collections
 import concurrent.futures
 import ctypes
 import multiprocessing
+import multiprocessing.connection
 import signal
 import sys
+import time
 
 SHUTDOWN_SECONDS = 5.0
 PR_SET_PDEATHSIG = 1
@@ -107,9 +109,19 @@ class OrderedPool:
         if executor is None:
             return
         processes = list((getattr(executor, "_processes", None) or {}).values())
+        manager = getattr(executor, "_executor_manager_thread", None)
         executor.shutdown(wait=False, cancel_futures=True)
+        # Wait on the sentinels, not with Process.join: the executor's manager thread
+        # reaps these same processes, and two threads calling waitpid on one child
+        # race (the loser sees ECHILD and reports a dead process as alive).
+        waiting = {process.sentinel: process for process in processes}
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        while waiting and time.monotonic() < deadline:
+            for sentinel in multiprocessing.connection.wait(list(waiting), deadline - time.monotonic()):
+                del waiting[sentinel]
+        for process in waiting.values():
+            process.kill()
+        if manager is not None:
+            manager.join(SHUTDOWN_SECONDS)
         for process in processes:
             process.join(SHUTDOWN_SECONDS)
-            if process.is_alive():
-                process.kill()
-                process.join(SHUTDOWN_SECONDS)
