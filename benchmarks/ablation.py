@@ -92,6 +92,16 @@ def train_once(name, loss, seed, steps, args, extra=None):
     }
 
 
+def override(text):
+    """``KEY=VALUE`` from the command line: a config key and its yaml value."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def mean_std(values):
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
@@ -117,6 +127,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None, help="Optimizer.lr for every row (default: the config's)")
+    parser.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help="a config override for every row (repeatable)")
     parser.add_argument("--equal-time", action="store_true", help="also run every row for the single-view row's wall-clock time")
     parser.add_argument("--work", default=os.path.join(REPO, "output", "ablation"))
     parser.add_argument("--out", default=None, help="JSON of every run (default WORK/PRESET.json)")
@@ -125,7 +136,7 @@ def main():
     rows = PRESETS[args.preset]
     runs = []
     # Seeds outermost: an interrupted run still has every row for the seeds it finished.
-    common = {} if args.lr is None else {"Optimizer.lr": args.lr}
+    common = {**({} if args.lr is None else {"Optimizer.lr": args.lr}), **dict(args.set)}
     for seed in args.seeds:
         for name, loss, extra in rows:
             runs.append(train_once(name, loss, seed, args.steps, args, {**common, **extra}))

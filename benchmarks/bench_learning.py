@@ -1,7 +1,7 @@
 """How much our trainer learns, against a plain CLIP loop on the same demo data.
 
     # our trainer beside the plain loop: equal samples and equal training time, 3 seeds
-    python benchmarks/bench_learning.py compare --seeds 0 1 2 --steps 150 --batch 128
+    python benchmarks/bench_learning.py compare --seeds 0 1 2 --steps 152 --batch 128 --rows single-view demo
     # the diagnosis: the plain loop with one of our towers swapped in, options varied
     python benchmarks/bench_learning.py towers --text ours --text-init bert --text-pooler tanh
     # the plain loop alone for a training time (e.g. the demo's), 3 seeds
@@ -11,11 +11,13 @@
     MKL_NUM_THREADS=1 python benchmarks/bench_learning.py compare --seeds 1 --out b.json; wait
     python benchmarks/bench_learning.py report a.json b.json
 
-``compare`` rows, all evaluated on the demo's 2,000 test pairs (official protocol):
-- the plain loop (``reference_clip.py``) for ``--steps`` steps of ``--batch``;
-- our trainer (``tools/train.py``), single-view and a multi-view table, at the
-  same batch and steps (equal samples), then for the plain loop's training time
-  (steps from each row's own measured step time; its cosine schedule spans them).
+``compare`` rows (``--rows``), all evaluated on the demo's 2,000 test pairs (official protocol):
+- ``single-view`` / ``table``: the plain loop (``reference_clip.py``) for ``--steps`` steps of
+  ``--batch``; our trainer (``tools/train.py``) single-view or with a multi-view table, at the
+  same batch and steps (equal samples), then for the plain loop's training time (steps from the
+  row's own measured step time; its schedule spans them);
+- ``demo``: ``make demo``'s configuration as it ships (its own steps and schedule), then the
+  plain loop for that run's training time.
 Training time counts data waiting and compute, not start-up or evaluation, on both sides.
 Every figure is printed per seed and as mean ± std, with ratios to the plain loop.
 """
@@ -32,7 +34,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import ernievil2  # noqa: E402,F401  (CPU runtime before Paddle loads)
-from ablation import SINGLE, mean_std, train_once  # noqa: E402
+from ablation import SINGLE, mean_std, override, train_once  # noqa: E402
 
 DATA = os.path.join(REPO, "demo_data", "fashion_scenes_cn")
 
@@ -105,58 +107,79 @@ def summarise(runs, reference):
     return "\n".join(lines)
 
 
+ROWS = {
+    "single-view": "configs/demo/single_view.yaml",
+    "table": "configs/demo/intra_modal.yaml",
+}
+
+
 def compare(args):
     data = load_data(args.data)
     args.text = args.image = "plain"
-    tables = {
-        "single-view": ("configs/demo/single_view.yaml", {"pairs": SINGLE}),
-        "intra-modal table": (args.table_config, None),
-    }
-    equal_samples, equal_time = [], []
+    extra = {"Optimizer.lr": args.lr if args.our_lr is None else args.our_lr, **dict(args.our_set)}
+    result = {"equal_samples": [], "equal_time": [], "demo": []}
     reused = {}
     if args.plain_from:
         with open(args.plain_from, encoding="utf-8") as f:
             reused = {r["seed"]: r for r in map(json.loads, f) if r["steps"] == args.steps}
     for seed in args.seeds:
-        # The plain loop does not depend on our code: a run of the same seed, steps and batch can be reused.
-        plain = reused.get(seed) or run_plain(args, data, seed, steps=args.steps)
-        print(json.dumps(plain), flush=True)
-        equal_samples.append(plain)
-        equal_time.append(plain)
-        for name, (config, loss) in tables.items():
-            args.config = os.path.join(REPO, config)
-            extra = {"Optimizer.lr": args.lr} if args.our_lr is None else {"Optimizer.lr": args.our_lr}
-            loss = loss or load_loss(args.config)
+        if set(args.rows) & set(ROWS):
+            # The plain loop does not depend on our code: a run of the same seed, steps and batch can be reused.
+            plain = reused.get(seed) or run_plain(args, data, seed, steps=args.steps)
+            print(json.dumps(plain), flush=True)
+            result["equal_samples"].append(plain)
+            result["equal_time"].append(plain)
+        for name in (r for r in args.rows if r in ROWS):
+            args.config = os.path.join(REPO, args.table_config if name == "table" else ROWS[name])
+            loss = {"pairs": SINGLE} if name == "single-view" else load_loss(args.config)
             ours = train_once(f"ours {name}", loss, seed, args.steps, args, extra)
             print(json.dumps(ours), flush=True)
-            equal_samples.append(ours)
+            result["equal_samples"].append(ours)
             steps = max(1, round(plain["train_seconds"] / ours["seconds_per_step"]))
             timed = train_once(f"ours {name}", loss, seed, steps, args, extra)
             print(json.dumps(timed), flush=True)
-            equal_time.append(timed)
-    result = {"equal_samples": equal_samples, "equal_time": equal_time}
+            result["equal_time"].append(timed)
+        if "demo" in args.rows:
+            result["demo"] += demo_against_plain(args, data, seed)
     save(args, result)
     print(report(result))
 
 
+def demo_against_plain(args, data, seed):
+    """``make demo``'s configuration as it ships (its steps, lr and schedule), then the plain loop for that training time."""
+    from ernievil2.config import load_config
+
+    args.config = os.path.join(REPO, args.demo_config)
+    train = load_config(args.config)["Train"]
+    demo_args = argparse.Namespace(**{**vars(args), "batch": train["batch_size"]})
+    ours = train_once("make demo's configuration", load_loss(args.config), seed, train["max_steps"], demo_args)
+    print(json.dumps(ours), flush=True)
+    plain = run_plain(demo_args, data, seed, seconds=ours["train_seconds"])
+    print(json.dumps(plain), flush=True)
+    return [plain, ours]
+
+
 def report(result):
-    """The markdown tables of a compare result (``{"equal_samples": [...], "equal_time": [...]}``)."""
-    seeds = sorted({r["seed"] for r in result["equal_samples"]})
-    steps = sorted({r["steps"] for r in result["equal_samples"] if r["row"] == "plain CLIP loop"})
-    return "\n\n".join([
-        f"### Equal samples ({'/'.join(map(str, steps))} steps, seeds {seeds})\n\n" + summarise(result["equal_samples"], "plain CLIP loop"),
-        "### Equal training time (the plain loop's, per seed)\n\n" + summarise(result["equal_time"], "plain CLIP loop"),
-    ])
+    """The markdown tables of a compare result."""
+    tables = []
+    if result["equal_samples"]:
+        seeds = sorted({r["seed"] for r in result["equal_samples"]})
+        steps = sorted({r["steps"] for r in result["equal_samples"] if r["row"] == "plain CLIP loop"})
+        tables.append(f"### Equal samples ({'/'.join(map(str, steps))} steps, seeds {seeds})\n\n" + summarise(result["equal_samples"], "plain CLIP loop"))
+        tables.append("### Equal training time (the plain loop's, per seed)\n\n" + summarise(result["equal_time"], "plain CLIP loop"))
+    if result.get("demo"):
+        tables.append("### make demo's configuration, and the plain loop for the same training time (per seed)\n\n" + summarise(result["demo"], "plain CLIP loop"))
+    return "\n\n".join(tables)
 
 
 def merge(paths):
     """One compare result from the JSON files of several runs (e.g. seeds run side by side)."""
-    merged = {"equal_samples": [], "equal_time": []}
+    merged = {"equal_samples": [], "equal_time": [], "demo": []}
     for path in paths:
         with open(path, encoding="utf-8") as f:
             part = json.load(f)
         for key in merged:
-            merged[key] += part[key]
+            merged[key] += part.get(key, [])
     return merged
 
 
@@ -203,7 +226,13 @@ def main():
         p.add_argument("--out", default=None, help="JSON of every run")
         p.add_argument("--work", default=os.path.join(REPO, "output", "bench_learning"))
     compare_parser, towers_parser = sub.choices["compare"], sub.choices["towers"]
-    compare_parser.add_argument("--table-config", default="configs/demo/intra_modal.yaml", help="the multi-view row's config")
+    compare_parser.add_argument("--rows", nargs="+", choices=(*ROWS, "demo"), default=["single-view", "table", "demo"])
+    compare_parser.add_argument("--table-config", default=ROWS["table"], help="the multi-view row's config")
+    compare_parser.add_argument("--demo-config", default="configs/demo/single_view.yaml", help="what `make demo` trains")
+    compare_parser.add_argument(
+        "--our-set", type=override, action="append", default=[], metavar="KEY=VALUE",
+        help="a config override for the single-view/table runs of ours (repeatable; the demo row runs as shipped)",
+    )
     compare_parser.add_argument("--our-lr", type=float, default=None, help="our trainer's peak lr (default: --lr)")
     compare_parser.add_argument("--plain-from", default=None, help="JSON lines of earlier plain-loop runs to reuse (same steps and batch)")
     towers_parser.add_argument("--image", choices=("plain", "ours"), default="plain")
