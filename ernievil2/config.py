@@ -14,10 +14,8 @@ import re
 
 import yaml
 
+from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .registry import ConfigError, check_kwargs, did_you_mean
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # Any value is accepted for keys whose default is ANY (optional paths, etc.).
 ANY = object()
@@ -332,22 +330,6 @@ def validate_component_sections(config):
         except ConfigError as err:
             raise err.located(source) from None
     return config
-
-
-RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
-
-
-def resolve_resource(path, config=None, kind="vocab"):
-    """Find a data file: as given, next to the config file, or among the bundled resources."""
-    candidates = [path]
-    if not os.path.isabs(path):
-        if config and config.get("_source_"):
-            candidates.append(os.path.join(os.path.dirname(config["_source_"]), path))
-        candidates.append(os.path.join(RESOURCES, kind, path))
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(f"{kind} file {path!r} not found; looked in: {', '.join(candidates)}")
 
 
 def dump_config(config, path):

@@ -15,7 +15,8 @@ from ernievil2.checkpoint.paddlenlp import (
     read_paddlenlp_dir,
     write_paddlenlp_dir,
 )
-from ernievil2.config import load_config, resolve_resource
+from ernievil2.config import load_config
+from ernievil2.resource_files import resolve_resource
 from ernievil2.data.image_ops import EvalTransform
 from ernievil2.data.tokenizer import ErnieTokenizer
 from ernievil2.models import build_model

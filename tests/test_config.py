@@ -1,7 +1,8 @@
 """Config loading: inheritance, overrides, and errors that name the key and the file."""
 import pytest
 
-from ernievil2.config import load_config, resolve_resource
+from ernievil2.config import load_config
+from ernievil2.resource_files import resolve_resource
 from ernievil2.models import build_model
 from ernievil2.registry import ConfigError
 from tests.conftest import REPO

@@ -22,7 +22,7 @@ from ernievil2.config import load_config
 from ernievil2.data.errors import DataError, skip_report_path
 from ernievil2.data.image_ops import EvalTransform
 from ernievil2.data.readers import PAIR_FORMATS
-from ernievil2.engine.setup import build_tokenizer
+from ernievil2.data.tokenizer import build_tokenizer
 from ernievil2.evaluation.embed import embed_split
 from ernievil2.evaluation.retrieval import save_features
 from ernievil2.models import build_model

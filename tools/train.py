@@ -17,7 +17,7 @@ def main(argv=None):
     from ernievil2.checkpoint import CheckpointMismatchError
     from ernievil2.config import load_config
     from ernievil2.data.errors import DataError
-    from ernievil2.engine.setup import build_trainer
+    from ernievil2.engine.build import build_trainer
     from ernievil2.registry import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,9 +18,9 @@ import numbers
 import cv2
 import numpy as np
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..registry import ConfigError, did_you_mean
 from .image_ops import Normalizer, center_crop, resize_short
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 SECTION = "Augment"
 

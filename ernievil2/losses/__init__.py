@@ -1,6 +1,5 @@
 """Contrastive losses: pure maths, the gradient-carrying gather, the multi-view table, the momentum queue."""
 from .contrastive import (
-    clamp_logit_scale,
     contrastive_labels,
     contrastive_logits,
     in_batch_accuracy,
@@ -39,7 +38,6 @@ __all__ = [
     "MultiViewContrastiveLoss",
     "ViewPair",
     "check_equal_local_batch",
-    "clamp_logit_scale",
     "contrastive_labels",
     "contrastive_logits",
     "ema_update_",

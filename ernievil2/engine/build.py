@@ -6,11 +6,11 @@ import paddle.distributed as dist
 
 from .. import runtime
 from ..checkpoint import load_pretrained
-from ..config import dump_config, resolve_resource
+from ..config import dump_config
 from ..data.augment import TrainTransform
 from ..data.image_ops import EvalTransform
 from ..data.pipeline import TrainStream
-from ..data.tokenizer import ErnieTokenizer
+from ..data.tokenizer import build_tokenizer
 from ..losses.build import build_loss, check_temperature
 from ..losses.momentum import MomentumEncoder
 from ..models import build_model
@@ -42,11 +42,6 @@ def rank_logger(rank, path=None):
                 f.write(message + "\n")
 
     return log
-
-
-def build_tokenizer(config):
-    cfg = config["Tokenizer"]
-    return ErnieTokenizer(resolve_resource(cfg["vocab_file"], config), cfg["max_len"], cfg["do_lower_case"], cfg["backend"])
 
 
 def wrap_for_parallel(model, optimizer, train_cfg):
