@@ -19,6 +19,20 @@ from .registry import ConfigError, check_kwargs, did_you_mean
 
 # Any value is accepted for keys whose default is ANY (optional paths, etc.).
 ANY = object()
+
+
+class Nullable:
+    """The default of a key that is null unless set, and then of type ``kind``."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __repr__(self):
+        return f"null or a {self.kind.__name__}"
+
+
+# Optimizer.image and Optimizer.text: a tower's own lr, weight decay and layer decay (null: the section's).
+TOWER_OPTIMIZER = {"lr": Nullable(float), "weight_decay": Nullable(float), "layer_decay": Nullable(float)}
 # Keys that say which component (or data format) a section describes.
 COMPONENT_KEYS = ("name", "format")
 
@@ -86,6 +100,8 @@ DEFAULTS = {
         "layer_decay": 1.0,
         "grad_clip": ANY,  # global-norm clip value, or null
         "freeze": [],  # towers to lock: image and/or text
+        "image": TOWER_OPTIMIZER,
+        "text": TOWER_OPTIMIZER,
     },
     "Eval": {
         "batch_size": 64,
@@ -124,6 +140,8 @@ def _one_of(*choices):
 
 
 POSITIVE, NON_NEGATIVE, FRACTION = _between(0, None, low_open=True), _between(0, None), _between(0, 1)
+LAYER_DECAY = _between(0, 1, low_open=True)
+RANGES_OF_TOWER_KEYS = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "layer_decay": LAYER_DECAY}
 # Values checked at load time beyond their type, as (check, what it means); null passes
 # wherever the key allows it.
 RANGES = {
@@ -154,8 +172,9 @@ RANGES = {
     "Optimizer.epsilon": POSITIVE,
     "Optimizer.warmup_steps": NON_NEGATIVE,
     "Optimizer.min_lr_ratio": FRACTION,
-    "Optimizer.layer_decay": _between(0, 1, low_open=True),
+    "Optimizer.layer_decay": LAYER_DECAY,
     "Optimizer.grad_clip": POSITIVE,
+    **{f"Optimizer.{tower}.{key}": RANGES_OF_TOWER_KEYS[key] for tower in ("image", "text") for key in RANGES_OF_TOWER_KEYS},
     "Eval.batch_size": POSITIVE,
     "Eval.num_workers": NON_NEGATIVE,
 }
@@ -164,8 +183,9 @@ RANGES = {
 def check_ranges(config, source=None):
     """Every value of :data:`RANGES` within its range, and numbers finite; the key is named otherwise."""
     for key, (check, meaning) in RANGES.items():
-        section, name = key.split(".")
-        value = (config.get(section) or {}).get(name)
+        value = config
+        for part in key.split("."):
+            value = (value or {}).get(part)
         if value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
@@ -177,6 +197,8 @@ def check_ranges(config, source=None):
 def _type_ok(default, value):
     if default is ANY or value is None:
         return True
+    if isinstance(default, Nullable):
+        return _type_ok(default.kind(), value)
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
@@ -184,6 +206,10 @@ def _type_ok(default, value):
     if isinstance(default, int):
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, type(default))
+
+
+def _type_name(default):
+    return default.kind.__name__ if isinstance(default, Nullable) else type(default).__name__
 
 
 def _merge(base, update, schema, path, source):
@@ -210,7 +236,7 @@ def _merge(base, update, schema, path, source):
             if not _type_ok(sub_schema, value):
                 raise ConfigError(
                     key_path,
-                    f"expected {type(sub_schema).__name__} (like the default {sub_schema!r}), got {value!r}",
+                    f"expected {_type_name(sub_schema)} (like the default {sub_schema!r}), got {value!r}",
                     source,
                 )
             base[key] = copy.deepcopy(value)
@@ -231,7 +257,7 @@ def _read_yaml(path):
 
 def _schema_defaults(schema):
     return {
-        k: (_schema_defaults(v) if isinstance(v, dict) else (None if v is ANY else copy.deepcopy(v)))
+        k: (_schema_defaults(v) if isinstance(v, dict) else (None if v is ANY or isinstance(v, Nullable) else copy.deepcopy(v)))
         for k, v in schema.items()
     }
 

@@ -152,3 +152,25 @@ def test_data_specs_are_checked_when_the_config_loads(spec, words, which):
     with pytest.raises(ConfigError) as info:
         load_config(BASE, [f"Data.{which}={spec}"])
     assert info.value.key == f"Data.{which}" and words in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("Optimizer.image.lr=0", "Optimizer.image.lr"),
+        ("Optimizer.text.weight_decay=-0.1", "Optimizer.text.weight_decay"),
+        ("Optimizer.text.layer_decay=1.5", "Optimizer.text.layer_decay"),
+        ("Optimizer.image.lr=fast", "Optimizer.image.lr"),
+        ("Optimizer.image.lrr=0.1", "Optimizer.image.lrr"),
+    ],
+)
+def test_per_tower_optimizer_values_are_checked_at_load(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(BASE, [override])
+    assert info.value.key == key
+
+
+def test_per_tower_optimizer_values_default_to_null():
+    config = load_config(BASE, ["Optimizer.text.lr=5e-5"])
+    assert config["Optimizer"]["image"] == {"lr": None, "weight_decay": None, "layer_decay": None}
+    assert config["Optimizer"]["text"]["lr"] == 5e-5

@@ -14,6 +14,8 @@ from ..data.tokenizer import build_tokenizer
 from ..losses.build import build_loss, check_temperature
 from ..losses.momentum import MomentumEncoder
 from ..models import build_model
+from ..models.tower import TowerCapabilityError
+from ..registry import ConfigError
 from ..checkpoint.state import CheckpointReadError
 from .checkpoints import clean_temporary, load_checkpoint, resume_candidates
 from .optim import build_optimizer
@@ -81,7 +83,10 @@ def build_trainer(config):
     paddle.seed(seed)  # identical initial weights on every rank
     model = build_model(config["Arch"], check_temperature(config["Loss"].get("temperature")))
     if config["Train"]["recompute"]:
-        model.visual.recompute = model.text_model.recompute = True
+        try:
+            model.set_grad_checkpointing()
+        except TowerCapabilityError as err:
+            raise ConfigError("Train.recompute", str(err), config.get("_source_")) from None
     if config["Global"]["pretrained"]:
         load_pretrained(model, config["Global"]["pretrained"])
         log(f"loaded weights from {config['Global']['pretrained']}")
