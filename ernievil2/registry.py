@@ -2,7 +2,8 @@
 
 Registries are filled where they are declared (a dict literal in the module
 that owns the builders), never as an import side effect, so the set of names is
-visible in one place.
+visible in one place. A project outside the package adds its own builders
+with ``register`` before it loads a config that names them.
 """
 import difflib
 import inspect
@@ -40,6 +41,13 @@ class Registry:
     def __init__(self, kind, builders):
         self.kind = kind
         self._builders = dict(builders)
+
+    def register(self, name, builder):
+        """Add a builder from outside the package (a project's own tower or loss term); names are never replaced."""
+        if name in self._builders:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._builders[name] = builder
+        return builder
 
     def names(self):
         return sorted(self._builders)

@@ -23,12 +23,12 @@ import os
 
 import numpy as np
 
+from ..views import IMAGE_VIEWS, TAG_VIEW
 from .errors import DataError, SkipCounter
 from .parallel import OrderedPool
 from .readers import decode_image_bytes, open_pairs
 from .tokenizer import trim_padding
 
-IMAGE_VIEWS = ("image_v1", "image_v2")
 
 
 @dataclasses.dataclass
@@ -247,7 +247,7 @@ class TrainStream:
             self.counter.note_truncated(record.where)
         texts = {"text": captions}
         if self.need_tags:
-            texts["tag"] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
+            texts[TAG_VIEW] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
         # Each array to its own longest row: the tag view, usually shorter than the
         # captions, goes through the text tower at its own length (engine/steps.py).
         batch.update({name: trim_padding(ids, self.tokenizer.pad_id) for name, ids in texts.items()})

@@ -16,6 +16,7 @@ from ..losses.momentum import MomentumEncoder
 from ..models import build_model
 from ..models.tower import TowerCapabilityError
 from ..registry import ConfigError
+from ..views import TAG_VIEW, image_view_count
 from ..checkpoint.state import CheckpointReadError
 from .checkpoints import clean_temporary, load_checkpoint, resume_candidates
 from .optim import build_optimizer
@@ -111,8 +112,8 @@ def build_trainer(config):
         tokenizer,
         TrainTransform(config["Augment"]),
         train["batch_size"],
-        image_views=2 if "image_v2" in views else 1,
-        need_tags="tag" in views or train["tag_as_text_prob"] > 0,
+        image_views=image_view_count(views),
+        need_tags=TAG_VIEW in views or train["tag_as_text_prob"] > 0,
         tag_prompt=data["tag_prompt"],
         tag_separator=data["tag_separator"],
         rank=rank,

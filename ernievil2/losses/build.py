@@ -3,11 +3,12 @@ import copy
 
 from ..registry import ConfigError, did_you_mean
 from .momentum import parse_momentum_queue
-from .multiview import MultiViewContrastiveLoss, parse_view_pairs
+from .multiview import MultiViewContrastiveLoss
+from .terms import LOSS_TERMS, parse_view_pairs
 
 LOSS_NAMES = ("MultiViewContrastive",)
 TEMPERATURE_KEYS = {"init": 0.07, "learnable": True, "max_logit_scale": 100.0}
-LOSS_KEYS = ("name", "temperature", "pairs", "momentum_queue")
+LOSS_KEYS = ("name", "temperature", "pairs", "momentum_queue", "terms")
 
 
 def _located(err, prefix):
@@ -47,11 +48,30 @@ def check_loss_config(section):
     if name not in LOSS_NAMES:
         raise ConfigError("Loss.name", f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}" + did_you_mean(name, LOSS_NAMES))
     check_temperature(section.get("temperature"))
+    build_terms(section.get("terms"))
     try:
         queue = None if section.get("momentum_queue") is None else parse_momentum_queue(section["momentum_queue"])
         return parse_view_pairs(section.get("pairs", []), allow_empty=queue is not None and queue.mode == "brivl")
     except ValueError as err:
         raise _located(err, "Loss") from None
+
+
+def build_terms(entries):
+    """The terms of ``Loss.terms``, a list of ``{name: <registered term>, **options}``."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ConfigError("Loss.terms", f"expected a list of {{name: ..., ...}}, got {entries!r}")
+    terms = []
+    for index, entry in enumerate(entries):
+        key = f"Loss.terms[{index}]"
+        try:
+            terms.append(LOSS_TERMS.build(entry, key))
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise _located(err, key) from None
+    return terms
 
 
 def build_loss(section, rank=0, world_size=1, embed_dim=None):
@@ -65,4 +85,5 @@ def build_loss(section, rank=0, world_size=1, embed_dim=None):
         world_size=world_size,
         momentum_queue=queue,
         embed_dim=embed_dim if queue is not None else None,
+        terms=build_terms(section.get("terms")),
     )
