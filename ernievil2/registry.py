@@ -32,9 +32,15 @@ class ConfigError(ValueError):
         return ConfigError(self.key, self.message, source)
 
 
-def did_you_mean(name, choices):
+def closest(name, choices):
+    """The choice most like ``name`` (a likely typo of it), or None."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(name, choices):
+    close = closest(name, choices)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 class Registry:
@@ -48,6 +54,9 @@ class Registry:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._builders[name] = builder
         return builder
+
+    def __contains__(self, name):
+        return name in self._builders
 
     def names(self):
         return sorted(self._builders)

@@ -21,7 +21,7 @@ from ernievil2.checkpoint import CheckpointMismatchError, load_pretrained
 from ernievil2.config import load_config
 from ernievil2.data.errors import DataError, skip_report_path
 from ernievil2.data.image_ops import EvalTransform
-from ernievil2.data.readers import PAIR_FORMATS
+from ernievil2.data.readers import DATA_FORMATS
 from ernievil2.data.tokenizer import build_tokenizer
 from ernievil2.evaluation.embed import embed_split
 from ernievil2.evaluation.retrieval import save_features
@@ -48,7 +48,7 @@ def main(argv=None):
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
     parser.add_argument("--weights", required=True, help="official .pdparams, PaddleNLP folder, or our checkpoint")
     parser.add_argument("--data", required=True, help="data file (or Chinese-CLIP folder)")
-    parser.add_argument("--format", default="official_tsv", choices=sorted(PAIR_FORMATS))
+    parser.add_argument("--format", default="official_tsv", choices=DATA_FORMATS.names())
     parser.add_argument("--split", default="test", help="split name for --format chinese_clip")
     parser.add_argument("--output", required=True, help="features .npz")
     parser.add_argument("--official-txt", help="also write the official embedding text format here")

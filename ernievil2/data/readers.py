@@ -15,7 +15,6 @@ one shard.
 """
 import base64
 import dataclasses
-import difflib
 import inspect
 import json
 import re
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 
 from ernievil2.data.errors import DataError, SkipCounter
+from ernievil2.registry import Registry, closest
 
 Shard = Optional[Tuple[int, int]]
 
@@ -253,13 +253,13 @@ def check_pair_spec(spec: Mapping):
         raise ValueError(f"a data spec is a mapping like {{format: official_tsv, path: ...}}, got {spec!r}")
     kwargs = dict(spec)
     name = kwargs.pop("format", None)
-    known = ", ".join(PAIR_FORMATS)
+    known = ", ".join(DATA_FORMATS.names())
     if name is None:
         raise ValueError(f"data spec has no 'format' key; known formats: {known}")
-    if name not in PAIR_FORMATS:
-        hint = _did_you_mean(name, PAIR_FORMATS)
+    if name not in DATA_FORMATS:
+        hint = _did_you_mean(name, DATA_FORMATS.names())
         raise ValueError(f"unknown data format {name!r}{hint}; known formats: {known}")
-    opener = PAIR_FORMATS[name]
+    opener = DATA_FORMATS.get(name)
     signature = inspect.signature(opener)
     keys = [key for key in signature.parameters if key not in ("counter", "shard")]
     for key in kwargs:
@@ -287,16 +287,17 @@ def _chinese_clip_pairs(root, split: str, counter: SkipCounter, shard: Shard = N
     return ChineseClipSplit(root, split).iter_pairs(counter, shard)
 
 
-PAIR_FORMATS = {
-    "official_tsv": iter_official_tsv,
-    "chinese_clip": _chinese_clip_pairs,
-    "jsonl_folder": iter_jsonl_folder,
-}
+# A format is an opener ``(counter, shard=None, **spec options) -> PairRecord iterator``;
+# the spec's other keys are checked against its signature.
+DATA_FORMATS = Registry(
+    "data format",
+    {"official_tsv": iter_official_tsv, "chinese_clip": _chinese_clip_pairs, "jsonl_folder": iter_jsonl_folder},
+)
 
 
 def _did_you_mean(name, choices) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(name, choices)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def index_image_tsv(path, counter: SkipCounter) -> ImageIndex:

@@ -2,6 +2,7 @@
 import copy
 
 from ..registry import ConfigError, did_you_mean
+from ..validate import boolean, check_known_keys, positive_number
 from .momentum import parse_momentum_queue
 from .multiview import MultiViewContrastiveLoss
 from .terms import LOSS_TERMS, parse_view_pairs
@@ -22,16 +23,11 @@ def check_temperature(section):
     section = {} if section is None else section
     if not isinstance(section, dict):
         raise ConfigError("Loss.temperature", f"expected a mapping like {TEMPERATURE_KEYS}, got {section!r}")
-    for key in section:
-        if key not in TEMPERATURE_KEYS:
-            raise ConfigError(f"Loss.temperature.{key}", "unknown key" + did_you_mean(key, TEMPERATURE_KEYS))
+    check_known_keys(section, TEMPERATURE_KEYS, "Loss.temperature")
     merged = {**TEMPERATURE_KEYS, **section}
-    if not isinstance(merged["learnable"], bool):
-        raise ConfigError("Loss.temperature.learnable", f"expected true or false, got {merged['learnable']!r}")
+    boolean(merged["learnable"], "Loss.temperature.learnable")
     for key in ("init", "max_logit_scale"):
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"Loss.temperature.{key}", f"expected a positive number, got {value!r}")
+        positive_number(merged[key], f"Loss.temperature.{key}")
     if 1.0 / merged["init"] > merged["max_logit_scale"]:
         raise ConfigError("Loss.temperature.init", f"1/init = {1 / merged['init']:.1f} exceeds max_logit_scale {merged['max_logit_scale']}")
     return merged
@@ -41,9 +37,7 @@ def check_loss_config(section):
     """Validate a ``Loss`` section without building anything; returns the parsed pairs."""
     if not isinstance(section, dict):
         raise ConfigError("Loss", f"expected a mapping, got {section!r}")
-    for key in section:
-        if key not in LOSS_KEYS:
-            raise ConfigError(f"Loss.{key}", "unknown key" + did_you_mean(key, LOSS_KEYS) + f"; known: {', '.join(LOSS_KEYS)}")
+    check_known_keys(section, LOSS_KEYS, "Loss")
     name = section.get("name")
     if name not in LOSS_NAMES:
         raise ConfigError("Loss.name", f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}" + did_you_mean(name, LOSS_NAMES))

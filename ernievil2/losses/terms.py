@@ -12,7 +12,6 @@ Two terms are built in: :class:`InfoNCEPairs`, the table of view pairs
 scores view pairs is one function ``pair_loss(a, b, logit_scale, a_all,
 b_all, rank) -> scalar`` made a builder by :func:`pairwise_term`.
 """
-import math
 import numbers
 from typing import NamedTuple, Optional
 
@@ -20,6 +19,7 @@ import paddle
 import paddle.nn.functional as F
 
 from ..registry import Registry, did_you_mean
+from ..validate import is_real_number
 from ..views import KEY_VIEWS, KNOWN_VIEWS, VIEW_MODALITY
 from .contrastive import symmetric_info_nce
 from .momentum import extra_negative_info_nce, queue_info_nce
@@ -61,10 +61,9 @@ def _check_view(where, view):
 
 
 def _check_weight(where, weight):
-    # bool is an int in Python, and PyYAML reads `1e-3` (no dot) as a string.
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise ValueError(f"{where}: weight must be a number, got {weight!r} ({type(weight).__name__})")
-    if not (weight > 0 and math.isfinite(weight)):
+    if not (is_real_number(weight) and weight > 0):
         raise ValueError(f"{where}: weight must be a positive finite number, got {weight!r}")
 
 
