@@ -8,6 +8,7 @@ and the file. ``_base_: other.yaml`` at the top of a file inherits from another
 config (paths relative to the file).
 """
 import copy
+import inspect
 import math
 import os
 import re
@@ -15,7 +16,9 @@ import re
 import yaml
 
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from .data.tokenizer import load_vocab
 from .registry import ConfigError, check_kwargs, did_you_mean
+from .resource_files import resolve_resource
 
 # Any value is accepted for keys whose default is ANY (optional paths, etc.).
 ANY = object()
@@ -307,17 +310,76 @@ def load_config(path, overrides=(), validate_components=True):
     config = _load_file(path, DEFAULTS)
     apply_overrides(config, overrides)
     config["_source_"] = os.path.abspath(path)
+    config["Augment"] = augment_with_preprocess_size(config.get("Augment"), config["Preprocess"])
     if validate_components:
         validate_component_sections(config)
     return config
 
 
-def validate_component_sections(config):
-    """Check registry-selected sections against their builders, so typos fail at load time."""
+def augment_with_preprocess_size(augment, preprocess):
+    """The ``Augment`` section, its ``image_size`` and ``resize_short`` taken from ``Preprocess`` unless set:
+    training and evaluation images then have one size by default."""
+    if augment is not None and not isinstance(augment, dict):
+        return augment  # augment_settings names the error
+    sizes = {key: preprocess[key] for key in ("image_size", "resize_short")}
+    return {**sizes, **(augment or {})}
+
+
+def _tower_setting(section, registry, name):
+    """A tower's setting: as configured, else its builder's default; None when the builder has no such argument."""
+    if name in section:
+        return section[name]
+    parameter = inspect.signature(registry.get(section["name"])).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def check_cross_sections(config):
+    """Settings that several sections hold must agree: image size, vocabulary size, text length."""
     from .models import IMAGE_TOWERS, TEXT_TOWERS
 
-    source = config.get("_source_")
-    check_ranges(config, source)
+    image_size = config["Preprocess"]["image_size"]
+    tower_size = _tower_setting(config["Arch"]["image_tower"], IMAGE_TOWERS, "img_size")
+    if tower_size is not None and tower_size != image_size:
+        raise ConfigError("Preprocess.image_size", f"{image_size} differs from Arch.image_tower.img_size ({tower_size})")
+    augment_size = (config.get("Augment") or {}).get("image_size", image_size)
+    if augment_size != image_size:
+        raise ConfigError("Augment.image_size", f"{augment_size} differs from Preprocess.image_size ({image_size})")
+    text = config["Arch"]["text_tower"]
+    positions = _tower_setting(text, TEXT_TOWERS, "max_position_embeddings")
+    max_len = config["Tokenizer"]["max_len"]
+    if positions is not None and max_len > positions:
+        raise ConfigError("Tokenizer.max_len", f"{max_len} exceeds Arch.text_tower.max_position_embeddings ({positions})")
+    vocab_size = _tower_setting(text, TEXT_TOWERS, "vocab_size")
+    tokens = _vocab_tokens(config)
+    if vocab_size is not None and tokens is not None and tokens > vocab_size:
+        raise ConfigError("Arch.text_tower.vocab_size", f"{vocab_size} is smaller than the {tokens} ids of Tokenizer.vocab_file")
+
+
+def _vocab_tokens(config):
+    """How many ids the configured vocabulary uses (its largest id + 1); None when the file is not there yet
+    (the demo's vocabulary is built by ``make demo``; the tokenizer names a missing file when it loads)."""
+    try:
+        path = resolve_resource(config["Tokenizer"]["vocab_file"], config)
+    except FileNotFoundError:
+        return None
+    try:
+        return max(load_vocab(path).values()) + 1
+    except ValueError as err:
+        raise ConfigError("Tokenizer.vocab_file", str(err)) from None
+
+
+def validate_component_sections(config):
+    """Check registry-selected sections against their builders, and sections against each other,
+    so that typos and contradictions fail at load time; errors name the key and the file."""
+    try:
+        for check in (check_ranges, check_data_specs, check_arch, check_augment, check_loss, check_cross_sections):
+            check(config)
+    except ConfigError as err:
+        raise err.located(config.get("_source_")) from None
+    return config
+
+
+def check_data_specs(config):
     from .data.readers import check_pair_spec
 
     for key in ("train", "val"):
@@ -326,36 +388,36 @@ def validate_component_sections(config):
             try:
                 check_pair_spec(spec)
             except ValueError as err:
-                raise ConfigError(f"Data.{key}", str(err), source) from None
+                raise ConfigError(f"Data.{key}", str(err)) from None
+
+
+def check_arch(config):
+    from .models import ARCHS, IMAGE_TOWERS, TEXT_TOWERS
+
     arch = config["Arch"]
+    ARCHS.get(arch["name"], key="Arch.name")
     for key, registry in (("image_tower", IMAGE_TOWERS), ("text_tower", TEXT_TOWERS)):
         section = arch.get(key)
         if section is None:
-            raise ConfigError(f"Arch.{key}", "missing", source)
-        try:
-            if not isinstance(section, dict) or "name" not in section:
-                raise ConfigError(f"Arch.{key}", f"expected a mapping with a 'name' of a {registry.kind}")
-            kwargs = dict(section)
-            builder = registry.get(kwargs.pop("name"), key=f"Arch.{key}.name")
-            check_kwargs(builder, kwargs, f"Arch.{key}")
-        except ConfigError as err:
-            raise err.located(source) from None
-    if config.get("Augment") is not None:
-        from .data.augment import augment_settings
+            raise ConfigError(f"Arch.{key}", "missing")
+        if not isinstance(section, dict) or "name" not in section:
+            raise ConfigError(f"Arch.{key}", f"expected a mapping with a 'name' of a {registry.kind}")
+        kwargs = dict(section)
+        builder = registry.get(kwargs.pop("name"), key=f"Arch.{key}.name")
+        check_kwargs(builder, kwargs, f"Arch.{key}")
 
-        try:
-            augment_settings(config["Augment"])
-        except ConfigError as err:
-            raise err.located(source) from None
-    loss = config.get("Loss")
-    if loss is not None:
-        from .losses.build import check_loss_config
 
-        try:
-            check_loss_config(loss)
-        except ConfigError as err:
-            raise err.located(source) from None
-    return config
+def check_augment(config):
+    from .data.augment import augment_settings
+
+    augment_settings(config["Augment"])
+
+
+def check_loss(config):
+    from .losses.build import check_loss_config
+
+    if config.get("Loss") is not None:
+        check_loss_config(config["Loss"])
 
 
 def dump_config(config, path):

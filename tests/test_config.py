@@ -174,3 +174,26 @@ def test_per_tower_optimizer_values_default_to_null():
     config = load_config(BASE, ["Optimizer.text.lr=5e-5"])
     assert config["Optimizer"]["image"] == {"lr": None, "weight_decay": None, "layer_decay": None}
     assert config["Optimizer"]["text"]["lr"] == 5e-5
+
+
+@pytest.mark.parametrize(
+    "overrides, key, words",
+    [
+        (["Preprocess.image_size=192", "Preprocess.resize_short=192"], "Preprocess.image_size", "Arch.image_tower.img_size (224)"),
+        (["Augment={image_size: 192, resize_short: 192}"], "Augment.image_size", "Preprocess.image_size (224)"),
+        (["Tokenizer.max_len=100", "Arch.text_tower.max_position_embeddings=64"], "Tokenizer.max_len", "max_position_embeddings (64)"),
+        (["Arch.text_tower.vocab_size=1000"], "Arch.text_tower.vocab_size", "39980 ids of Tokenizer.vocab_file"),
+        (["Arch.name=ErnieVil2"], "Arch.name", "did you mean 'ErnieViL2'"),
+    ],
+)
+def test_sections_that_share_a_setting_must_agree(overrides, key, words):
+    with pytest.raises(ConfigError) as info:
+        load_config(BASE, overrides)
+    assert info.value.key == key and words in str(info.value)
+
+
+def test_augment_takes_its_image_size_from_preprocess_unless_set():
+    config = load_config(BASE, ["Preprocess.image_size=160", "Preprocess.resize_short=176", "Arch.image_tower.img_size=160"])
+    assert config["Augment"] == {"image_size": 160, "resize_short": 176}
+    config = load_config(BASE, ["Augment={resize_short: 256}"])
+    assert config["Augment"] == {"image_size": 224, "resize_short": 256}
