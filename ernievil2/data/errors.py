@@ -5,8 +5,9 @@ when the user asked for ``on_error: skip``, records the skip in a
 :class:`SkipCounter` so that the count reaches the logs.
 """
 import os
-import tempfile
 from collections import Counter
+
+from ..files import atomic_text_file
 
 ON_ERROR_CHOICES = ("raise", "skip")
 TRUNCATED = "kept, caption truncated to max_len"
@@ -90,16 +91,12 @@ class SkipCounter:
         """
         if not self.skipped and not self.truncated:
             return None
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".skipped-")
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
+        with atomic_text_file(path) as f:
             f.write("where\treason\n")
             for where, reason in self.skipped.items():
                 f.write(f"{where}\t{reason}\n".replace("\r", " "))
             for where in sorted(self.truncated):
                 f.write(f"{where}\t{TRUNCATED}\n")
-        os.replace(tmp, path)
         return path
 
 

@@ -254,6 +254,21 @@ class TrainStream:
         batch["image_id"] = np.array([stable_image_id(r.image_id) for r in records], dtype=np.int64)
         return batch
 
+    def state_dict(self):
+        """Where the stream stands and what it skipped: enough to continue it exactly."""
+        return {
+            "position": vars(self.position).copy(),
+            "skipped": dict(self.counter.skipped),
+            "truncated": sorted(self.counter.truncated),
+        }
+
+    def load_state_dict(self, state):
+        self.position = StreamPosition(**state["position"])
+        # Checkpoints written before skip reports kept counts by reason, with no places to list.
+        if all(isinstance(reason, str) for reason in state["skipped"].values()):
+            self.counter.skipped.update(state["skipped"])
+        self.counter.truncated.update(state.get("truncated", ()))
+
     def __iter__(self):
         while True:
             yield from self._epoch(self.position.epoch, self.position.records)

@@ -18,7 +18,7 @@ from ..models.tower import TowerCapabilityError
 from ..registry import ConfigError
 from ..views import TAG_VIEW, image_view_count
 from ..checkpoint.state import CheckpointReadError
-from .checkpoints import clean_temporary, load_checkpoint, resume_candidates
+from ..checkpoint.training import clean_temporary, load_checkpoint, resume_candidates
 from .optim import build_optimizer
 from .trainer import Trainer, make_eval_fn
 
