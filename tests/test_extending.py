@@ -4,6 +4,7 @@ import sys
 
 import paddle
 import pytest
+import yaml
 
 from ernievil2.config import load_config
 from ernievil2.registry import ConfigError
@@ -19,7 +20,11 @@ def toy_config(tmp_path):
     train = write_pairs_tsv(tmp_path / "train.tsv", 12, seed=4)
     arch = {"image_tower": TOY_TOWER, "text_tower": {"name": "ErnieText", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32}}
     loss = {"name": "MultiViewContrastive", "pairs": [["image_v1", "text_v1", 1.0]], "terms": [TOY_TERM]}
-    return write_train_config(tmp_path, train, Arch=arch, Loss=loss, Train={"max_steps": 1, "save_every": 0})
+    path = write_train_config(tmp_path, train, Loss=loss, Train={"max_steps": 1, "save_every": 0})
+    # Arch replaced in the file, not through write_train_config, which updates the shared TINY_ARCH in place.
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    path.write_text(yaml.safe_dump({**config, "Arch": arch}, allow_unicode=True), encoding="utf-8")
+    return path
 
 
 def test_the_toy_names_are_unknown_until_registered(toy_config):
