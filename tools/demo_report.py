@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ernievil2.inference.predictor import ExportedModel
-from ernievil2.inference.report import demo_report
+from ernievil2.demo.report import demo_report
 
 
 def main(argv=None):

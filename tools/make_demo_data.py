@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from ernievil2.data.fashion_scenes import (  # noqa: E402
+from ernievil2.demo.fashion_scenes import (  # noqa: E402
     DemoSpec,
     build_demo_dataset,
     existing_meta_matches,

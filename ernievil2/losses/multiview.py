@@ -66,11 +66,6 @@ class MultiViewContrastiveLoss(nn.Layer):
         )
 
     @property
-    def pair_views(self):
-        """The views the pair table uses."""
-        return self.terms[0].views
-
-    @property
     def required_views(self):
         """The views the loss uses: the only ones the model must compute."""
         return frozenset().union(*(term.views for term in self.terms))

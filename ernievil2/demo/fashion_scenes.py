@@ -28,8 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.errors import DataError
 from ..files import atomic_text_file, file_digest
-from .errors import DataError
 
 FORMAT_VERSION = "fashion_scenes_cn/1"
 
@@ -200,13 +200,6 @@ def validate_spec(spec):
 
 
 # ----------------------------------------------------------------------------- source files
-
-
-def encode_idx(array):
-    """The idx byte layout of a uint8 array (inverse of :func:`decode_idx`)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.tobytes()
 
 
 def decode_idx(data, expected_magic, path):
