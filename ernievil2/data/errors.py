@@ -13,6 +13,14 @@ ON_ERROR_CHOICES = ("raise", "skip")
 TRUNCATED = "kept, caption truncated to max_len"
 
 
+def split_where(where):
+    """``"path:12"`` -> ``("path", 12)``; a bare file path -> ``(path, None)``."""
+    path, _, line = where.rpartition(":")
+    if path and line.isdigit():
+        return path, int(line)
+    return where, None
+
+
 class DataError(ValueError):
     """A bad record, located by file and 1-based line (or record) number."""
 

@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from ..views import IMAGE_VIEWS, TAG_VIEW
-from .errors import DataError, SkipCounter
+from .errors import DataError, SkipCounter, split_where
 from .parallel import OrderedPool
 from .readers import decode_image_bytes, open_pairs
 from .tokenizer import trim_padding
@@ -205,7 +205,7 @@ class TrainStream:
 
     def _has_needed_fields(self, record):
         if self.need_tags and not record.tags:
-            self.counter.report(DataError(*_split(record.where), "missing tags: the tag view needs a tags column"))
+            self.counter.report(DataError(*split_where(record.where), "missing tags: the tag view needs a tags column"))
             return False
         return True
 
@@ -277,7 +277,3 @@ class TrainStream:
     def close(self):
         self.pool.close()
 
-
-def _split(where):
-    path, _, line = where.rpartition(":")
-    return (path, int(line)) if line.isdigit() else (where, None)

@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 import cv2
 import numpy as np
 
-from ernievil2.data.errors import DataError, SkipCounter
+from ernievil2.data.errors import DataError, SkipCounter, split_where
 from ernievil2.registry import Registry, closest
 
 Shard = Optional[Tuple[int, int]]
@@ -143,7 +143,7 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     path) when the bytes are cut off, OpenCV cannot decode them, or the image
     is smaller than ``MIN_IMAGE_SIDE`` on a side.
     """
-    path, line = _split_where(where)
+    path, line = split_where(where)
     cut = truncation(data) if data else None
     if cut:
         raise DataError(path, line, f"{cut} ({len(data)} bytes)")
@@ -154,14 +154,6 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     if min(image.shape[:2]) < MIN_IMAGE_SIDE:
         raise DataError(path, line, f"image too small: {image.shape[1]}x{image.shape[0]} (at least {MIN_IMAGE_SIDE} px a side)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _split_where(where: str) -> Tuple[str, Optional[int]]:
-    """``"path:12"`` -> ``("path", 12)``; a bare file path -> ``(path, None)``."""
-    path, _, line = where.rpartition(":")
-    if path and line.isdigit():
-        return path, int(line)
-    return where, None
 
 
 def iter_official_tsv(path, counter: SkipCounter, shard: Shard = None) -> Iterator[PairRecord]:
