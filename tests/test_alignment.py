@@ -138,7 +138,7 @@ def _inputs():
 
 
 def _paddlenlp_text_epsilon(model):
-    return {l._epsilon for n, l in model.named_sublayers() if n.startswith("text_model") and isinstance(l, paddle.nn.LayerNorm)}
+    return {layer._epsilon for n, layer in model.named_sublayers() if n.startswith("text_model") and isinstance(layer, paddle.nn.LayerNorm)}
 
 
 def test_paddlenlp_text_tower_ignores_its_configured_epsilon(paddlenlp_model):
