@@ -183,7 +183,7 @@ RANGES = {
 }
 
 
-def check_ranges(config, source=None):
+def check_ranges(config):
     """Every value of :data:`RANGES` within its range, and numbers finite; the key is named otherwise."""
     for key, (check, meaning) in RANGES.items():
         value = config
@@ -192,9 +192,9 @@ def check_ranges(config, source=None):
         if value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(key, f"must be a finite number, got {value!r}", source)
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
         if not check(value):
-            raise ConfigError(key, f"must be {meaning}, got {value!r}", source)
+            raise ConfigError(key, f"must be {meaning}, got {value!r}")
 
 
 def _type_ok(default, value):
@@ -305,15 +305,13 @@ def apply_overrides(config, overrides, schema=None):
     return config
 
 
-def load_config(path, overrides=(), validate_components=True):
+def load_config(path, overrides=()):
     """Load, inherit, override and validate a config file; returns nested dicts."""
     config = _load_file(path, DEFAULTS)
     apply_overrides(config, overrides)
     config["_source_"] = os.path.abspath(path)
     config["Augment"] = augment_with_preprocess_size(config.get("Augment"), config["Preprocess"])
-    if validate_components:
-        validate_component_sections(config)
-    return config
+    return validate_component_sections(config)
 
 
 def augment_with_preprocess_size(augment, preprocess):
