@@ -27,15 +27,18 @@ def user_errors():
     )
 
 
-def run(main, argv=None):
-    """``main(argv)``'s exit code; a user error -> one line on stderr and 2; Ctrl-C -> 130."""
+def run(main, argv=None, more_user_errors=()):
+    """``main(argv)``'s exit code; a user error -> one line on stderr and 2; Ctrl-C -> 130.
+
+    ``more_user_errors``: exception types that are the user's for this command too.
+    """
     try:
         return main(argv) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001  (re-raised below unless it is the user's)
-        if isinstance(err, user_errors()):
+        if isinstance(err, user_errors() + tuple(more_user_errors)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
@@ -43,7 +46,8 @@ def run(main, argv=None):
 
 def run_command(name, argv=None):
     """The exit code of the command ``ernievil2/commands/<name>.py`` run with ``argv``."""
-    return run(importlib.import_module(f"ernievil2.commands.{name}").main, argv)
+    module = importlib.import_module(f"ernievil2.commands.{name}")
+    return run(module.main, argv, getattr(module, "USER_ERRORS", ()))
 
 
 def command(name):

@@ -16,6 +16,10 @@ from ernievil2.data.vocab_builder import build_vocab, format_vocab
 SHOWN_DROPPED = 20
 
 
+# A ValueError here means bad arguments or an input file that yields no vocabulary: a one-line error too (ernievil2.cli.run).
+USER_ERRORS = (ValueError,)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", nargs="+", required=True, help=".tsv, .jsonl or plain text files")
@@ -31,11 +35,7 @@ def main(argv=None):
     if missing:
         print(f"error: input not found: {', '.join(missing)}", file=sys.stderr)
         return 2
-    try:
-        tokens, counts = build_vocab(args.input, args.size, args.min_freq)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    tokens, counts = build_vocab(args.input, args.size, args.min_freq)
     with open(args.output, "w", encoding="utf-8", newline="\n") as f:
         f.write(format_vocab(tokens))
     kept = set(tokens)

@@ -14,12 +14,15 @@ import argparse
 import yaml
 
 import paddle
-from ernievil2.checkpoint import CheckpointMismatchError, load_pretrained, read_model_state
+from ernievil2.checkpoint import load_pretrained, read_model_state
 from ernievil2.checkpoint.paddlenlp import read_paddlenlp_dir, write_paddlenlp_dir
 from ernievil2.checkpoint.state import atomic_save
 from ernievil2.config import load_config
 from ernievil2.models import build_model
-from ernievil2.registry import ConfigError
+
+
+# A ValueError here means a checkpoint or folder that is not what the command expects: a one-line error too (ernievil2.cli.run).
+USER_ERRORS = (ValueError,)
 
 
 def to_ours(args):
@@ -53,7 +56,4 @@ def main(argv=None):
     nlp.add_argument("target")
     nlp.add_argument("-c", "--config", required=True, help="the config whose Arch the weights belong to")
     args = parser.parse_args(argv)
-    try:
-        {"to-ours": to_ours, "to-paddlenlp": to_paddlenlp}[args.command](args)
-    except (CheckpointMismatchError, ConfigError, FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
+    {"to-ours": to_ours, "to-paddlenlp": to_paddlenlp}[args.command](args)

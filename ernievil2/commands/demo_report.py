@@ -9,6 +9,10 @@ from ernievil2.inference.predictor import ExportedModel
 from ernievil2.demo.report import demo_report
 
 
+# A ValueError here means an export or data folder that is not what the report expects: a one-line error too (ernievil2.cli.run).
+USER_ERRORS = (ValueError,)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a folder written by tools/export_model.py")
@@ -18,9 +22,6 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("-k", type=int, default=5)
     args = parser.parse_args(argv)
-    try:
-        text, png = demo_report(ExportedModel(args.model), args.data, args.split, args.output, args.queries, args.k)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
+    text, png = demo_report(ExportedModel(args.model), args.data, args.split, args.output, args.queries, args.k)
     print(text)
     print(f"picture of these queries: {png}")

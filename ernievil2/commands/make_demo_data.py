@@ -25,6 +25,10 @@ from ernievil2.demo.fashion_scenes import (
 PROGRESS_EVERY = 1000
 
 
+# A ValueError here means bad arguments or Fashion-MNIST source files: a one-line error too (ernievil2.cli.run).
+USER_ERRORS = (ValueError,)
+
+
 def parse_args(argv=None):
     defaults = DemoSpec()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -77,13 +81,9 @@ def print_progress(split, done, total):
 def main(argv=None):
     args = parse_args(argv)
     spec = spec_from_args(args)
-    try:
-        validate_spec(spec)
-        source_dir = locate_source(args.source_dir)
-        source = load_fashion_mnist(source_dir)
-    except (ValueError, FileNotFoundError) as error:  # DataError is a ValueError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    validate_spec(spec)
+    source_dir = locate_source(args.source_dir)
+    source = load_fashion_mnist(source_dir)
     if not args.force and existing_meta_matches(args.output, spec, source):
         print(f"{args.output} is up to date (same arguments and source); use --force to rebuild")
         return 0
