@@ -1,4 +1,6 @@
 # The two commands of the README. Both install what they need (idempotently).
+# scripts/python.sh runs .venv's interpreter when scripts/install.sh made one
+# (an externally managed Python, PEP 668), else $(PYTHON).
 PYTHON ?= python3
 export PYTHON
 
@@ -10,7 +12,8 @@ demo:
 
 test:
 	bash scripts/install.sh --demo --browser
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	bash scripts/python.sh -m ruff check .
+	bash scripts/python.sh -m pytest -q -p no:cacheprovider tests
 
 install:
 	bash scripts/install.sh

@@ -6,6 +6,12 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def commands():
+    """``ernievil2-<name>`` console scripts, one per module of ernievil2/commands/ (functions of ernievil2/cli.py)."""
+    names = sorted(f[:-3] for f in os.listdir(os.path.join(HERE, "ernievil2", "commands")) if f.endswith(".py") and f != "__init__.py")
+    return [f"ernievil2-{name.replace('_', '-')} = ernievil2.cli:{name}" for name in names]
+
+
 def requirements(name):
     with open(os.path.join(HERE, name), encoding="utf-8") as f:
         return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
@@ -24,5 +30,6 @@ setup(
     # one would uninstall the other.
     install_requires=requirements("requirements.txt"),
     extras_require={"dev": requirements("requirements-dev.txt")},
+    entry_points={"console_scripts": commands()},
     license="Apache-2.0",
 )

@@ -23,11 +23,10 @@ import time
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from ernievil2.data.augment import TrainTransform, make_view_pair, sample_generator  # noqa: E402
-from ernievil2.data.image_ops import EvalTransform  # noqa: E402
-from ernievil2.data.readers import decode_image_bytes  # noqa: E402
+from ernievil2.data.augment import TrainTransform, make_view_pair, sample_generator
+from ernievil2.data.image_ops import EvalTransform
+from ernievil2.data.readers import decode_image_bytes
 
 DISTINCT_IMAGES = 8
 

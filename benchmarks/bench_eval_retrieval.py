@@ -26,14 +26,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ernievil2.evaluation import retrieval  # noqa: E402
+from ernievil2.evaluation import retrieval
 
 OFFICIAL_CHUNKS = 10
 MEMORY_HEADROOM = 0.6  # share of currently available memory a full-matrix run may plan to use

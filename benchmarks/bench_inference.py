@@ -54,7 +54,6 @@ def main(argv=None):
     args = parse_args(argv)
     # Before Paddle loads: its math library reads these once.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
-    sys.path.insert(0, str(REPO))
     import numpy as np
     import paddle
 

@@ -26,7 +26,6 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 ARCH_CONFIGS = {"tiny": "configs/tiny_official_fixture.yaml", "base": "configs/ernievil2_base_vit16.yaml"}
 QUERIES = [

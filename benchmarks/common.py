@@ -8,6 +8,8 @@ import statistics
 import time
 from typing import Any, NamedTuple
 
+from ernievil2.evaluation.retrieval import github_table
+
 
 class Timing(NamedTuple):
     wall: float  # median wall seconds per call
@@ -63,13 +65,4 @@ def gemm_gflops(size=2048, repeats=5):
 
 def print_table(headers, rows):
     """A Markdown table, so the output pastes into docs/benchmarks.md unchanged."""
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
-
-    print(line(cells[0]))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells[1:]:
-        print(line(row))
+    print(github_table(headers, [[str(c) for c in row] for row in rows]))

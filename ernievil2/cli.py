@@ -5,6 +5,7 @@ where>`` on stderr; anything else is a bug and keeps its traceback. The error
 types are imported when an error happens, not before: ``tools/train.py`` is
 imported by its decode workers, which must not load Paddle for nothing.
 """
+import importlib
 import sys
 
 EXIT_USER_ERROR = 2
@@ -26,15 +27,47 @@ def user_errors():
     )
 
 
-def run(main, argv=None):
-    """``main(argv)``'s exit code; a user error -> one line on stderr and 2; Ctrl-C -> 130."""
+def run(main, argv=None, more_user_errors=()):
+    """``main(argv)``'s exit code; a user error -> one line on stderr and 2; Ctrl-C -> 130.
+
+    ``more_user_errors``: exception types that are the user's for this command too.
+    """
     try:
         return main(argv) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001  (re-raised below unless it is the user's)
-        if isinstance(err, user_errors()):
+        if isinstance(err, user_errors() + tuple(more_user_errors)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
+
+
+def run_command(name, argv=None):
+    """The exit code of the command ``ernievil2/commands/<name>.py`` run with ``argv``."""
+    module = importlib.import_module(f"ernievil2.commands.{name}")
+    return run(module.main, argv, getattr(module, "USER_ERRORS", ()))
+
+
+def command(name):
+    """The console-script function of a command (``setup.py`` names one per module of ``commands/``)."""
+
+    def entry():
+        return run_command(name)
+
+    entry.__name__ = name
+    return entry
+
+
+build_index = command("build_index")
+build_vocab = command("build_vocab")
+convert_checkpoint = command("convert_checkpoint")
+demo_report = command("demo_report")
+eval_retrieval = command("eval_retrieval")
+export_model = command("export_model")
+extract_features = command("extract_features")
+infer = command("infer")
+make_demo_data = command("make_demo_data")
+serve = command("serve")
+train = command("train")

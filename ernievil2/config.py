@@ -8,19 +8,34 @@ and the file. ``_base_: other.yaml`` at the top of a file inherits from another
 config (paths relative to the file).
 """
 import copy
+import inspect
 import math
 import os
 import re
 
 import yaml
 
+from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from .data.tokenizer import load_vocab
 from .registry import ConfigError, check_kwargs, did_you_mean
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from .resource_files import resolve_resource
 
 # Any value is accepted for keys whose default is ANY (optional paths, etc.).
 ANY = object()
+
+
+class Nullable:
+    """The default of a key that is null unless set, and then of type ``kind``."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __repr__(self):
+        return f"null or a {self.kind.__name__}"
+
+
+# Optimizer.image and Optimizer.text: a tower's own lr, weight decay and layer decay (null: the section's).
+TOWER_OPTIMIZER = {"lr": Nullable(float), "weight_decay": Nullable(float), "layer_decay": Nullable(float)}
 # Keys that say which component (or data format) a section describes.
 COMPONENT_KEYS = ("name", "format")
 
@@ -88,6 +103,8 @@ DEFAULTS = {
         "layer_decay": 1.0,
         "grad_clip": ANY,  # global-norm clip value, or null
         "freeze": [],  # towers to lock: image and/or text
+        "image": TOWER_OPTIMIZER,
+        "text": TOWER_OPTIMIZER,
     },
     "Eval": {
         "batch_size": 64,
@@ -126,6 +143,8 @@ def _one_of(*choices):
 
 
 POSITIVE, NON_NEGATIVE, FRACTION = _between(0, None, low_open=True), _between(0, None), _between(0, 1)
+LAYER_DECAY = _between(0, 1, low_open=True)
+RANGES_OF_TOWER_KEYS = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "layer_decay": LAYER_DECAY}
 # Values checked at load time beyond their type, as (check, what it means); null passes
 # wherever the key allows it.
 RANGES = {
@@ -156,29 +175,33 @@ RANGES = {
     "Optimizer.epsilon": POSITIVE,
     "Optimizer.warmup_steps": NON_NEGATIVE,
     "Optimizer.min_lr_ratio": FRACTION,
-    "Optimizer.layer_decay": _between(0, 1, low_open=True),
+    "Optimizer.layer_decay": LAYER_DECAY,
     "Optimizer.grad_clip": POSITIVE,
+    **{f"Optimizer.{tower}.{key}": RANGES_OF_TOWER_KEYS[key] for tower in ("image", "text") for key in RANGES_OF_TOWER_KEYS},
     "Eval.batch_size": POSITIVE,
     "Eval.num_workers": NON_NEGATIVE,
 }
 
 
-def check_ranges(config, source=None):
+def check_ranges(config):
     """Every value of :data:`RANGES` within its range, and numbers finite; the key is named otherwise."""
     for key, (check, meaning) in RANGES.items():
-        section, name = key.split(".")
-        value = (config.get(section) or {}).get(name)
+        value = config
+        for part in key.split("."):
+            value = (value or {}).get(part)
         if value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(key, f"must be a finite number, got {value!r}", source)
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
         if not check(value):
-            raise ConfigError(key, f"must be {meaning}, got {value!r}", source)
+            raise ConfigError(key, f"must be {meaning}, got {value!r}")
 
 
 def _type_ok(default, value):
     if default is ANY or value is None:
         return True
+    if isinstance(default, Nullable):
+        return _type_ok(default.kind(), value)
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
@@ -186,6 +209,10 @@ def _type_ok(default, value):
     if isinstance(default, int):
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, type(default))
+
+
+def _type_name(default):
+    return default.kind.__name__ if isinstance(default, Nullable) else type(default).__name__
 
 
 def _merge(base, update, schema, path, source):
@@ -212,7 +239,7 @@ def _merge(base, update, schema, path, source):
             if not _type_ok(sub_schema, value):
                 raise ConfigError(
                     key_path,
-                    f"expected {type(sub_schema).__name__} (like the default {sub_schema!r}), got {value!r}",
+                    f"expected {_type_name(sub_schema)} (like the default {sub_schema!r}), got {value!r}",
                     source,
                 )
             base[key] = copy.deepcopy(value)
@@ -233,7 +260,7 @@ def _read_yaml(path):
 
 def _schema_defaults(schema):
     return {
-        k: (_schema_defaults(v) if isinstance(v, dict) else (None if v is ANY else copy.deepcopy(v)))
+        k: (_schema_defaults(v) if isinstance(v, dict) else (None if v is ANY or isinstance(v, Nullable) else copy.deepcopy(v)))
         for k, v in schema.items()
     }
 
@@ -278,22 +305,79 @@ def apply_overrides(config, overrides, schema=None):
     return config
 
 
-def load_config(path, overrides=(), validate_components=True):
+def load_config(path, overrides=()):
     """Load, inherit, override and validate a config file; returns nested dicts."""
     config = _load_file(path, DEFAULTS)
     apply_overrides(config, overrides)
     config["_source_"] = os.path.abspath(path)
-    if validate_components:
-        validate_component_sections(config)
-    return config
+    config["Augment"] = augment_with_preprocess_size(config.get("Augment"), config["Preprocess"])
+    return validate_component_sections(config)
+
+
+def augment_with_preprocess_size(augment, preprocess):
+    """The ``Augment`` section, its ``image_size`` and ``resize_short`` taken from ``Preprocess`` unless set:
+    training and evaluation images then have one size by default."""
+    if augment is not None and not isinstance(augment, dict):
+        return augment  # augment_settings names the error
+    sizes = {key: preprocess[key] for key in ("image_size", "resize_short")}
+    return {**sizes, **(augment or {})}
+
+
+def _tower_setting(section, registry, name):
+    """A tower's setting: as configured, else its builder's default; None when the builder has no such argument."""
+    if name in section:
+        return section[name]
+    parameter = inspect.signature(registry.get(section["name"])).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def check_cross_sections(config):
+    """Settings that several sections hold must agree: image size, vocabulary size, text length."""
+    from .models import IMAGE_TOWERS, TEXT_TOWERS
+
+    image_size = config["Preprocess"]["image_size"]
+    tower_size = _tower_setting(config["Arch"]["image_tower"], IMAGE_TOWERS, "img_size")
+    if tower_size is not None and tower_size != image_size:
+        raise ConfigError("Preprocess.image_size", f"{image_size} differs from Arch.image_tower.img_size ({tower_size})")
+    augment_size = (config.get("Augment") or {}).get("image_size", image_size)
+    if augment_size != image_size:
+        raise ConfigError("Augment.image_size", f"{augment_size} differs from Preprocess.image_size ({image_size})")
+    text = config["Arch"]["text_tower"]
+    positions = _tower_setting(text, TEXT_TOWERS, "max_position_embeddings")
+    max_len = config["Tokenizer"]["max_len"]
+    if positions is not None and max_len > positions:
+        raise ConfigError("Tokenizer.max_len", f"{max_len} exceeds Arch.text_tower.max_position_embeddings ({positions})")
+    vocab_size = _tower_setting(text, TEXT_TOWERS, "vocab_size")
+    tokens = _vocab_tokens(config)
+    if vocab_size is not None and tokens is not None and tokens > vocab_size:
+        raise ConfigError("Arch.text_tower.vocab_size", f"{vocab_size} is smaller than the {tokens} ids of Tokenizer.vocab_file")
+
+
+def _vocab_tokens(config):
+    """How many ids the configured vocabulary uses (its largest id + 1); None when the file is not there yet
+    (the demo's vocabulary is built by ``make demo``; the tokenizer names a missing file when it loads)."""
+    try:
+        path = resolve_resource(config["Tokenizer"]["vocab_file"], config)
+    except FileNotFoundError:
+        return None
+    try:
+        return max(load_vocab(path).values()) + 1
+    except ValueError as err:
+        raise ConfigError("Tokenizer.vocab_file", str(err)) from None
 
 
 def validate_component_sections(config):
-    """Check registry-selected sections against their builders, so typos fail at load time."""
-    from .models import IMAGE_TOWERS, TEXT_TOWERS
+    """Check registry-selected sections against their builders, and sections against each other,
+    so that typos and contradictions fail at load time; errors name the key and the file."""
+    try:
+        for check in (check_ranges, check_data_specs, check_arch, check_augment, check_loss, check_cross_sections):
+            check(config)
+    except ConfigError as err:
+        raise err.located(config.get("_source_")) from None
+    return config
 
-    source = config.get("_source_")
-    check_ranges(config, source)
+
+def check_data_specs(config):
     from .data.readers import check_pair_spec
 
     for key in ("train", "val"):
@@ -302,52 +386,36 @@ def validate_component_sections(config):
             try:
                 check_pair_spec(spec)
             except ValueError as err:
-                raise ConfigError(f"Data.{key}", str(err), source) from None
+                raise ConfigError(f"Data.{key}", str(err)) from None
+
+
+def check_arch(config):
+    from .models import ARCHS, IMAGE_TOWERS, TEXT_TOWERS
+
     arch = config["Arch"]
+    ARCHS.get(arch["name"], key="Arch.name")
     for key, registry in (("image_tower", IMAGE_TOWERS), ("text_tower", TEXT_TOWERS)):
         section = arch.get(key)
         if section is None:
-            raise ConfigError(f"Arch.{key}", "missing", source)
-        try:
-            if not isinstance(section, dict) or "name" not in section:
-                raise ConfigError(f"Arch.{key}", f"expected a mapping with a 'name' of a {registry.kind}")
-            kwargs = dict(section)
-            builder = registry.get(kwargs.pop("name"), key=f"Arch.{key}.name")
-            check_kwargs(builder, kwargs, f"Arch.{key}")
-        except ConfigError as err:
-            raise err.located(source) from None
-    if config.get("Augment") is not None:
-        from .data.augment import augment_settings
-
-        try:
-            augment_settings(config["Augment"])
-        except ConfigError as err:
-            raise err.located(source) from None
-    loss = config.get("Loss")
-    if loss is not None:
-        from .losses.build import check_loss_config
-
-        try:
-            check_loss_config(loss)
-        except ConfigError as err:
-            raise err.located(source) from None
-    return config
+            raise ConfigError(f"Arch.{key}", "missing")
+        if not isinstance(section, dict) or "name" not in section:
+            raise ConfigError(f"Arch.{key}", f"expected a mapping with a 'name' of a {registry.kind}")
+        kwargs = dict(section)
+        builder = registry.get(kwargs.pop("name"), key=f"Arch.{key}.name")
+        check_kwargs(builder, kwargs, f"Arch.{key}")
 
 
-RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
+def check_augment(config):
+    from .data.augment import augment_settings
+
+    augment_settings(config["Augment"])
 
 
-def resolve_resource(path, config=None, kind="vocab"):
-    """Find a data file: as given, next to the config file, or among the bundled resources."""
-    candidates = [path]
-    if not os.path.isabs(path):
-        if config and config.get("_source_"):
-            candidates.append(os.path.join(os.path.dirname(config["_source_"]), path))
-        candidates.append(os.path.join(RESOURCES, kind, path))
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(f"{kind} file {path!r} not found; looked in: {', '.join(candidates)}")
+def check_loss(config):
+    from .losses.build import check_loss_config
+
+    if config.get("Loss") is not None:
+        check_loss_config(config["Loss"])
 
 
 def dump_config(config, path):

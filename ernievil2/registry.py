@@ -2,7 +2,8 @@
 
 Registries are filled where they are declared (a dict literal in the module
 that owns the builders), never as an import side effect, so the set of names is
-visible in one place.
+visible in one place. A project outside the package adds its own builders
+with ``register`` before it loads a config that names them.
 """
 import difflib
 import inspect
@@ -31,15 +32,31 @@ class ConfigError(ValueError):
         return ConfigError(self.key, self.message, source)
 
 
-def did_you_mean(name, choices):
+def closest(name, choices):
+    """The choice most like ``name`` (a likely typo of it), or None."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(name, choices):
+    close = closest(name, choices)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 class Registry:
     def __init__(self, kind, builders):
         self.kind = kind
         self._builders = dict(builders)
+
+    def register(self, name, builder):
+        """Add a builder from outside the package (a project's own tower or loss term); names are never replaced."""
+        if name in self._builders:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._builders[name] = builder
+        return builder
+
+    def __contains__(self, name):
+        return name in self._builders
 
     def names(self):
         return sorted(self._builders)

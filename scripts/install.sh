@@ -2,9 +2,36 @@
 # Idempotent set-up: Python packages (CPU Paddle unless a Paddle is already
 # importable, e.g. paddlepaddle-gpu); with --demo the Debian Fashion-MNIST files
 # and a CJK font; with --browser Chromium (for the search-page test).
+# Under an externally managed Python (PEP 668: Debian's /usr/bin/python3 refuses
+# pip installs) the packages go into a project virtual environment, .venv, which
+# scripts/python.sh then runs. --venv-only stops after choosing the interpreter
+# and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+
+externally_managed() {
+  "$1" -c 'import os, sys, sysconfig
+sys.exit(not (sys.prefix == sys.base_prefix and os.path.isfile(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))))'
+}
+
+if [ -x .venv/bin/python ]; then
+  PYTHON=.venv/bin/python
+elif externally_managed "$PYTHON"; then
+  echo "[install] $PYTHON is externally managed (PEP 668): packages go into .venv"
+  if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+    # Debian keeps venv's pip bootstrap in a package of its own.
+    rm -rf .venv
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null
+    "$PYTHON" -m venv .venv
+  fi
+  PYTHON=.venv/bin/python
+fi
+if [ "${1:-}" = "--venv-only" ]; then
+  echo "$PYTHON"
+  exit 0
+fi
 stamp=.install.stamp
 want="$(cat requirements.txt requirements-dev.txt setup.py | sha1sum | cut -d' ' -f1) $($PYTHON -c 'import sys; print(sys.executable)')"
 

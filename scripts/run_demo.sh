@@ -5,7 +5,7 @@
 # Inference -> example queries (printed, and drawn in OUT/examples.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+PY="bash scripts/python.sh"  # .venv's interpreter when install.sh made one
 DATA=${DEMO_DATA:-demo_data/fashion_scenes_cn}
 OUT=${DEMO_OUT:-output/demo}
 CONFIG=${DEMO_CONFIG:-configs/demo/single_view.yaml}
@@ -16,30 +16,30 @@ started=$(date +%s)
 stage() { echo; echo "== [$(( $(date +%s) - started ))s] $*"; }
 
 stage "1/6 demo data: $NUM_TRAIN train + $NUM_TEST test scenes -> $DATA"
-$PYTHON tools/make_demo_data.py --output "$DATA" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
-$PYTHON tools/build_vocab.py --input "$DATA/train.tsv" --output "$DATA/vocab.txt"
+$PY tools/make_demo_data.py --output "$DATA" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
+$PY tools/build_vocab.py --input "$DATA/train.tsv" --output "$DATA/vocab.txt"
 
 stage "2/6 pre-training ($CONFIG) -> $OUT/train"
 # Train.resume=never: a re-run trains afresh (idempotent), never continuing an older demo's checkpoints.
-$PYTHON tools/train.py -c "$CONFIG" -o Global.output_dir="$OUT/train" -o Train.resume=never \
+$PY tools/train.py -c "$CONFIG" -o Global.output_dir="$OUT/train" -o Train.resume=never \
     -o Tokenizer.vocab_file="$DATA/vocab.txt" \
     -o Data.train="{format: official_tsv, path: $DATA/train.tsv}" -o Data.val=null
 
 stage "3/6 retrieval on the test split (the official protocol, then multi-ground-truth)"
-$PYTHON tools/extract_features.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
+$PY tools/extract_features.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
     --weights "$OUT/train" --data "$DATA/test.tsv" --output "$OUT/test_official.npz" --num-workers 1
-$PYTHON tools/extract_features.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
+$PY tools/extract_features.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
     --weights "$OUT/train" --format chinese_clip --data "$DATA" --split test \
     --output "$OUT/test_multi_gt.npz" --num-workers 1
-$PYTHON tools/eval_retrieval.py "$OUT/test_official.npz" --protocol official --json "$OUT/retrieval_official.json" | tee "$OUT/retrieval.txt"
-$PYTHON tools/eval_retrieval.py "$OUT/test_multi_gt.npz" --protocol multi_gt --json "$OUT/retrieval_multi_gt.json" | tee -a "$OUT/retrieval.txt"
+$PY tools/eval_retrieval.py "$OUT/test_official.npz" --protocol official --json "$OUT/retrieval_official.json" | tee "$OUT/retrieval.txt"
+$PY tools/eval_retrieval.py "$OUT/test_multi_gt.npz" --protocol multi_gt --json "$OUT/retrieval_multi_gt.json" | tee -a "$OUT/retrieval.txt"
 
 stage "4/6 export both towers for Paddle Inference -> $OUT/export"
-$PYTHON tools/export_model.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
+$PY tools/export_model.py -c "$CONFIG" -o Tokenizer.vocab_file="$DATA/vocab.txt" \
     --weights "$OUT/train" --output "$OUT/export" --overwrite
 
 stage "5/6 Paddle Inference: example queries on the test images"
-$PYTHON tools/demo_report.py --model "$OUT/export" --data "$DATA" --output "$OUT" | tee "$OUT/examples.txt"
+$PY tools/demo_report.py --model "$OUT/export" --data "$DATA" --output "$OUT" | tee "$OUT/examples.txt"
 
 stage "6/6 results"
 cat "$OUT/retrieval.txt"

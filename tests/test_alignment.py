@@ -15,7 +15,8 @@ from ernievil2.checkpoint.paddlenlp import (
     read_paddlenlp_dir,
     write_paddlenlp_dir,
 )
-from ernievil2.config import load_config, resolve_resource
+from ernievil2.config import load_config
+from ernievil2.resource_files import resolve_resource
 from ernievil2.data.image_ops import EvalTransform
 from ernievil2.data.tokenizer import ErnieTokenizer
 from ernievil2.models import build_model
@@ -137,7 +138,7 @@ def _inputs():
 
 
 def _paddlenlp_text_epsilon(model):
-    return {l._epsilon for n, l in model.named_sublayers() if n.startswith("text_model") and isinstance(l, paddle.nn.LayerNorm)}
+    return {layer._epsilon for n, layer in model.named_sublayers() if n.startswith("text_model") and isinstance(layer, paddle.nn.LayerNorm)}
 
 
 def test_paddlenlp_text_tower_ignores_its_configured_epsilon(paddlenlp_model):

@@ -1,7 +1,8 @@
 """Config loading: inheritance, overrides, and errors that name the key and the file."""
 import pytest
 
-from ernievil2.config import load_config, resolve_resource
+from ernievil2.config import load_config
+from ernievil2.resource_files import resolve_resource
 from ernievil2.models import build_model
 from ernievil2.registry import ConfigError
 from tests.conftest import REPO
@@ -151,3 +152,48 @@ def test_data_specs_are_checked_when_the_config_loads(spec, words, which):
     with pytest.raises(ConfigError) as info:
         load_config(BASE, [f"Data.{which}={spec}"])
     assert info.value.key == f"Data.{which}" and words in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("Optimizer.image.lr=0", "Optimizer.image.lr"),
+        ("Optimizer.text.weight_decay=-0.1", "Optimizer.text.weight_decay"),
+        ("Optimizer.text.layer_decay=1.5", "Optimizer.text.layer_decay"),
+        ("Optimizer.image.lr=fast", "Optimizer.image.lr"),
+        ("Optimizer.image.lrr=0.1", "Optimizer.image.lrr"),
+    ],
+)
+def test_per_tower_optimizer_values_are_checked_at_load(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(BASE, [override])
+    assert info.value.key == key
+
+
+def test_per_tower_optimizer_values_default_to_null():
+    config = load_config(BASE, ["Optimizer.text.lr=5e-5"])
+    assert config["Optimizer"]["image"] == {"lr": None, "weight_decay": None, "layer_decay": None}
+    assert config["Optimizer"]["text"]["lr"] == 5e-5
+
+
+@pytest.mark.parametrize(
+    "overrides, key, words",
+    [
+        (["Preprocess.image_size=192", "Preprocess.resize_short=192"], "Preprocess.image_size", "Arch.image_tower.img_size (224)"),
+        (["Augment={image_size: 192, resize_short: 192}"], "Augment.image_size", "Preprocess.image_size (224)"),
+        (["Tokenizer.max_len=100", "Arch.text_tower.max_position_embeddings=64"], "Tokenizer.max_len", "max_position_embeddings (64)"),
+        (["Arch.text_tower.vocab_size=1000"], "Arch.text_tower.vocab_size", "39980 ids of Tokenizer.vocab_file"),
+        (["Arch.name=ErnieVil2"], "Arch.name", "did you mean 'ErnieViL2'"),
+    ],
+)
+def test_sections_that_share_a_setting_must_agree(overrides, key, words):
+    with pytest.raises(ConfigError) as info:
+        load_config(BASE, overrides)
+    assert info.value.key == key and words in str(info.value)
+
+
+def test_augment_takes_its_image_size_from_preprocess_unless_set():
+    config = load_config(BASE, ["Preprocess.image_size=160", "Preprocess.resize_short=176", "Arch.image_tower.img_size=160"])
+    assert config["Augment"] == {"image_size": 160, "resize_short": 176}
+    config = load_config(BASE, ["Augment={resize_short: 256}"])
+    assert config["Augment"] == {"image_size": 224, "resize_short": 256}

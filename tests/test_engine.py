@@ -12,10 +12,13 @@ import numpy as np
 import paddle
 import pytest
 
-from ernievil2.engine.optim import NO_DECAY, freeze_towers, layer_scale, lr_at, param_groups, tower_depths
+from ernievil2.config import DEFAULTS
+from ernievil2.engine.optim import freeze_towers, lr_at, param_groups, param_settings
 from ernievil2.engine.steps import accumulated_step, train_step, use_tags_as_text
 from ernievil2.losses import MultiViewContrastiveLoss
 from ernievil2.models import build_model
+from ernievil2.models.tower import layer_scales
+from ernievil2.registry import ConfigError
 from tests.conftest import REPO
 from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config
 
@@ -61,23 +64,27 @@ def test_lr_schedule():
         lr_at(101, 1.0, 10, 100)
 
 
+def optimizer_section(**values):
+    return {**copy.deepcopy(DEFAULTS["Optimizer"]), "image": {}, "text": {}, "grad_clip": None, **values}
+
+
 def test_param_groups_decay_layers_and_freezing():
     model = tiny_model(0.0)
     names = [n for n, _ in model.named_parameters()]
-    no_decay = {n for n in names if NO_DECAY.search(n)}
+    no_decay = model.no_weight_decay()
     assert "visual.blocks.0.attn.qkv.weight" not in no_decay and "visual.patch_embed.proj.weight" not in no_decay
     assert {"visual.blocks.0.attn.qkv.bias", "visual.norm_pre.weight", "text_model.word_emb.weight",
             "visual.positional_embedding", "contrastive_loss_mm.temperature_b", "text_model.encoder_stack.block.0.ln1.weight"} <= no_decay
-    depths = tower_depths(model)
-    assert depths == {"visual.blocks": 1, "text_model.encoder_stack.block": 1}
-    assert layer_scale("visual.blocks.0.mlp.fc1.weight", depths, 0.5) == 0.5
-    assert layer_scale("visual.patch_embed.proj.weight", depths, 0.5) == 0.25
-    assert layer_scale("visual.norm_post.weight", depths, 0.5) == 1.0
-    groups = param_groups(model, 0.1, 0.5)
+    assert [len(tower.layer_groups()) for tower in model.towers().values()] == [3, 3]  # stem, 1 block, head
+    scales = layer_scales(model.visual, 0.5)
+    assert scales["blocks.0.mlp.fc1.weight"] == 0.5
+    assert scales["patch_embed.proj.weight"] == 0.25
+    assert scales["norm_post.weight"] == 1.0
+    groups = param_groups(model, optimizer_section(weight_decay=0.1, layer_decay=0.5))
     assert sum(len(g["params"]) for g in groups) == len(names)
     frozen = freeze_towers(model, ["image"])
     assert frozen and all(n.startswith("visual.") for n in frozen)
-    assert sum(len(g["params"]) for g in param_groups(model, 0.1)) == len(names) - len(frozen)
+    assert sum(len(g["params"]) for g in param_groups(model, optimizer_section(weight_decay=0.1))) == len(names) - len(frozen)
     with pytest.raises(ValueError, match="unknown tower 'img'"):
         freeze_towers(model, ["img"])
 
@@ -226,7 +233,7 @@ def test_recompute_gives_the_same_gradients():
     train_step(model, loss, batch, loss.required_views)
     expected = grads(model)
     model.clear_gradients()
-    model.visual.recompute = model.text_model.recompute = True
+    model.set_grad_checkpointing()
     train_step(model, loss, batch, loss.required_views)
     for name, value in expected.items():
         np.testing.assert_allclose(grads(model)[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
@@ -354,3 +361,20 @@ def test_skipped_records_are_listed_once_in_a_report(tmp_path, train_data):
     assert report == ["where\treason", f"{bad}:8\t" + report[1].split("\t", 1)[1]]
     assert report[1].split("\t")[1].startswith("truncated JPEG")
     assert "skipped 1 bad records" in (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
+
+
+def test_each_tower_has_its_own_lr_weight_decay_and_layer_decay():
+    model = tiny_model(0.0)
+    section = optimizer_section(lr=1e-3, weight_decay=0.1, image={"lr": 1e-4, "weight_decay": 0.0}, text={"layer_decay": 0.5})
+    settings = param_settings(model, section)
+    assert settings["visual.blocks.0.attn.qkv.weight"] == (pytest.approx(0.1), 0.0)
+    assert settings["text_model.encoder_stack.block.0.ffn.i.weight"] == (0.5, 0.1)
+    assert settings["text_model.word_emb.weight"] == (0.25, 0.0)
+    assert settings["contrastive_loss_mm.temperature_b"] == (1.0, 0.0)
+
+
+def test_layer_decay_on_a_tower_without_layer_groups_names_the_key():
+    model = build_model({**TINY_ARCH, "image_tower": {"name": "PaddleClas", "backbone": "EfficientNetB0", "out_dim": TINY_ARCH["text_tower"]["hidden_size"]}})
+    with pytest.raises(ConfigError, match="Optimizer.image.layer_decay: the PaddleClasTower tower has no layer_groups"):
+        param_groups(model, optimizer_section(layer_decay=0.65))
+    assert param_groups(model, optimizer_section(text={"layer_decay": 0.65}))

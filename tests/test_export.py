@@ -13,7 +13,8 @@ import yaml
 
 from ernievil2.checkpoint import read_model_state
 from ernievil2.checkpoint.paddlenlp import write_paddlenlp_dir
-from ernievil2.config import load_config, resolve_resource
+from ernievil2.config import load_config
+from ernievil2.resource_files import resolve_resource
 from ernievil2.inference.deploy import DEPLOY_FILE, read_deploy
 from ernievil2.inference.errors import DeviceUnavailableError, ExportError
 from ernievil2.inference.export import export_model, load_model

@@ -109,7 +109,7 @@ def suite_clock():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from ernievil2.config import resolve_resource
+    from ernievil2.resource_files import resolve_resource
 
     return ErnieTokenizer(resolve_resource("ernie-3.0-base-zh/vocab.txt"), max_len=MAX_LEN)
 

@@ -4,6 +4,7 @@ import paddle
 import pytest
 
 from ernievil2.models import IMAGE_TOWERS, TEXT_TOWERS, DualEncoder, LogitScale, build_model
+from ernievil2.models.tower import TowerCapabilityError, layer_scales
 from ernievil2.registry import ConfigError
 
 SMALL_IMAGE_TOWERS = {
@@ -119,3 +120,28 @@ def test_class_token_only_last_block_equals_the_full_computation(kind, recompute
     for name, grad in reference_grads.items():
         np.testing.assert_allclose(fast_grads[name], grad, rtol=1e-4, atol=1e-6, err_msg=name)
     assert list(tower.forward_tokens(inputs, cls_only=True).shape)[1] == 1
+
+
+def small_model(image_tower):
+    return build_model({"image_tower": {"name": image_tower, **SMALL_IMAGE_TOWERS[image_tower]}, "text_tower": {"name": "ErnieText", **SMALL_TEXT_TOWERS["ErnieText"]}})
+
+
+@pytest.mark.parametrize("name", ["ViT", "ErnieText"])
+def test_transformer_towers_group_every_parameter_once_and_recompute(name):
+    model = small_model("ViT")
+    tower = model.visual if name == "ViT" else model.text_model
+    scales = layer_scales(tower, 0.5)
+    assert set(scales) == {n for n, _ in tower.named_parameters()}
+    assert sorted(set(scales.values())) == [0.25, 0.5, 1.0]  # stem, the one block, head
+    model.set_grad_checkpointing()
+    assert tower.recompute
+
+
+def test_a_tower_that_cannot_is_an_error_at_build_time():
+    model = small_model("PaddleClas")
+    assert model.no_weight_decay() >= {"visual.net._fc.bias", "visual.net._conv._bn.weight"}
+    with pytest.raises(TowerCapabilityError, match="PaddleClasTower tower has no set_grad_checkpointing"):
+        model.set_grad_checkpointing()
+    with pytest.raises(TowerCapabilityError, match="no layer_groups"):
+        layer_scales(model.visual, 0.5)
+    assert set(layer_scales(model.visual, 1.0).values()) == {1.0}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ernievil2.config import resolve_resource
+from ernievil2.resource_files import resolve_resource
 from ernievil2.data.augment import TrainTransform
 from ernievil2.data.errors import DataError
 from ernievil2.data.pipeline import StreamPosition, TrainStream, expand_sources, rank_sources, shuffled, stable_image_id

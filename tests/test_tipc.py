@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ernievil2.data import fashion_scenes as fs
+from ernievil2.demo import fashion_scenes as fs
 from tests.conftest import REPO
 
 CONFIG = REPO / "test_tipc" / "configs" / "ernievil2_demo" / "train_infer_python.txt"

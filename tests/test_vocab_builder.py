@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ernievil2.data import fashion_scenes as fs
+from ernievil2.demo import fashion_scenes as fs
 from ernievil2.data import vocab_builder as vb
 
 REPO = Path(__file__).resolve().parents[1]

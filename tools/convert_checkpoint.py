@@ -1,67 +1,7 @@
 """Convert weights between PaddleNLP's ErnieViLModel and ours (= the official layout).
 
-    # a PaddleNLP save_pretrained folder (e.g. ernie_vil-2.0-base-zh) -> our .pdparams (+ its Arch)
-    python tools/convert_checkpoint.py to-ours PADDLENLP_DIR ernievil2_base.pdparams --arch-out arch.yaml
-    # ours / official .pdparams (or a training checkpoint folder) -> a PaddleNLP folder
-    python tools/convert_checkpoint.py to-paddlenlp ernievil2_base.pdparams OUT_DIR -c configs/ernievil2_base_vit16.yaml
-
-Every key is mapped explicitly and every shape is checked; anything that does
-not fit is reported by name. The official checkpoint needs no conversion: it
-loads as it is (``Global.pretrained`` or ``--weights``).
+The command is ``ernievil2/commands/convert_checkpoint.py`` (installed as ``ernievil2-convert-checkpoint``); ``--help`` says more.
 """
-import argparse
-import sys
+from ernievil2.commands import run_as_script
 
-import yaml
-
-import ernievil2  # noqa: F401  (sets up the CPU runtime before Paddle loads)
-import paddle
-from ernievil2.checkpoint import CheckpointMismatchError, load_pretrained, read_model_state
-from ernievil2.checkpoint.paddlenlp import read_paddlenlp_dir, write_paddlenlp_dir
-from ernievil2.checkpoint.state import atomic_save
-from ernievil2.config import load_config
-from ernievil2.models import build_model
-from ernievil2.registry import ConfigError
-
-
-def to_ours(args):
-    arch, state = read_paddlenlp_dir(args.source)
-    model = build_model(arch)
-    load_pretrained(model, args.source)  # strict: proves every key and shape fits our model
-    atomic_save({k: paddle.to_tensor(v) for k, v in state.items()}, args.target)
-    if args.arch_out:
-        with open(args.arch_out, "w", encoding="utf-8") as f:
-            yaml.safe_dump({"Arch": arch}, f, sort_keys=False)
-    print(f"{len(state)} tensors -> {args.target}" + (f"; Arch section -> {args.arch_out}" if args.arch_out else ""))
-
-
-def to_paddlenlp(args):
-    arch = load_config(args.config)["Arch"]
-    model = build_model(arch)
-    load_pretrained(model, args.source)
-    write_paddlenlp_dir(args.target, arch, read_model_state(args.source))
-    print(f"PaddleNLP folder -> {args.target} (load with ErnieViLModel.from_pretrained)")
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    ours = commands.add_parser("to-ours", help="PaddleNLP save_pretrained folder -> our .pdparams")
-    ours.add_argument("source")
-    ours.add_argument("target")
-    ours.add_argument("--arch-out", help="write the matching Arch section (yaml) here")
-    nlp = commands.add_parser("to-paddlenlp", help="our/official weights -> PaddleNLP folder")
-    nlp.add_argument("source")
-    nlp.add_argument("target")
-    nlp.add_argument("-c", "--config", required=True, help="the config whose Arch the weights belong to")
-    args = parser.parse_args(argv)
-    try:
-        {"to-ours": to_ours, "to-paddlenlp": to_paddlenlp}[args.command](args)
-    except (CheckpointMismatchError, ConfigError, FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
-
-
-if __name__ == "__main__":
-    from ernievil2 import cli
-
-    sys.exit(cli.run(main))
+run_as_script(__name__, "convert_checkpoint")

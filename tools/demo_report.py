@@ -1,33 +1,7 @@
 """Example text-to-image queries with an exported model, printed and drawn (examples.png).
 
-    python tools/demo_report.py --model output/demo/export --data demo_data/fashion_scenes_cn \
-        --output output/demo [--split test --queries 5 -k 5]
+The command is ``ernievil2/commands/demo_report.py`` (installed as ``ernievil2-demo-report``); ``--help`` says more.
 """
-import argparse
-import sys
+from ernievil2.commands import run_as_script
 
-from ernievil2.inference.predictor import ExportedModel
-from ernievil2.inference.report import demo_report
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a folder written by tools/export_model.py")
-    parser.add_argument("--data", required=True, help="a Chinese-CLIP layout folder ({split}_imgs.tsv, {split}_texts.jsonl)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--queries", type=int, default=5)
-    parser.add_argument("-k", type=int, default=5)
-    args = parser.parse_args(argv)
-    try:
-        text, png = demo_report(ExportedModel(args.model), args.data, args.split, args.output, args.queries, args.k)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
-    print(text)
-    print(f"picture of these queries: {png}")
-
-
-if __name__ == "__main__":
-    from ernievil2 import cli
-
-    sys.exit(cli.run(main))
+run_as_script(__name__, "demo_report")

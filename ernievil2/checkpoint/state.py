@@ -1,9 +1,9 @@
-"""Loading state dicts strictly, and writing files atomically."""
+"""Loading state dicts strictly, and saving them atomically."""
 import os
-import tempfile
 
-import numpy as np
 import paddle
+
+from ..files import atomic_file
 
 
 class CheckpointMismatchError(ValueError):
@@ -68,21 +68,6 @@ def read_state(path):
 
 
 def atomic_save(obj, path):
-    """``paddle.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    os.close(fd)
-    try:
+    """``paddle.save`` through :func:`~ernievil2.files.atomic_file`: never a half-written file."""
+    with atomic_file(path) as tmp:
         paddle.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def to_numpy_state(state):
-    return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state.items()}

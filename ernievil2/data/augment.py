@@ -18,9 +18,10 @@ import numbers
 import cv2
 import numpy as np
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..registry import ConfigError, did_you_mean
+from ..validate import check_known_keys, is_real_number
 from .image_ops import Normalizer, center_crop, resize_short
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 SECTION = "Augment"
 
@@ -313,7 +314,7 @@ def augment_settings(section=None):
     section = {} if section is None else section
     if not isinstance(section, dict):
         raise ConfigError(SECTION, f"expected a mapping, got {section!r}")
-    _check_known(section, AUGMENT_DEFAULTS, SECTION)
+    check_known_keys(section, AUGMENT_DEFAULTS, SECTION)
     raw = {**AUGMENT_DEFAULTS, **section}
     settings = {
         "image_size": _positive_int(raw["image_size"], f"{SECTION}.image_size"),
@@ -335,20 +336,8 @@ def augment_settings(section=None):
     return settings
 
 
-def _check_known(mapping, known, key):
-    for name in mapping:
-        if name not in known:
-            raise ConfigError(
-                f"{key}.{name}", "unknown key" + did_you_mean(name, known) + f"; known: {', '.join(known)}"
-            )
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _number(value, key):
-    if not _is_number(value):
+    if not is_real_number(value):
         raise ConfigError(key, f"expected a number, got {value!r}")
     return float(value)
 
@@ -377,7 +366,7 @@ def _strength(value, key, upper=None):
 
 def _interval(value, key, lowest, highest=math.inf):
     """``[low, high]`` with ``lowest < low <= high <= highest``."""
-    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_is_number(v) for v in value):
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(is_real_number(v) for v in value):
         raise ConfigError(key, f"expected [low, high], got {value!r}")
     low, high = float(value[0]), float(value[1])
     if not lowest < low <= high <= highest:
@@ -387,7 +376,7 @@ def _interval(value, key, lowest, highest=math.inf):
 
 
 def _triple(value, key, positive):
-    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_is_number(v) for v in value):
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(is_real_number(v) for v in value):
         raise ConfigError(key, f"expected 3 numbers (R, G, B), got {value!r}")
     if positive and min(value) <= 0:
         raise ConfigError(key, f"must be positive, got {value!r}")
@@ -396,11 +385,11 @@ def _triple(value, key, positive):
 
 def _op_section(value, defaults, key):
     """A sub-mapping merged over its defaults; null or 0 -> None (the op is off)."""
-    if value is None or (_is_number(value) and value == 0):
+    if value is None or (is_real_number(value) and value == 0):
         return None
     if not isinstance(value, dict):
         raise ConfigError(key, f"expected a mapping (keys: {', '.join(defaults)}), or null/0 to disable; got {value!r}")
-    _check_known(value, defaults, key)
+    check_known_keys(value, defaults, key)
     return {**defaults, **value}
 
 
@@ -444,7 +433,7 @@ def _crop_setting(value, key):
     options = {k: v for k, v in section.items() if k != "name"}
     if options and not defaults:
         raise ConfigError(f"{key}.{next(iter(options))}", f"the {name} crop takes no options")
-    _check_known(options, defaults, key)
+    check_known_keys(options, defaults, key)
     merged = {**defaults, **options}
     crop = {"name": name}
     if name == "random_resized":

@@ -5,11 +5,20 @@ when the user asked for ``on_error: skip``, records the skip in a
 :class:`SkipCounter` so that the count reaches the logs.
 """
 import os
-import tempfile
 from collections import Counter
+
+from ..files import atomic_text_file
 
 ON_ERROR_CHOICES = ("raise", "skip")
 TRUNCATED = "kept, caption truncated to max_len"
+
+
+def split_where(where):
+    """``"path:12"`` -> ``("path", 12)``; a bare file path -> ``(path, None)``."""
+    path, _, line = where.rpartition(":")
+    if path and line.isdigit():
+        return path, int(line)
+    return where, None
 
 
 class DataError(ValueError):
@@ -90,16 +99,12 @@ class SkipCounter:
         """
         if not self.skipped and not self.truncated:
             return None
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".skipped-")
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
+        with atomic_text_file(path) as f:
             f.write("where\treason\n")
             for where, reason in self.skipped.items():
                 f.write(f"{where}\t{reason}\n".replace("\r", " "))
             for where in sorted(self.truncated):
                 f.write(f"{where}\t{TRUNCATED}\n")
-        os.replace(tmp, path)
         return path
 
 

@@ -10,7 +10,7 @@ import math
 import cv2
 import numpy as np
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resize_short(image, short):

@@ -23,12 +23,12 @@ import os
 
 import numpy as np
 
-from .errors import DataError, SkipCounter
+from ..views import IMAGE_VIEWS, TAG_VIEW
+from .errors import DataError, SkipCounter, split_where
 from .parallel import OrderedPool
 from .readers import decode_image_bytes, open_pairs
 from .tokenizer import trim_padding
 
-IMAGE_VIEWS = ("image_v1", "image_v2")
 
 
 @dataclasses.dataclass
@@ -205,7 +205,7 @@ class TrainStream:
 
     def _has_needed_fields(self, record):
         if self.need_tags and not record.tags:
-            self.counter.report(DataError(*_split(record.where), "missing tags: the tag view needs a tags column"))
+            self.counter.report(DataError(*split_where(record.where), "missing tags: the tag view needs a tags column"))
             return False
         return True
 
@@ -247,12 +247,27 @@ class TrainStream:
             self.counter.note_truncated(record.where)
         texts = {"text": captions}
         if self.need_tags:
-            texts["tag"] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
+            texts[TAG_VIEW] = self.tokenizer.encode([tag_text(r.tags, self.tag_prompt, self.tag_separator) for r in records])
         # Each array to its own longest row: the tag view, usually shorter than the
         # captions, goes through the text tower at its own length (engine/steps.py).
         batch.update({name: trim_padding(ids, self.tokenizer.pad_id) for name, ids in texts.items()})
         batch["image_id"] = np.array([stable_image_id(r.image_id) for r in records], dtype=np.int64)
         return batch
+
+    def state_dict(self):
+        """Where the stream stands and what it skipped: enough to continue it exactly."""
+        return {
+            "position": vars(self.position).copy(),
+            "skipped": dict(self.counter.skipped),
+            "truncated": sorted(self.counter.truncated),
+        }
+
+    def load_state_dict(self, state):
+        self.position = StreamPosition(**state["position"])
+        # Checkpoints written before skip reports kept counts by reason, with no places to list.
+        if all(isinstance(reason, str) for reason in state["skipped"].values()):
+            self.counter.skipped.update(state["skipped"])
+        self.counter.truncated.update(state.get("truncated", ()))
 
     def __iter__(self):
         while True:
@@ -262,7 +277,3 @@ class TrainStream:
     def close(self):
         self.pool.close()
 
-
-def _split(where):
-    path, _, line = where.rpartition(":")
-    return (path, int(line)) if line.isdigit() else (where, None)

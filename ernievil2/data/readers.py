@@ -15,7 +15,6 @@ one shard.
 """
 import base64
 import dataclasses
-import difflib
 import inspect
 import json
 import re
@@ -25,7 +24,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 import cv2
 import numpy as np
 
-from ernievil2.data.errors import DataError, SkipCounter
+from ernievil2.data.errors import DataError, SkipCounter, split_where
+from ernievil2.registry import Registry, closest
 
 Shard = Optional[Tuple[int, int]]
 
@@ -143,7 +143,7 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     path) when the bytes are cut off, OpenCV cannot decode them, or the image
     is smaller than ``MIN_IMAGE_SIDE`` on a side.
     """
-    path, line = _split_where(where)
+    path, line = split_where(where)
     cut = truncation(data) if data else None
     if cut:
         raise DataError(path, line, f"{cut} ({len(data)} bytes)")
@@ -154,14 +154,6 @@ def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
     if min(image.shape[:2]) < MIN_IMAGE_SIDE:
         raise DataError(path, line, f"image too small: {image.shape[1]}x{image.shape[0]} (at least {MIN_IMAGE_SIDE} px a side)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _split_where(where: str) -> Tuple[str, Optional[int]]:
-    """``"path:12"`` -> ``("path", 12)``; a bare file path -> ``(path, None)``."""
-    path, _, line = where.rpartition(":")
-    if path and line.isdigit():
-        return path, int(line)
-    return where, None
 
 
 def iter_official_tsv(path, counter: SkipCounter, shard: Shard = None) -> Iterator[PairRecord]:
@@ -253,13 +245,13 @@ def check_pair_spec(spec: Mapping):
         raise ValueError(f"a data spec is a mapping like {{format: official_tsv, path: ...}}, got {spec!r}")
     kwargs = dict(spec)
     name = kwargs.pop("format", None)
-    known = ", ".join(PAIR_FORMATS)
+    known = ", ".join(DATA_FORMATS.names())
     if name is None:
         raise ValueError(f"data spec has no 'format' key; known formats: {known}")
-    if name not in PAIR_FORMATS:
-        hint = _did_you_mean(name, PAIR_FORMATS)
+    if name not in DATA_FORMATS:
+        hint = _did_you_mean(name, DATA_FORMATS.names())
         raise ValueError(f"unknown data format {name!r}{hint}; known formats: {known}")
-    opener = PAIR_FORMATS[name]
+    opener = DATA_FORMATS.get(name)
     signature = inspect.signature(opener)
     keys = [key for key in signature.parameters if key not in ("counter", "shard")]
     for key in kwargs:
@@ -287,16 +279,17 @@ def _chinese_clip_pairs(root, split: str, counter: SkipCounter, shard: Shard = N
     return ChineseClipSplit(root, split).iter_pairs(counter, shard)
 
 
-PAIR_FORMATS = {
-    "official_tsv": iter_official_tsv,
-    "chinese_clip": _chinese_clip_pairs,
-    "jsonl_folder": iter_jsonl_folder,
-}
+# A format is an opener ``(counter, shard=None, **spec options) -> PairRecord iterator``;
+# the spec's other keys are checked against its signature.
+DATA_FORMATS = Registry(
+    "data format",
+    {"official_tsv": iter_official_tsv, "chinese_clip": _chinese_clip_pairs, "jsonl_folder": iter_jsonl_folder},
+)
 
 
 def _did_you_mean(name, choices) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(name, choices)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def index_image_tsv(path, counter: SkipCounter) -> ImageIndex:

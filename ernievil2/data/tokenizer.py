@@ -19,6 +19,8 @@ import unicodedata
 
 import numpy as np
 
+from ..resource_files import resolve_resource
+
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 MAX_CHARS_PER_WORD = 100
 
@@ -233,3 +235,10 @@ class ErnieTokenizer:
             out[row, 1 : 1 + len(ids)] = ids
             out[row, 1 + len(ids)] = self.sep_id
         return (out, truncated) if return_truncated else out
+
+
+def build_tokenizer(config):
+    """The tokenizer of a loaded config's ``Tokenizer`` section; the vocab is found by ``resolve_resource``."""
+    section = config["Tokenizer"]
+    vocab_file = resolve_resource(section["vocab_file"], config)
+    return ErnieTokenizer(vocab_file, section["max_len"], section["do_lower_case"], section["backend"])

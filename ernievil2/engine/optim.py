@@ -1,13 +1,18 @@
-"""AdamW with the usual exclusions, layer-wise lr decay, tower freezing, warmup + cosine."""
+"""AdamW with per-tower settings, layer-wise lr decay, tower freezing, warmup + cosine.
+
+What carries weight decay and how a tower's layers group is the tower's own
+answer (``ernievil2/models/tower.py``); this module only turns the answers and
+the ``Optimizer`` section into parameter groups.
+"""
 import math
-import re
 
 import paddle
 
-TOWERS = {"image": "visual.", "text": "text_model."}
-# Biases, norms, embeddings and the temperature carry no weight decay.
-NO_DECAY = re.compile(r"(\.bias$|norm|\.ln\d?\.|(word|pos)_emb\.|class_embedding|positional_embedding|temperature_b|(^|[._])bn)")
-_BLOCK = re.compile(r"^(visual\.blocks|text_model\.encoder_stack\.block)\.(\d+)\.")
+from ..models.tower import TowerCapabilityError, layer_scales
+from ..registry import ConfigError, did_you_mean
+
+# Keys of Optimizer.image / Optimizer.text; null takes the section's own value.
+TOWER_KEYS = ("lr", "weight_decay", "layer_decay")
 
 
 def lr_at(step, base_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
@@ -20,61 +25,64 @@ def lr_at(step, base_lr, warmup_steps, total_steps, min_lr_ratio=0.0):
     return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def tower_depths(model):
-    """Number of blocks per tower prefix, for layer-wise decay (0 for towers without blocks)."""
-    depths = {}
-    for name, _ in model.named_parameters():
-        match = _BLOCK.match(name)
-        if match:
-            depths[match.group(1)] = max(depths.get(match.group(1), 0), int(match.group(2)) + 1)
-    return depths
-
-
-def layer_scale(name, depths, layer_decay):
-    """lr multiplier: ``layer_decay ** (depth + 1 - layer)``; embeddings are layer 0, heads depth + 1."""
-    if layer_decay == 1.0:
-        return 1.0
-    match = _BLOCK.match(name)
-    if match:
-        depth = depths[match.group(1)]
-        return layer_decay ** (depth - int(match.group(2)))
-    prefix = next((p for p in depths if name.startswith(p.split(".")[0] + ".")), None)
-    if prefix is None:
-        return 1.0  # the temperature
-    embedding = any(k in name for k in ("patch_embed", "class_embedding", "positional_embedding", "norm_pre", "word_emb", "pos_emb", "text_model.ln."))
-    return layer_decay ** (depths[prefix] + 1) if embedding else 1.0
+def tower_settings(section, kind):
+    """``{lr, weight_decay, layer_decay}`` of one tower: its own values, else the section's."""
+    own = section.get(kind) or {}
+    return {key: section[key] if own.get(key) is None else own[key] for key in TOWER_KEYS}
 
 
 def freeze_towers(model, towers):
     """Stop gradients of whole towers (LiT-style locking); returns the frozen parameter names."""
     frozen = []
-    for tower in towers:
-        if tower not in TOWERS:
-            raise ValueError(f"Optimizer.freeze: unknown tower {tower!r}; use 'image' or 'text'")
-        for name, param in model.named_parameters():
-            if name.startswith(TOWERS[tower]):
-                param.stop_gradient = True
-                frozen.append(name)
+    known = model.towers()
+    for kind in towers:
+        if kind not in known:
+            raise ConfigError(
+                "Optimizer.freeze", f"unknown tower {kind!r}; use {' or '.join(map(repr, known))}" + did_you_mean(kind, known)
+            )
+        for name, param in known[kind].named_parameters():
+            param.stop_gradient = True
+            frozen.append(model.tower_prefix(kind) + name)
     return frozen
 
 
-def param_groups(model, weight_decay, layer_decay=1.0):
-    """Parameter groups keyed by (lr multiplier, decay); frozen parameters are left out."""
-    depths = tower_depths(model)
+def param_settings(model, section):
+    """``{full parameter name: (lr multiplier, weight decay)}`` of every trainable parameter.
+
+    The multiplier is the tower's lr over ``Optimizer.lr`` times its layer scale;
+    parameters outside the towers (the temperature) keep 1 and the section's decay.
+    """
+    no_decay = model.no_weight_decay()
+    settings = {}
+    for kind, tower in model.towers().items():
+        own = tower_settings(section, kind)
+        try:
+            scales = layer_scales(tower, own["layer_decay"])
+        except TowerCapabilityError as err:
+            raise ConfigError(f"Optimizer.{kind}.layer_decay", f"{err}; leave it at 1.0") from None
+        prefix = model.tower_prefix(kind)
+        for name, scale in scales.items():
+            settings[prefix + name] = (own["lr"] / section["lr"] * scale, own["weight_decay"])
+    for name, param in model.named_parameters():
+        if not param.stop_gradient:
+            settings.setdefault(name, (1.0, section["weight_decay"]))
+    return {name: (lr, 0.0 if name in no_decay else decay) for name, (lr, decay) in settings.items()}
+
+
+def param_groups(model, section):
+    """Parameter groups keyed by (lr multiplier, decay), in that order; frozen parameters are left out."""
+    settings = param_settings(model, section)
     groups = {}
     for name, param in model.named_parameters():
-        if param.stop_gradient:
-            continue
-        decay = 0.0 if NO_DECAY.search(name) else weight_decay
-        scale = layer_scale(name, depths, layer_decay)
-        groups.setdefault((scale, decay), []).append(param)
-    return [{"params": params, "learning_rate": scale, "weight_decay": decay} for (scale, decay), params in sorted(groups.items(), key=lambda kv: kv[0])]
+        if name in settings:
+            groups.setdefault(settings[name], []).append(param)
+    return [{"params": params, "learning_rate": lr, "weight_decay": decay} for (lr, decay), params in sorted(groups.items(), key=lambda kv: kv[0])]
 
 
 def build_optimizer(model, section):
     """AdamW over ``model``'s trainable parameters from the ``Optimizer`` section."""
     freeze_towers(model, section["freeze"])
-    groups = param_groups(model, section["weight_decay"], section["layer_decay"])
+    groups = param_groups(model, section)
     if not groups:
         raise ValueError("Optimizer: every parameter is frozen; nothing to train")
     clip = paddle.nn.ClipGradByGlobalNorm(section["grad_clip"]) if section["grad_clip"] else None

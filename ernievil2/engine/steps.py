@@ -11,8 +11,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-IMAGE_VIEWS = ("image_v1", "image_v2")
-TEXT_VIEWS = ("text_v1", "text_v2", "tag")
+from ..views import IMAGE_VIEWS, KEY_VIEWS, TEXT_VIEWS, text_source
 
 
 def use_tags_as_text(seed, step, probability):
@@ -44,7 +43,7 @@ def view_inputs(batch, views, tags_as_text=False):
     # array read keeps the views in order.
     groups = {}
     for view in text_names:
-        source = "tag" if view == "tag" or tags_as_text else "text"
+        source = text_source(view, tags_as_text)
         groups.setdefault(source, []).append(batch[source])
     if len({group[0].shape[1] for group in groups.values()}) == 1:
         texts = paddle.concat([ids for group in groups.values() for ids in group])
@@ -72,7 +71,8 @@ def momentum_keys(momentum, micro_batches, tags_as_text=False):
     One call per micro-batch: each is trimmed to its own text length, so their
     ids cannot be stacked, and the activations stay those of one micro-batch.
     """
-    outs = [momentum(images=b["image_v1"], input_ids=b["tag"] if tags_as_text else b["text"]) for b in micro_batches]
+    image_view, text_source_of_keys = KEY_VIEWS["image"], text_source(KEY_VIEWS["text"], tags_as_text)
+    outs = [momentum(images=b[image_view], input_ids=b[text_source_of_keys]) for b in micro_batches]
     return {key: paddle.concat([out[key] for out in outs]) for key in ("image", "text")}
 
 

@@ -16,7 +16,7 @@ import paddle.distributed as dist
 from ..checkpoint.state import load_state_strict
 from ..evaluation.embed import embed_split
 from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
-from .checkpoints import clean_temporary, load_checkpoint, save_checkpoint
+from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from .optim import lr_at
 from .steps import accumulated_step, average_gradients, batch_to_tensors, momentum_keys, train_step, use_tags_as_text
 
@@ -108,7 +108,7 @@ class Trainer:
 
     # --- state --------------------------------------------------------------
     def trainer_state(self):
-        local = {"position": vars(self.stream.position).copy(), "rng": paddle.get_rng_state(), "skipped": dict(self.stream.counter.skipped), "truncated": sorted(self.stream.counter.truncated)}
+        local = {**self.stream.state_dict(), "rng": paddle.get_rng_state()}
         per_rank = [local]
         if self.world_size > 1:
             per_rank = []
@@ -150,12 +150,7 @@ class Trainer:
                 raise ValueError(f"{path} has no momentum encoder, but Loss.momentum_queue is configured")
             load_state_strict(self.momentum, extra["momentum_model"], source=f"{path} (momentum encoder)")
         mine = state["ranks"][self.rank]
-        self.stream.position.epoch = mine["position"]["epoch"]
-        self.stream.position.records = mine["position"]["records"]
-        # Checkpoints written before skip reports kept counts by reason, with no places to list.
-        if all(isinstance(reason, str) for reason in mine["skipped"].values()):
-            self.stream.counter.skipped.update(mine["skipped"])
-        self.stream.counter.truncated.update(mine.get("truncated", ()))
+        self.stream.load_state_dict(mine)
         paddle.set_rng_state(mine["rng"])
         self.step = state["step"]
         self.log(f"resumed from {path} at step {self.step}")

@@ -13,6 +13,7 @@ import numpy as np
 import paddle
 
 from ..data.errors import DataError, SkipCounter
+from ..iters import batched, first_of_each
 from ..data.parallel import OrderedPool
 from ..data.readers import ChineseClipSplit, decode_image_bytes, open_pairs
 from .retrieval import make_features, text_positives_csr
@@ -39,17 +40,6 @@ def _decode_batch(job):
     return (np.stack(pixels) if pixels else None), kept, errors
 
 
-def _chunks(items, size):
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 class Progress:
     """Prints ``label: n items, rate/s`` every ``every`` seconds."""
 
@@ -73,15 +63,9 @@ def _encode_images(model, pool, records, batch_size, progress, counter):
     An image that does not decode is reported to ``counter`` (raised, or
     counted under ``skip``) and has no row: the caller drops what refers to it.
     """
-    seen, rows = set(), {}
-
-    def unseen():
-        for image_id, data, where in records:
-            if image_id not in seen:
-                seen.add(image_id)
-                yield image_id, data, where
-
-    jobs = ((chunk, ([d for _, d, _ in chunk], [w for _, _, w in chunk])) for chunk in _chunks(unseen(), batch_size))
+    rows = {}
+    unseen = first_of_each(records, key=lambda record: record[0])
+    jobs = ((chunk, ([d for _, d, _ in chunk], [w for _, _, w in chunk])) for chunk in batched(unseen, batch_size))
     parts = []
     for chunk, (pixels, kept, errors) in pool.map(_decode_batch, jobs):
         for err in errors:
@@ -99,7 +83,7 @@ def _encode_images(model, pool, records, batch_size, progress, counter):
 def _encode_texts(model, tokenizer, texts, batch_size, progress, counter, wheres):
     """Embeddings of ``texts``; each caption cut to the tokenizer's max_len is noted in ``counter`` by its ``wheres``."""
     parts = []
-    for start, chunk in zip(range(0, len(texts), batch_size), _chunks(texts, batch_size)):
+    for start, chunk in zip(range(0, len(texts), batch_size), batched(texts, batch_size)):
         ids, cut = tokenizer.encode(chunk, return_truncated=True)
         for index in np.flatnonzero(cut):
             counter.note_truncated(wheres[start + index])

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..data.errors import SkipCounter
 from .index import TEXT_GALLERY_DIR, Gallery, make_thumbnail
-from .inputs import encode_image_batches
+from .inputs import encode_image_batches, unique_images
 
 
 def caption_ids(image_ids):
@@ -29,17 +29,14 @@ def build_galleries(model, items, batch_size=16, counter=None, thumbnail_size=16
     counter = counter or SkipCounter("raise")
     captions = []
 
-    def first_of_each_image():
-        seen = set()
+    def noting_captions():
         for item in items:
             if item.caption is not None:
                 captions.append((item.image_id, item.caption))
-            if item.image_id not in seen:
-                seen.add(item.image_id)
-                yield item
+            yield item
 
     ids, embeddings, thumbnails = [], [], []
-    for kept, images, batch in encode_image_batches(model, first_of_each_image(), batch_size, counter):
+    for kept, images, batch in encode_image_batches(model, unique_images(noting_captions()), batch_size, counter):
         ids.extend(item.image_id for item in kept)
         embeddings.append(batch)
         thumbnails.extend(make_thumbnail(image, thumbnail_size) for image in images)

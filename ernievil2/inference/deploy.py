@@ -17,6 +17,7 @@ import os
 
 import yaml
 
+from ..files import atomic_text_file, file_digest
 from .errors import ExportError
 
 DEPLOY_FILE = "deploy.yaml"
@@ -40,15 +41,6 @@ def tower_files(tower):
     return f"{tower}/inference.json", f"{tower}/inference.pdiparams"
 
 
-def file_digest(path, chunk=1 << 20):
-    """``{"bytes": size, "sha256": hex}`` of a file."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            sha.update(block)
-    return {"bytes": os.path.getsize(path), "sha256": sha.hexdigest()}
-
-
 def model_id(deploy):
     """A short fingerprint of the exported weights, stored with galleries to catch model mix-ups."""
     weights = sorted(path for path in deploy["files"] if path.endswith(".pdiparams"))
@@ -58,10 +50,8 @@ def model_id(deploy):
 
 def write_deploy(folder, deploy):
     path = os.path.join(folder, DEPLOY_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_text_file(path) as f:
         yaml.safe_dump(deploy, f, allow_unicode=True, sort_keys=False)
-    os.replace(tmp, path)
     return path
 
 

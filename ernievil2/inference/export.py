@@ -16,7 +16,7 @@ import paddle.nn as nn
 from paddle.static import InputSpec
 
 from ..checkpoint import load_pretrained
-from ..config import resolve_resource
+from ..resource_files import resolve_resource
 from ..models import build_model
 from .deploy import (
     DEPLOY_FILE,

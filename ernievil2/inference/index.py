@@ -23,6 +23,7 @@ import cv2
 import faiss
 import numpy as np
 
+from ..evaluation.retrieval import normalize_rows_
 from .errors import DeviceUnavailableError, GalleryError
 
 KINDS = ("image", "text")
@@ -42,7 +43,7 @@ def normalize_rows(embeddings):
     bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
     if bad.size:
         raise GalleryError(f"{bad.size} embedding row(s) are zero or not finite, first at row {bad[0]}")
-    return np.ascontiguousarray(x / norms)
+    return normalize_rows_(np.array(x, dtype=np.float32, order="C"))
 
 
 def make_thumbnail(rgb, max_side=160, quality=85):

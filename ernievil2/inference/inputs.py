@@ -1,11 +1,11 @@
 """What gets encoded: image files or folders, an official base64 TSV, texts from a file."""
 import dataclasses
-import itertools
 import os
 from typing import Iterable, Iterator, List, Optional
 
 from ..data.errors import DataError, SkipCounter
 from ..data.readers import decode_image_bytes, iter_official_tsv
+from ..iters import batched, first_of_each
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -56,11 +56,7 @@ def iter_tsv_images(path, counter: Optional[SkipCounter] = None) -> Iterator[Ima
 
 def unique_images(items: Iterable[ImageItem]) -> Iterator[ImageItem]:
     """The first item of each image id: a gallery holds every image once."""
-    seen = set()
-    for item in items:
-        if item.image_id not in seen:
-            seen.add(item.image_id)
-            yield item
+    return first_of_each(items, key=lambda item: item.image_id)
 
 
 def read_text_file(path) -> List[str]:
@@ -70,13 +66,6 @@ def read_text_file(path) -> List[str]:
     if not texts:
         raise ValueError(f"{path} has no text lines")
     return texts
-
-
-def batched(iterable, size):
-    """Lists of up to ``size`` consecutive items."""
-    iterator = iter(iterable)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
 
 
 def decoded_images(items, counter: SkipCounter):

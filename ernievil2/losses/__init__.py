@@ -1,6 +1,6 @@
 """Contrastive losses: pure maths, the gradient-carrying gather, the multi-view table, the momentum queue."""
+from ..views import KEY_VIEWS, KNOWN_VIEWS, VIEW_MODALITY
 from .contrastive import (
-    clamp_logit_scale,
     contrastive_labels,
     contrastive_logits,
     in_batch_accuracy,
@@ -19,18 +19,14 @@ from .momentum import (
     queue_share,
     same_image_mask,
 )
-from .multiview import (
-    KEY_VIEWS,
-    KNOWN_VIEWS,
-    VIEW_MODALITY,
-    MultiViewContrastiveLoss,
-    ViewPair,
-    parse_view_pairs,
-)
+from .multiview import MultiViewContrastiveLoss
+from .terms import LOSS_TERMS, LossInputs, ViewPair, pairwise_term, parse_view_pairs
 
 __all__ = [
     "KEY_VIEWS",
     "KNOWN_VIEWS",
+    "LOSS_TERMS",
+    "LossInputs",
     "QUEUE_MODES",
     "VIEW_MODALITY",
     "CrossModalQueue",
@@ -39,7 +35,6 @@ __all__ = [
     "MultiViewContrastiveLoss",
     "ViewPair",
     "check_equal_local_batch",
-    "clamp_logit_scale",
     "contrastive_labels",
     "contrastive_logits",
     "ema_update_",
@@ -47,6 +42,7 @@ __all__ = [
     "gather_with_grad",
     "in_batch_accuracy",
     "parse_momentum_queue",
+    "pairwise_term",
     "parse_view_pairs",
     "queue_info_nce",
     "queue_share",

@@ -2,12 +2,14 @@
 import copy
 
 from ..registry import ConfigError, did_you_mean
+from ..validate import boolean, check_known_keys, positive_number
 from .momentum import parse_momentum_queue
-from .multiview import MultiViewContrastiveLoss, parse_view_pairs
+from .multiview import MultiViewContrastiveLoss
+from .terms import LOSS_TERMS, parse_view_pairs
 
 LOSS_NAMES = ("MultiViewContrastive",)
 TEMPERATURE_KEYS = {"init": 0.07, "learnable": True, "max_logit_scale": 100.0}
-LOSS_KEYS = ("name", "temperature", "pairs", "momentum_queue")
+LOSS_KEYS = ("name", "temperature", "pairs", "momentum_queue", "terms")
 
 
 def _located(err, prefix):
@@ -21,16 +23,11 @@ def check_temperature(section):
     section = {} if section is None else section
     if not isinstance(section, dict):
         raise ConfigError("Loss.temperature", f"expected a mapping like {TEMPERATURE_KEYS}, got {section!r}")
-    for key in section:
-        if key not in TEMPERATURE_KEYS:
-            raise ConfigError(f"Loss.temperature.{key}", "unknown key" + did_you_mean(key, TEMPERATURE_KEYS))
+    check_known_keys(section, TEMPERATURE_KEYS, "Loss.temperature")
     merged = {**TEMPERATURE_KEYS, **section}
-    if not isinstance(merged["learnable"], bool):
-        raise ConfigError("Loss.temperature.learnable", f"expected true or false, got {merged['learnable']!r}")
+    boolean(merged["learnable"], "Loss.temperature.learnable")
     for key in ("init", "max_logit_scale"):
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"Loss.temperature.{key}", f"expected a positive number, got {value!r}")
+        positive_number(merged[key], f"Loss.temperature.{key}")
     if 1.0 / merged["init"] > merged["max_logit_scale"]:
         raise ConfigError("Loss.temperature.init", f"1/init = {1 / merged['init']:.1f} exceeds max_logit_scale {merged['max_logit_scale']}")
     return merged
@@ -40,18 +37,35 @@ def check_loss_config(section):
     """Validate a ``Loss`` section without building anything; returns the parsed pairs."""
     if not isinstance(section, dict):
         raise ConfigError("Loss", f"expected a mapping, got {section!r}")
-    for key in section:
-        if key not in LOSS_KEYS:
-            raise ConfigError(f"Loss.{key}", "unknown key" + did_you_mean(key, LOSS_KEYS) + f"; known: {', '.join(LOSS_KEYS)}")
+    check_known_keys(section, LOSS_KEYS, "Loss")
     name = section.get("name")
     if name not in LOSS_NAMES:
         raise ConfigError("Loss.name", f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}" + did_you_mean(name, LOSS_NAMES))
     check_temperature(section.get("temperature"))
+    build_terms(section.get("terms"))
     try:
         queue = None if section.get("momentum_queue") is None else parse_momentum_queue(section["momentum_queue"])
         return parse_view_pairs(section.get("pairs", []), allow_empty=queue is not None and queue.mode == "brivl")
     except ValueError as err:
         raise _located(err, "Loss") from None
+
+
+def build_terms(entries):
+    """The terms of ``Loss.terms``, a list of ``{name: <registered term>, **options}``."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise ConfigError("Loss.terms", f"expected a list of {{name: ..., ...}}, got {entries!r}")
+    terms = []
+    for index, entry in enumerate(entries):
+        key = f"Loss.terms[{index}]"
+        try:
+            terms.append(LOSS_TERMS.build(entry, key))
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise _located(err, key) from None
+    return terms
 
 
 def build_loss(section, rank=0, world_size=1, embed_dim=None):
@@ -65,4 +79,5 @@ def build_loss(section, rank=0, world_size=1, embed_dim=None):
         world_size=world_size,
         momentum_queue=queue,
         embed_dim=embed_dim if queue is not None else None,
+        terms=build_terms(section.get("terms")),
     )

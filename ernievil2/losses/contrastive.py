@@ -76,15 +76,3 @@ def symmetric_info_nce(a_local, b_local, logit_scale, a_all=None, b_all=None, ra
         "acc_b2a": in_batch_accuracy(logits_b2a, labels),
     }
 
-
-def clamp_logit_scale(temperature_b, max_logit_scale=100.0):
-    """``exp(temperature_b)`` clipped to ``[1, max_logit_scale]``.
-
-    The official code calls ``temperature.clip(...)`` and drops the result, so
-    its scale is never bounded. Clipping the output, rather than the parameter
-    in place after each step as open_clip does, keeps this a pure function;
-    outside the range the gradient is zero.
-    """
-    if not max_logit_scale >= 1:
-        raise ValueError(f"max_logit_scale must be >= 1, got {max_logit_scale!r}")
-    return paddle.clip(paddle.exp(temperature_b), min=1.0, max=float(max_logit_scale))

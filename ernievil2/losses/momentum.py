@@ -36,7 +36,6 @@ entries of the query's own image (when ids are known) are dropped (-inf).
 """
 import copy
 import math
-import numbers
 from typing import NamedTuple, Optional
 
 import paddle
@@ -44,7 +43,8 @@ import paddle.distributed as dist
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..registry import did_you_mean
+from ..registry import ConfigError
+from ..validate import boolean, check_known_keys, integer_at_least, number_in, one_of, positive_number, require_keys
 from .contrastive import contrastive_labels, contrastive_logits, in_batch_accuracy
 from .distributed import check_equal_local_batch
 
@@ -311,21 +311,11 @@ class MomentumQueueConfig(NamedTuple):
         return self.mode in ("brivl", "both")
 
 
+SECTION = "momentum_queue"
+
+
 def _fail(key, message):
-    raise ValueError(f"momentum_queue.{key}: {message}" if key else f"momentum_queue: {message}")
-
-
-def _check_int(key, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(key, f"must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_real(key, value):
-    # bool is an int in Python, and PyYAML reads `1e-3` (no dot) as a string.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        _fail(key, f"must be a finite number, got {value!r} ({type(value).__name__})")
-    return float(value)
+    raise ConfigError(f"{SECTION}.{key}" if key else SECTION, message)
 
 
 def _parse_temperature(value):
@@ -333,9 +323,7 @@ def _parse_temperature(value):
         return None
     if not isinstance(value, dict):
         _fail("temperature", f"expected 'shared' or a mapping {{init: 0.07}}, got {value!r}")
-    for key in value:
-        if key not in ("init", "learnable"):
-            _fail(f"temperature.{key}", "unknown key; known: init, learnable")
+    check_known_keys(value, ("init", "learnable"), f"{SECTION}.temperature")
     if "init" not in value:
         _fail("temperature", "missing key 'init'")
     if value.get("learnable", False) is not False:
@@ -344,10 +332,7 @@ def _parse_temperature(value):
             f"must be false, got {value['learnable']!r}: a learnable queue temperature would live in the "
             "loss, outside DataParallel's gradient sync; use 'temperature: shared' to learn it with the model's scale",
         )
-    init = _check_real("temperature.init", value["init"])
-    if init <= 0:
-        _fail("temperature.init", f"must be positive, got {init!r}")
-    return init
+    return positive_number(value["init"], f"{SECTION}.temperature.init")
 
 
 def parse_momentum_queue(section):
@@ -358,35 +343,21 @@ def parse_momentum_queue(section):
     """
     if not isinstance(section, dict):
         _fail("", f"expected a mapping, got {section!r}")
-    known = MomentumQueueConfig._fields
-    for key in section:
-        if key not in known:
-            _fail(key, f"unknown key; known: {', '.join(known)}" + did_you_mean(key, known))
-    for key in ("size", "mode"):
-        if key not in section:
-            _fail(key, "missing (required)")
-    if section["mode"] not in QUEUE_MODES:
-        _fail("mode", f"must be one of {', '.join(QUEUE_MODES)}, got {section['mode']!r}")
+    check_known_keys(section, MomentumQueueConfig._fields, SECTION)
+    require_keys(section, ("size", "mode"), SECTION)
+    one_of(section["mode"], QUEUE_MODES, f"{SECTION}.mode")
     if section["mode"] == "extra_negatives":
         for key in ("weight", "temperature"):
             if key in section and not (key == "temperature" and section[key] == "shared"):
                 _fail(key, "only the brivl term uses it; with mode extra_negatives the pairs use the model's scale")
     value = {**MomentumQueueConfig._field_defaults, "temperature": "shared", **section}
-    momentum = _check_real("momentum", value["momentum"])
-    if not 0.0 <= momentum <= 1.0:
-        _fail("momentum", f"must be in [0, 1], got {momentum!r}")
-    weight = _check_real("weight", value["weight"])
-    if weight <= 0:
-        _fail("weight", f"must be positive, got {weight!r}")
-    if not isinstance(value["mask_same_image"], bool):
-        _fail("mask_same_image", f"must be true or false, got {value['mask_same_image']!r}")
     return MomentumQueueConfig(
-        size=_check_int("size", value["size"], 1),
+        size=integer_at_least(value["size"], f"{SECTION}.size", 1),
         mode=value["mode"],
-        momentum=momentum,
-        weight=weight,
+        momentum=number_in(value["momentum"], f"{SECTION}.momentum", 0.0, 1.0),
+        weight=positive_number(value["weight"], f"{SECTION}.weight"),
         temperature=_parse_temperature(value["temperature"]),
-        warmup_steps=_check_int("warmup_steps", value["warmup_steps"], 0),
-        ramp_steps=_check_int("ramp_steps", value["ramp_steps"], 0),
-        mask_same_image=value["mask_same_image"],
+        warmup_steps=integer_at_least(value["warmup_steps"], f"{SECTION}.warmup_steps", 0),
+        ramp_steps=integer_at_least(value["ramp_steps"], f"{SECTION}.ramp_steps", 0),
+        mask_same_image=boolean(value["mask_same_image"], f"{SECTION}.mask_same_image"),
     )

@@ -8,102 +8,26 @@ one-pair table with weight ``w`` gives ``w`` times the CLIP loss.
 An optional BriVL momentum queue (``momentum.py``) adds queue negatives to
 every pair, a BriVL term, or both.
 """
-import difflib
-import math
-import numbers
-from typing import NamedTuple
-
-import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .contrastive import symmetric_info_nce
+from ..views import KEY_VIEWS
 from .distributed import check_equal_local_batch, gather_with_grad
-from .momentum import (
-    CrossModalQueue,
-    extra_negative_info_nce,
-    parse_momentum_queue,
-    queue_info_nce,
-    queue_share,
-    same_image_mask,
-)
-
-KNOWN_VIEWS = ("image_v1", "image_v2", "text_v1", "text_v2", "tag")
-VIEW_MODALITY = {"image_v1": "image", "image_v2": "image", "text_v1": "text", "text_v2": "text", "tag": "text"}
-# The brivl term's queries; the momentum copy encodes these views' inputs as the keys.
-KEY_VIEWS = {"image": "image_v1", "text": "text_v1"}
-
-
-class ViewPair(NamedTuple):
-    view_a: str
-    view_b: str
-    weight: float
-
-    @property
-    def name(self):
-        return f"{self.view_a}-{self.view_b}"
-
-
-def _check_view(where, view):
-    if not isinstance(view, str):
-        raise ValueError(f"{where}: a view name must be a string, got {view!r}")
-    if view in KNOWN_VIEWS:
-        return
-    message = f"{where}: unknown view {view!r}; known: {', '.join(KNOWN_VIEWS)}"
-    close = difflib.get_close_matches(view, KNOWN_VIEWS, n=1)
-    if close:
-        message += f"; did you mean {close[0]!r}?"
-    raise ValueError(message)
-
-
-def _check_weight(where, weight):
-    # bool is an int in Python, and PyYAML reads `1e-3` (no dot) as a string.
-    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-        raise ValueError(f"{where}: weight must be a number, got {weight!r} ({type(weight).__name__})")
-    if not (weight > 0 and math.isfinite(weight)):
-        raise ValueError(f"{where}: weight must be a positive finite number, got {weight!r}")
-
-
-def parse_view_pairs(entries, allow_empty=False):
-    """Validate a ``pairs`` table and return it as a tuple of :class:`ViewPair`.
-
-    Errors are ``ValueError`` naming ``pairs[i]`` and the offending value, for
-    the config loader to prefix with the section's key path. An empty table
-    is allowed only where another term carries the loss (the brivl queue).
-    """
-    if not isinstance(entries, (list, tuple)) or not (entries or allow_empty):
-        raise ValueError(f"pairs: expected a non-empty list of [view_a, view_b, weight], got {entries!r}")
-    seen = {}
-    pairs = []
-    for index, entry in enumerate(entries):
-        where = f"pairs[{index}]"
-        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-            raise ValueError(f"{where}: expected [view_a, view_b, weight], got {entry!r}")
-        view_a, view_b, weight = entry
-        _check_view(where, view_a)
-        _check_view(where, view_b)
-        if view_a == view_b:
-            raise ValueError(f"{where}: view {view_a!r} is paired with itself")
-        _check_weight(where, weight)
-        # The loss is symmetric, so [b, a] repeats [a, b].
-        key = frozenset((view_a, view_b))
-        if key in seen:
-            raise ValueError(f"{where}: [{view_a}, {view_b}] duplicates pairs[{seen[key]}]")
-        seen[key] = index
-        pairs.append(ViewPair(view_a, view_b, float(weight)))
-    return tuple(pairs)
+from .momentum import CrossModalQueue, parse_momentum_queue, queue_share, same_image_mask
+from .terms import InfoNCEPairs, LossInputs, MomentumQueueTerm, QueueState
 
 
 class MultiViewContrastiveLoss(nn.Layer):
-    """Weighted sum of symmetric InfoNCE losses over a table of view pairs.
+    """The sum of loss terms (``terms.py``): the pair table, the momentum queue, and any further terms.
 
     ``forward(features, logit_scale)`` takes ``{view: (B, D) tensor}``, raw or
     already normalised (rows are L2-normalised here; normalising twice changes
     nothing), and the scalar logit scale owned by the model. It returns
-    ``loss`` (the weighted sum) and, per pair, ``loss/<a>-<b>`` and
-    ``acc/<a>-<b>`` (mean of both directions' in-batch top-1 accuracy), all
-    tensors. With ``gather`` and ``world_size > 1`` negatives come from every
-    rank, each view gathered once, with gradient (see ``distributed.py``).
+    ``loss`` (the sum of the terms' weighted losses) and, per pair,
+    ``loss/<a>-<b>`` and ``acc/<a>-<b>`` (mean of both directions' in-batch
+    top-1 accuracy), all tensors. With ``gather`` and ``world_size > 1``
+    negatives come from every rank, each view gathered once, with gradient
+    (see ``distributed.py``).
 
     ``momentum_queue`` (a config mapping, see :func:`parse_momentum_queue`)
     adds a :class:`CrossModalQueue` of ``embed_dim``-wide keys; ``forward``
@@ -111,15 +35,20 @@ class MultiViewContrastiveLoss(nn.Layer):
     ``queue/share`` (and ``loss/brivl``, ``acc/brivl`` with the brivl
     term), and ``enqueue`` must follow each optimizer step (the call sequence
     is at the top of ``momentum.py``). Without it nothing changes.
+
+    ``terms``: further built terms (from ``LOSS_TERMS``), added after these.
     """
 
-    def __init__(self, pairs, rank=0, world_size=1, gather=True, momentum_queue=None, embed_dim=None):
+    def __init__(self, pairs, rank=0, world_size=1, gather=True, momentum_queue=None, embed_dim=None, terms=()):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.queue_config = None if momentum_queue is None else parse_momentum_queue(momentum_queue)
         brivl_alone = self.queue_config is not None and self.queue_config.mode == "brivl"
-        self.pairs = parse_view_pairs(pairs, allow_empty=brivl_alone)
+        pair_table = InfoNCEPairs(pairs, allow_empty=brivl_alone)
+        self.pairs = pair_table.pairs
+        queue_terms = [] if self.queue_config is None else [MomentumQueueTerm(self.queue_config)]
+        self.terms = [pair_table, *queue_terms, *terms]
         self.rank = rank
         self.world_size = world_size
         self.gather = gather
@@ -137,46 +66,26 @@ class MultiViewContrastiveLoss(nn.Layer):
         )
 
     @property
-    def pair_views(self):
-        """The views the pair table uses."""
-        return frozenset(v for pair in self.pairs for v in (pair.view_a, pair.view_b))
-
-    @property
     def required_views(self):
         """The views the loss uses: the only ones the model must compute."""
-        if self.queue_config is not None and self.queue_config.brivl:
-            return self.pair_views | frozenset(KEY_VIEWS.values())
-        return self.pair_views
+        return frozenset().union(*(term.views for term in self.terms))
 
     def forward(self, features, logit_scale, keys=None, image_ids=None, step=None):
         share = self._queue_share(keys, image_ids, step)
         local = self._normalised_views(features)
-        gathered = self._gathered_views({v: local[v] for v in self.pair_views})
-        mask = self._same_image_mask(image_ids, share)
-        with_queue = share > 0 and self.queue_config.extra_negatives
+        gathered_views = frozenset().union(*(term.gathered_views for term in self.terms))
+        gathered = self._gathered_views({v: local[v] for v in gathered_views})
+        queue = None
+        if self.queue_config is not None:
+            queue = QueueState(self.queue, self.queue_config, share, self._same_image_mask(image_ids, share))
+        inputs = LossInputs(local, gathered, logit_scale, self.rank, queue, keys)
         out = {}
         total = 0.0
-        for pair in self.pairs:
-            if with_queue:
-                terms = self._pair_with_queue(local, gathered, pair, logit_scale, mask, share)
-            else:
-                terms = symmetric_info_nce(
-                    local[pair.view_a],
-                    local[pair.view_b],
-                    logit_scale,
-                    gathered.get(pair.view_a),
-                    gathered.get(pair.view_b),
-                    self.rank,
-                )
-            out[f"loss/{pair.name}"] = terms["loss"]
-            out[f"acc/{pair.name}"] = (terms["acc_a2b"] + terms["acc_b2a"]) / 2
-            total = total + pair.weight * terms["loss"]
-        if self.queue_config is not None:
-            out["queue/share"] = paddle.to_tensor(share)
-            if self.queue_config.brivl:
-                terms = self._brivl_term(local, keys, logit_scale, mask, share)
-                out["loss/brivl"], out["acc/brivl"] = terms["loss"], terms["acc"]
-                total = total + self.queue_config.weight * terms["loss"]
+        for term in self.terms:
+            terms = term(inputs)
+            if "loss" in terms:
+                total = total + terms.pop("loss")
+            out.update(terms)
         out["loss"] = total
         return out
 
@@ -205,32 +114,6 @@ class MultiViewContrastiveLoss(nn.Layer):
         if share == 0 or not self.queue_config.mask_same_image:
             return None
         return same_image_mask(image_ids.astype("int64"), self.queue.ids)
-
-    def _pair_with_queue(self, local, gathered, pair, logit_scale, mask, share):
-        a, b = pair.view_a, pair.view_b
-        rank = self.rank if gathered else 0
-        a2b = extra_negative_info_nce(
-            local[a], gathered.get(b, local[b]), self.queue.entries(VIEW_MODALITY[b]), logit_scale, rank, mask, share
-        )
-        b2a = extra_negative_info_nce(
-            local[b], gathered.get(a, local[a]), self.queue.entries(VIEW_MODALITY[a]), logit_scale, rank, mask, share
-        )
-        return {
-            "loss": (a2b["loss"] + b2a["loss"]) / 2,
-            "acc_a2b": a2b["acc"],
-            "acc_b2a": b2a["acc"],
-        }
-
-    def _brivl_term(self, local, keys, logit_scale, mask, share):
-        scale = logit_scale if self.queue_config.temperature is None else 1.0 / self.queue_config.temperature
-        image_query, text_query = local[KEY_VIEWS["image"]], local[KEY_VIEWS["text"]]
-        i2t = queue_info_nce(
-            image_query, F.normalize(keys["text"], axis=-1), self.queue.entries("text"), scale, mask, share
-        )
-        t2i = queue_info_nce(
-            text_query, F.normalize(keys["image"], axis=-1), self.queue.entries("image"), scale, mask, share
-        )
-        return {"loss": (i2t["loss"] + t2i["loss"]) / 2, "acc": (i2t["acc"] + t2i["acc"]) / 2}
 
     def _normalised_views(self, features):
         missing = sorted(self.required_views - set(features))

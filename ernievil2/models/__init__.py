@@ -5,6 +5,8 @@ from .dual_encoder import DualEncoder, LogitScale
 from .ernie_text import ErnieTextEncoder
 from .vit import VisionTransformer
 
+# Arch.name: the model around the towers; ERNIE-ViL 2.0's is the dual encoder.
+ARCHS = Registry("architecture", {"ErnieViL2": DualEncoder})
 IMAGE_TOWERS = Registry("image tower", {"ViT": VisionTransformer, "PaddleClas": PaddleClasTower})
 TEXT_TOWERS = Registry("text tower", {"ErnieText": ErnieTextEncoder})
 
@@ -19,7 +21,7 @@ def build_model(arch, temperature=None):
     )
     visual = IMAGE_TOWERS.build(arch["image_tower"], "Arch.image_tower")
     text = TEXT_TOWERS.build(arch["text_tower"], "Arch.text_tower")
-    return DualEncoder(visual, text, logit_scale)
+    return ARCHS.get(arch.get("name", "ErnieViL2"), key="Arch.name")(visual, text, logit_scale)
 
 
-__all__ = ["IMAGE_TOWERS", "TEXT_TOWERS", "build_model", "DualEncoder", "LogitScale"]
+__all__ = ["ARCHS", "IMAGE_TOWERS", "TEXT_TOWERS", "build_model", "DualEncoder", "LogitScale"]

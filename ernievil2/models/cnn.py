@@ -8,6 +8,7 @@ import paddle
 import paddle.nn as nn
 
 from ..registry import did_you_mean
+from .tower import norms_and_biases
 
 
 def _paddleclas_backbones():
@@ -18,6 +19,8 @@ def _paddleclas_backbones():
 
 
 class PaddleClasTower(nn.Layer):
+    """A PaddleClas backbone; it has no layer groups and no recompute (the backbones differ in structure)."""
+
     def __init__(self, backbone="EfficientNetB5", out_dim=768, pretrained=None, **backbone_kwargs):
         super().__init__()
         zoo = _paddleclas_backbones()
@@ -45,6 +48,9 @@ class PaddleClasTower(nn.Layer):
                 f"missing: {missing[:5]}, shape mismatch: {mismatched[:5]})"
             )
         self.net.set_state_dict({k: v for k, v in state.items() if k not in mismatched})
+
+    def no_weight_decay(self):
+        return norms_and_biases(self)
 
     def forward(self, images):
         return self.net(images)

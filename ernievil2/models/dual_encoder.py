@@ -10,7 +10,20 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..losses.contrastive import clamp_logit_scale
+from .tower import capability, no_weight_decay
+
+
+def clamp_logit_scale(temperature_b, max_logit_scale=100.0):
+    """``exp(temperature_b)`` clipped to ``[1, max_logit_scale]``.
+
+    The official code calls ``temperature.clip(...)`` and drops the result, so
+    its scale is never bounded. Clipping the output, rather than the parameter
+    in place after each step as open_clip does, keeps this a pure function;
+    outside the range the gradient is zero.
+    """
+    if not max_logit_scale >= 1:
+        raise ValueError(f"max_logit_scale must be >= 1, got {max_logit_scale!r}")
+    return paddle.clip(paddle.exp(temperature_b), min=1.0, max=float(max_logit_scale))
 
 
 class LogitScale(nn.Layer):
@@ -31,6 +44,9 @@ class LogitScale(nn.Layer):
 
 
 class DualEncoder(nn.Layer):
+    # The towers by the name configs use (Optimizer.freeze, Optimizer.image, ...) -> their sub-layer.
+    TOWERS = {"image": "visual", "text": "text_model"}
+
     def __init__(self, visual, text_model, logit_scale=None):
         super().__init__()
         if visual.out_dim != text_model.out_dim:
@@ -42,6 +58,26 @@ class DualEncoder(nn.Layer):
         self.text_model = text_model
         self.contrastive_loss_mm = logit_scale or LogitScale()
         self.embed_dim = visual.out_dim
+
+    def towers(self):
+        """``{"image": tower, "text": tower}``."""
+        return {kind: getattr(self, attr) for kind, attr in self.TOWERS.items()}
+
+    def tower_prefix(self, kind):
+        """The parameter-name prefix of a tower, e.g. ``visual.``."""
+        return self.TOWERS[kind] + "."
+
+    def no_weight_decay(self):
+        """Full names of the parameters without weight decay: each tower's, and the temperature."""
+        names = {"contrastive_loss_mm.temperature_b"}
+        for kind, tower in self.towers().items():
+            names |= {self.tower_prefix(kind) + name for name in no_weight_decay(tower)}
+        return names
+
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute both towers' blocks in backward; a tower that cannot raises ``TowerCapabilityError``."""
+        for tower in self.towers().values():
+            capability(tower, "set_grad_checkpointing", "recompute its blocks")(enable)
 
     def encode_image(self, images, normalize=True):
         features = self.visual(images)

@@ -11,6 +11,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .layers import check_init, init_weights, merge_heads, run_block, scaled_dot_attention
+from .tower import groups_by_prefix, norms_and_biases
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 # The official model adds (1 - mask) * -1e4 to attention scores of padding keys.
@@ -72,6 +73,8 @@ class ErnieBlock(nn.Layer):
 
 
 class ErnieTextEncoder(nn.Layer):
+    # Layer-wise decay's first group: the embeddings and their LayerNorm.
+    STEM = ("word_emb.", "pos_emb.", "ln.")
     def __init__(
         self,
         vocab_size=40000,
@@ -116,6 +119,16 @@ class ErnieTextEncoder(nn.Layer):
         if pooler == "tanh":
             self.pooler = nn.Linear(hidden_size, hidden_size)
         init_weights(self, init)
+
+    def no_weight_decay(self):
+        return norms_and_biases(self) | {"word_emb.weight", "pos_emb.weight"}
+
+    def layer_groups(self):
+        blocks = [(f"encoder_stack.block.{index}.",) for index in range(len(self.encoder_stack.block))]
+        return groups_by_prefix(self, [self.STEM, *blocks, ("pooler.",)])
+
+    def set_grad_checkpointing(self, enable=True):
+        self.recompute = enable
 
     def forward_tokens(self, input_ids, cls_only=False):
         """Every token's output ``[B, L, D]``; with ``cls_only``, the [CLS] token's ``[B, 1, D]``."""

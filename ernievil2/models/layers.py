@@ -80,25 +80,32 @@ def init_weights(tower, scheme, embeddings=()):
     check_init(scheme)
     for layer in tower.sublayers(include_self=True):
         if isinstance(layer, (nn.Linear, nn.Embedding, nn.Conv2D)):
-            if scheme == "bert":
-                nn.initializer.TruncatedNormal(std=0.02)(layer.weight)
-            elif isinstance(layer, nn.Conv2D):
-                # A patchify convolution (stride = kernel) is a linear map from a patch to a
-                # token: fan-in C*k*k, fan-out D. Paddle's conv rule (fan-out D*k*k) made
-                # the patch embeddings ~6x smaller than that, below the position embeddings.
-                out_channels, in_channels, kh, kw = layer.weight.shape
-                nn.initializer.XavierUniform(fan_in=in_channels * kh * kw, fan_out=out_channels)(layer.weight)
-            else:
-                fan_in, fan_out = layer.weight.shape
-                nn.initializer.XavierUniform(fan_in=fan_in, fan_out=fan_out)(layer.weight)
+            init_matrix(layer.weight, scheme, *fans(layer))
             if getattr(layer, "bias", None) is not None:
                 nn.initializer.Constant(0.0)(layer.bias)
     for param in embeddings:
-        if scheme == "bert":
-            nn.initializer.TruncatedNormal(std=0.02)(param)
-        else:
-            width = param.shape[-1]
-            nn.initializer.XavierUniform(fan_in=width, fan_out=width)(param)
+        width = param.shape[-1]
+        init_matrix(param, scheme, width, width)
+
+
+def fans(layer):
+    """(fan-in, fan-out) of a layer's weight, seen as a linear map."""
+    if isinstance(layer, nn.Conv2D):
+        # A patchify convolution (stride = kernel) is a linear map from a patch to a
+        # token: fan-in C*k*k, fan-out D. Paddle's conv rule (fan-out D*k*k) made
+        # the patch embeddings ~6x smaller than that, below the position embeddings.
+        out_channels, in_channels, kh, kw = layer.weight.shape
+        return in_channels * kh * kw, out_channels
+    fan_in, fan_out = layer.weight.shape
+    return fan_in, fan_out
+
+
+def init_matrix(param, scheme, fan_in, fan_out):
+    """One weight by ``scheme``: truncated normal 0.02 (bert), or Xavier-uniform for the given fans."""
+    if scheme == "bert":
+        nn.initializer.TruncatedNormal(std=0.02)(param)
+    else:
+        nn.initializer.XavierUniform(fan_in=fan_in, fan_out=fan_out)(param)
 
 
 def run_block(block, recompute, *args, **kwargs):

@@ -12,6 +12,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .layers import DropPath, check_init, init_weights, merge_heads, run_block, scaled_dot_attention
+from .tower import groups_by_prefix, norms_and_biases
 
 
 def quick_gelu(x):
@@ -105,6 +106,8 @@ class PatchEmbed(nn.Layer):
 
 
 class VisionTransformer(nn.Layer):
+    # Layer-wise decay's first group: everything before the blocks.
+    STEM = ("patch_embed.", "class_embedding", "positional_embedding", "norm_pre.")
     def __init__(
         self,
         img_size=224,
@@ -143,6 +146,16 @@ class VisionTransformer(nn.Layer):
         )
         self.norm_post = nn.LayerNorm(embed_dim, epsilon=epsilon)
         init_weights(self, init, embeddings=(self.class_embedding, self.positional_embedding))
+
+    def no_weight_decay(self):
+        return norms_and_biases(self) | {"class_embedding", "positional_embedding"}
+
+    def layer_groups(self):
+        blocks = [(f"blocks.{index}.",) for index in range(len(self.blocks))]
+        return groups_by_prefix(self, [self.STEM, *blocks, ("norm_post.",)])
+
+    def set_grad_checkpointing(self, enable=True):
+        self.recompute = enable
 
     def forward_tokens(self, images, cls_only=False):
         """Every token's output ``[B, 1+N, D]``; with ``cls_only``, the class token's ``[B, 1, D]``."""

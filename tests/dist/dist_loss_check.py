@@ -26,7 +26,8 @@ import paddle
 import paddle.distributed as dist
 import paddle.nn.functional as F
 
-from ernievil2.losses import MultiViewContrastiveLoss, clamp_logit_scale, symmetric_info_nce
+from ernievil2.losses import MultiViewContrastiveLoss, symmetric_info_nce
+from ernievil2.models.dual_encoder import clamp_logit_scale
 
 PAIRS = [
     ["image_v1", "text_v1", 1.0],

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import paddle
 
-from ernievil2.engine.setup import init_distributed
+from ernievil2.engine.build import init_distributed
 from ernievil2.engine.steps import accumulated_step, average_gradients, train_step
 from ernievil2.losses import MultiViewContrastiveLoss
 from ernievil2.models import build_model

@@ -16,8 +16,9 @@ import tempfile
 
 import paddle
 
-from ..checkpoint import MODEL_WEIGHTS, latest_checkpoint
-from ..checkpoint.state import CheckpointReadError
+from ..files import atomic_text_file
+from . import MODEL_WEIGHTS, latest_checkpoint
+from .state import CheckpointReadError
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 LATEST = "latest"
@@ -55,10 +56,8 @@ def save_checkpoint(output_dir, step, model, optimizer, extra_state, trainer_sta
 
 
 def _write_latest(root, name):
-    fd, tmp = tempfile.mkstemp(prefix=".latest-", dir=root)
-    with os.fdopen(fd, "w") as f:
+    with atomic_text_file(os.path.join(root, LATEST)) as f:
         f.write(name + "\n")
-    os.replace(tmp, os.path.join(root, LATEST))
 
 
 def list_checkpoints(output_dir):

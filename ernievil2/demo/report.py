@@ -12,7 +12,7 @@ import cv2
 
 from ..data.errors import SkipCounter
 from ..data.readers import ChineseClipSplit, decode_image_bytes
-from .index import Gallery
+from ..inference.index import Gallery
 
 CJK_FONTS = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",

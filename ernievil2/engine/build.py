@@ -6,16 +6,19 @@ import paddle.distributed as dist
 
 from .. import runtime
 from ..checkpoint import load_pretrained
-from ..config import dump_config, resolve_resource
+from ..config import dump_config
 from ..data.augment import TrainTransform
 from ..data.image_ops import EvalTransform
 from ..data.pipeline import TrainStream
-from ..data.tokenizer import ErnieTokenizer
+from ..data.tokenizer import build_tokenizer
 from ..losses.build import build_loss, check_temperature
 from ..losses.momentum import MomentumEncoder
 from ..models import build_model
+from ..models.tower import TowerCapabilityError
+from ..registry import ConfigError
+from ..views import TAG_VIEW, image_view_count
 from ..checkpoint.state import CheckpointReadError
-from .checkpoints import clean_temporary, load_checkpoint, resume_candidates
+from ..checkpoint.training import clean_temporary, load_checkpoint, resume_candidates
 from .optim import build_optimizer
 from .trainer import Trainer, make_eval_fn
 
@@ -42,11 +45,6 @@ def rank_logger(rank, path=None):
                 f.write(message + "\n")
 
     return log
-
-
-def build_tokenizer(config):
-    cfg = config["Tokenizer"]
-    return ErnieTokenizer(resolve_resource(cfg["vocab_file"], config), cfg["max_len"], cfg["do_lower_case"], cfg["backend"])
 
 
 def wrap_for_parallel(model, optimizer, train_cfg):
@@ -86,7 +84,10 @@ def build_trainer(config):
     paddle.seed(seed)  # identical initial weights on every rank
     model = build_model(config["Arch"], check_temperature(config["Loss"].get("temperature")))
     if config["Train"]["recompute"]:
-        model.visual.recompute = model.text_model.recompute = True
+        try:
+            model.set_grad_checkpointing()
+        except TowerCapabilityError as err:
+            raise ConfigError("Train.recompute", str(err), config.get("_source_")) from None
     if config["Global"]["pretrained"]:
         load_pretrained(model, config["Global"]["pretrained"])
         log(f"loaded weights from {config['Global']['pretrained']}")
@@ -111,8 +112,8 @@ def build_trainer(config):
         tokenizer,
         TrainTransform(config["Augment"]),
         train["batch_size"],
-        image_views=2 if "image_v2" in views else 1,
-        need_tags="tag" in views or train["tag_as_text_prob"] > 0,
+        image_views=image_view_count(views),
+        need_tags=TAG_VIEW in views or train["tag_as_text_prob"] > 0,
         tag_prompt=data["tag_prompt"],
         tag_separator=data["tag_separator"],
         rank=rank,

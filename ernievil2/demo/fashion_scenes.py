@@ -21,14 +21,15 @@ import urllib.error
 import urllib.request
 import zlib
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import DataError
+from ..data.errors import DataError
+from ..files import atomic_text_file, file_digest
 
 FORMAT_VERSION = "fashion_scenes_cn/1"
 
@@ -199,13 +200,6 @@ def validate_spec(spec):
 
 
 # ----------------------------------------------------------------------------- source files
-
-
-def encode_idx(array):
-    """The idx byte layout of a uint8 array (inverse of :func:`decode_idx`)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.tobytes()
 
 
 def decode_idx(data, expected_magic, path):
@@ -627,27 +621,6 @@ class SplitStats:
 
 
 # ----------------------------------------------------------------------------- output folder
-
-
-@contextmanager
-def atomic_text_file(path):
-    """Write to ``path.tmp`` and move it into place only once complete."""
-    partial = Path(str(path) + ".tmp")
-    try:
-        with open(partial, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
-
-
-def file_digest(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
 
 
 def spec_as_json(spec):

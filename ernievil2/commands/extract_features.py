@@ -1,0 +1,83 @@
+"""Embed a data split with a model: text and image features for retrieval evaluation.
+
+    python tools/extract_features.py -c configs/ernievil2_base_vit16.yaml \
+        --weights OPEN_ERNIE_VIL2_BASE_ViT.pdparams --data test.coco_cn.data --output feats.npz
+    python tools/extract_features.py -c CONFIG --weights ckpt/ --format chinese_clip \
+        --data datasets/COCO-CN --split test --output feats.npz
+    python tools/eval_retrieval.py feats.npz --protocol both
+
+``--official-txt`` also writes the official ``run_infer.py`` output format
+(``text_vec \\t image_vec \\t idx`` per pair) for the official ``eval_retri.py``.
+"""
+import argparse
+import time
+
+import numpy as np
+
+import paddle
+from ernievil2.checkpoint import load_pretrained
+from ernievil2.config import load_config
+from ernievil2.data.errors import skip_report_path
+from ernievil2.data.image_ops import EvalTransform
+from ernievil2.data.readers import DATA_FORMATS
+from ernievil2.data.tokenizer import build_tokenizer
+from ernievil2.evaluation.embed import embed_split
+from ernievil2.evaluation.retrieval import save_features
+from ernievil2.models import build_model
+
+
+# A ValueError here means a bad data file or spec: a one-line error too (ernievil2.cli.run).
+USER_ERRORS = (ValueError,)
+
+
+def data_spec(args):
+    if args.format == "chinese_clip":
+        return {"format": "chinese_clip", "root": args.data, "split": args.split}
+    return {"format": args.format, "path": args.data}
+
+
+def write_official_txt(path, features):
+    """One line per pair, as the official run_infer.py writes it (idx is always 1 there)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for text, image in zip(features.text_emb, features.image_emb):
+            f.write(" ".join(map(str, text)) + "\t" + " ".join(map(str, image)) + "\t1\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
+    parser.add_argument("--weights", required=True, help="official .pdparams, PaddleNLP folder, or our checkpoint")
+    parser.add_argument("--data", required=True, help="data file (or Chinese-CLIP folder)")
+    parser.add_argument("--format", default="official_tsv", choices=DATA_FORMATS.names())
+    parser.add_argument("--split", default="test", help="split name for --format chinese_clip")
+    parser.add_argument("--output", required=True, help="features .npz")
+    parser.add_argument("--official-txt", help="also write the official embedding text format here")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.override)
+    paddle.set_device(config["Global"]["device"])
+    model = build_model(config["Arch"])
+    load_pretrained(model, args.weights)
+    started = time.time()
+    features, counter = embed_split(
+        model,
+        data_spec(args),
+        build_tokenizer(config),
+        EvalTransform.from_config(config["Preprocess"]),
+        args.batch_size or config["Eval"]["batch_size"],
+        config["Eval"]["num_workers"] if args.num_workers is None else args.num_workers,
+        args.on_error,
+    )
+    save_features(args.output, features.text_emb, features.image_emb, features.image_ids, features.text_ids, features.text_pos_indptr, features.text_pos_ids)
+    if args.official_txt:
+        write_official_txt(args.official_txt, features)
+    print(
+        f"{len(features.text_emb)} texts, {len(np.unique(features.image_ids))} images "
+        f"in {time.time() - started:.1f}s -> {args.output}; {counter.summary()}"
+    )
+    report = counter.write_report(skip_report_path(args.output))
+    if report:
+        print(f"skip report: {counter.total} records listed in {report}")

@@ -1,0 +1,50 @@
+"""Training with an image tower and a loss term of one's own, added through the registries alone.
+
+This file stands for a project outside the package: it imports ernievil2,
+registers its own builders, then trains from a config that names them
+(docs/developing.md). ``python tests/extension/toy_train.py -c CONFIG [-o ...]``.
+"""
+import argparse
+import sys
+
+import paddle.nn as nn
+
+from ernievil2 import cli
+from ernievil2.losses import LOSS_TERMS, pairwise_term
+from ernievil2.models import IMAGE_TOWERS
+
+
+class ToyImageTower(nn.Layer):
+    """A linear map from the pixels to the feature: no blocks, so no layer groups or recompute."""
+
+    def __init__(self, img_size=32, out_dim=32):
+        super().__init__()
+        self.out_dim = out_dim
+        self.proj = nn.Linear(3 * img_size * img_size, out_dim)
+
+    def forward(self, images):
+        return self.proj(images.flatten(1))
+
+
+def cosine_distance(a, b, logit_scale, a_all, b_all, rank):
+    """Mean ``1 - cos`` of paired rows (both unit length): pulls positives together, no negatives."""
+    return (1 - (a * b).sum(axis=-1)).mean()
+
+
+IMAGE_TOWERS.register("ToyImage", ToyImageTower)
+LOSS_TERMS.register("cosine_distance", pairwise_term("cosine_distance", cosine_distance))
+
+
+def main(argv=None):
+    from ernievil2.config import load_config
+    from ernievil2.engine.build import build_trainer
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("-o", "--override", action="append", default=[])
+    args = parser.parse_args(argv)
+    build_trainer(load_config(args.config, args.override)).train()
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
