@@ -296,10 +296,12 @@ def test_k_larger_than_the_gallery_returns_the_whole_gallery(client):
     assert response.status_code == 200 and len(response.json()["results"]) == 20
 
 
-def test_search_page_is_served(client):
+def test_search_page_is_served_without_outside_resources(client):
     response = client.get("/")
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
-    assert 'fetch("/search"' in response.text
+    assert 'runSearch("/search"' in response.text and "`/search/image?" in response.text
+    # Dependency-free: no script, style or font from another host.
+    assert "http://" not in response.text and "https://" not in response.text
 
 
 def test_serve_tool_reports_a_missing_model_without_a_traceback(tmp_path):
