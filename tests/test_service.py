@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from ernievil2.commands.infer import print_hits
 from ernievil2.config import load_config
 from ernievil2.data.errors import DataError, SkipCounter
 from ernievil2.inference.batching import DynamicBatcher, QueueFullError
@@ -565,3 +566,12 @@ def test_undecodable_tsv_image_is_skipped_or_raised(tmp_path, model, rows):
     images, texts = build_galleries(model, iter_tsv_images(tsv, counter), batch_size=2, counter=counter)
     assert images.ids == [rows[0][1], rows[1][1]] and counter.total == 1
     assert "坏图" not in texts.texts
+
+
+def test_infer_search_prints_captions_where_the_gallery_has_them(capsys):
+    gallery = Gallery.from_embeddings(np.eye(3), ["a.jpg", "b.jpg", "c.jpg"], "image", texts=["红色的外套", None, "蓝裤子"])
+    print_hits("query", gallery, [0.9, 0.5, 0.1], [2, 1, 0])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[2:] == ["c.jpg", "蓝裤子"]
+    assert lines[2].split()[2:] == ["b.jpg"]  # no caption: nothing printed, not "None"
+    assert lines[3].split()[2:] == ["a.jpg", "红色的外套"]
