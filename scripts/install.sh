@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Python packages (CPU Paddle unless a Paddle is already
 # importable, e.g. paddlepaddle-gpu); with --demo the Debian Fashion-MNIST files
-# and a CJK font; with --browser Chromium (for the search-page test).
+# and a CJK font; with --browser Chromium and chromedriver (for the search-page test).
 # Under an externally managed Python (PEP 668: Debian's /usr/bin/python3 refuses
 # pip installs) the packages go into a project virtual environment, .venv, which
 # scripts/python.sh then runs. --venv-only stops after choosing the interpreter
@@ -60,11 +60,12 @@ for arg in "$@"; do
       fi
       ;;
     --browser)
-      # Headless Chromium drives the search page in tests/test_service_browser.py.
-      if ! command -v chromium >/dev/null 2>&1; then
-        echo "[install] Debian package chromium"
+      # Headless Chromium drives the search page in tests/test_service_browser.py: directly
+      # (--dump-dom), and through chromedriver to type, upload and follow links.
+      if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        echo "[install] Debian packages chromium chromium-driver"
         SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
       fi
       ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;

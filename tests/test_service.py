@@ -1,9 +1,12 @@
 """The retrieval service: API, galleries, dynamic batching, and bad requests that leave it serving."""
 import asyncio
 import base64
+import json
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 
 import cv2
 import httpx
@@ -11,16 +14,24 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from ernievil2.commands.infer import print_hits
 from ernievil2.config import load_config
 from ernievil2.data.errors import DataError, SkipCounter
 from ernievil2.inference.batching import DynamicBatcher, QueueFullError
-from ernievil2.inference.build import build_galleries, caption_ids, load_galleries, save_galleries
+from ernievil2.inference.build import (
+    build_galleries,
+    caption_ids,
+    caption_image_id,
+    first_captions,
+    load_galleries,
+    save_galleries,
+)
 from ernievil2.inference.errors import GalleryError
 from ernievil2.inference.export import export_model, load_model
-from ernievil2.inference.index import Gallery, load_gallery, make_thumbnail, save_embeddings
+from ernievil2.inference.index import ITEMS_FILE, THUMBNAIL_SIZE, Gallery, load_gallery, make_thumbnail, save_embeddings
 from ernievil2.inference.inputs import iter_tsv_images
 from ernievil2.inference.predictor import ExportedModel, PredictorOptions
-from ernievil2.inference.service import ServiceSettings, create_app
+from ernievil2.inference.service import ServiceSettings, create_app, search_results
 from tests.conftest import REPO
 
 TINY_CONFIG = str(REPO / "configs" / "tiny_official_fixture.yaml")
@@ -35,6 +46,21 @@ def _cut_jpeg():
 
 
 CUT_JPEG = _cut_jpeg()  # decodable by OpenCV (grey rows), but a cut-off download
+
+
+def png_header(width, height):
+    """A PNG that declares ``width`` x ``height`` pixels and holds none: what a decompression bomb's header says."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def png_bytes(height, width):
+    ok, data = cv2.imencode(".png", np.full((height, width, 3), 200, np.uint8))
+    assert ok
+    return data.tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +95,8 @@ def galleries(model, tsv, tmp_path_factory):
     return load_galleries(str(folder))
 
 
-SETTINGS = ServiceSettings(max_wait_ms=2.0, max_body_bytes=1 << 20)
+# The fixture photos are 512 x 512 JPEGs of at most 90 kB; the limits sit just above them.
+SETTINGS = ServiceSettings(max_wait_ms=2.0, max_body_bytes=1 << 20, max_upload_bytes=200_000, max_image_pixels=600 * 600)
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +112,45 @@ def test_gallery_holds_each_image_once_and_every_caption(galleries, rows, fixtur
     images, texts = galleries
     assert images.kind == "image" and texts.kind == "text"
     assert images.ids == list(dict.fromkeys(row[1] for row in rows))
+    first_caption = {}
+    for row in rows:
+        first_caption.setdefault(row[1], row[0])
+    assert images.texts == [first_caption[i] for i in images.ids]
     assert texts.texts == [row[0] for row in rows]
     assert texts.ids == caption_ids(row[1] for row in rows)
     # The stored vectors are the official image embeddings (faiss keeps them as given).
     stored = images.index.reconstruct_n(0, images.size)
     np.testing.assert_allclose(stored, np.load(fixture_dir / "image_emb.npy"), atol=ATOL, rtol=0)
     thumb = cv2.imdecode(np.frombuffer(images.thumbnail(0), np.uint8), cv2.IMREAD_COLOR)
-    assert max(thumb.shape[:2]) <= 160
+    assert max(thumb.shape[:2]) == THUMBNAIL_SIZE  # the photos are 512 px, larger than a thumbnail
 
 
 def test_caption_ids_number_the_captions_of_each_image():
     assert caption_ids(["a", "b", "a", "a"]) == ["a#0", "b#0", "a#1", "a#2"]
+
+
+def test_caption_image_id_inverts_caption_ids():
+    image_ids = ["a", "x#1", "a", "猫.jpg", "x#1"]
+    assert [caption_image_id(i) for i in caption_ids(image_ids)] == image_ids
+    assert [caption_image_id(i) for i in ["0", "a#", "a#b", ""]] == [None, None, None, None]
+
+
+def test_first_captions_keep_each_images_first_and_none_for_the_uncaptioned():
+    captions = [("b", "乙一"), ("a", "甲一"), ("b", "乙二")]
+    assert first_captions(["a", "b", "c"], captions) == ["甲一", "乙一", None]
+
+
+def test_captions_survive_saving_and_old_galleries_load_without_them(tmp_path):
+    gallery = Gallery.from_embeddings(np.eye(3), ["a", "b", "c"], "image", texts=["甲", None, "丙"])
+    gallery.save(str(tmp_path / "new"))
+    loaded = Gallery.load(str(tmp_path / "new"))
+    assert [loaded.text(p) for p in range(3)] == ["甲", None, "丙"]
+    # A gallery from before captions were kept: items.json has no "texts".
+    Gallery.from_embeddings(np.eye(3), ["a", "b", "c"], "image").save(str(tmp_path / "old"))
+    items = json.loads((tmp_path / "old" / ITEMS_FILE).read_text("utf-8"))
+    assert "texts" not in items
+    old = Gallery.load(str(tmp_path / "old"))
+    assert old.texts is None and old.text(1) is None and old.position_of("c") == 2
 
 
 def test_thumbnail_fits_and_never_enlarges():
@@ -171,8 +226,14 @@ def test_text_search_returns_the_gallerys_top_k(client, model, galleries, rows):
     assert response.status_code == 200
     body = response.json()
     assert (body["query"], body["gallery"], body["k"]) == ("text", "image", 5)
+    assert isinstance(body["took_ms"], float) and body["took_ms"] > 0
     scores, positions = images.search(model.encode_texts([rows[4][0]]), 5)
     assert [hit["id"] for hit in body["results"]] == [images.ids[p] for p in positions[0]]
+    # Each image comes with its (first) caption.
+    first_caption = {}
+    for row in rows:
+        first_caption.setdefault(row[1], row[0])
+    assert [hit["text"] for hit in body["results"]] == [first_caption[hit["id"]] for hit in body["results"]]
     np.testing.assert_allclose([hit["score"] for hit in body["results"]], scores[0], atol=1e-5)
     thumbnail = client.get(body["results"][0]["thumbnail"])
     assert thumbnail.headers["content-type"] == "image/jpeg"
@@ -189,6 +250,46 @@ def test_image_search_returns_captions(client, model, galleries, rows):
     _, positions = texts.search(query, 3)
     assert [hit["text"] for hit in hits] == [texts.texts[p] for p in positions[0]]
     assert all("#" in hit["id"] for hit in hits)
+    # Each caption shows the image it describes.
+    images, _ = galleries
+    for hit in hits:
+        assert hit["image_id"] == hit["id"].rpartition("#")[0]
+        assert hit["thumbnail"] == f"/thumbnails/{images.ids.index(hit['image_id'])}"
+
+
+def jpeg_of(row):
+    return base64.b64decode(row[2])
+
+
+def rgb_of(row):
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg_of(row), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize("target", ["images", "texts"])
+def test_uploaded_image_searches_like_the_model_and_like_json(client, model, galleries, rows, target):
+    images, texts = galleries
+    gallery = images if target == "images" else texts
+    response = client.post(f"/search/image?target={target}&k=4", content=jpeg_of(rows[7]),
+                           headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["query"], body["gallery"], body["k"]) == ("image", gallery.kind, 4)
+    assert body["took_ms"] > 0
+    scores, positions = gallery.search(model.encode_images([rgb_of(rows[7])]), 4)
+    assert [hit["id"] for hit in body["results"]] == [gallery.ids[p] for p in positions[0]]
+    np.testing.assert_allclose([hit["score"] for hit in body["results"]], scores[0], atol=1e-5)
+    if target == "images":
+        # The gallery holds the uploaded photo itself: it comes first, at cosine 1.
+        assert body["results"][0]["id"] == rows[7][1] and body["results"][0]["score"] == pytest.approx(1, abs=1e-4)
+    as_json = client.post("/search", json={"image": rows[7][2], "target": target, "k": 4}).json()
+    assert as_json["results"] == body["results"]
+
+
+def test_upload_defaults_to_captions_and_needs_no_content_type(client, galleries, rows):
+    response = client.post("/search/image", content=jpeg_of(rows[2]))
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["gallery"], body["k"]) == ("text", SETTINGS.default_k)
 
 
 def test_k_larger_than_the_gallery_returns_the_whole_gallery(client):
@@ -196,10 +297,12 @@ def test_k_larger_than_the_gallery_returns_the_whole_gallery(client):
     assert response.status_code == 200 and len(response.json()["results"]) == 20
 
 
-def test_search_page_is_served(client):
+def test_search_page_is_served_without_outside_resources(client):
     response = client.get("/")
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
-    assert 'fetch("/search"' in response.text
+    assert 'runSearch("/search"' in response.text and "`/search/image?" in response.text
+    # Dependency-free: no script, style or font from another host.
+    assert "http://" not in response.text and "https://" not in response.text
 
 
 def test_serve_tool_reports_a_missing_model_without_a_traceback(tmp_path):
@@ -215,6 +318,25 @@ def test_image_queries_need_a_text_gallery(model, galleries, rows):
     with TestClient(create_app(model, galleries[0], None, SETTINGS)) as client:
         response = client.post("/search", json={"image": rows[0][2]})
         assert response.status_code == 400 and "no text gallery" in response.json()["detail"]
+        response = client.post("/search/image?target=texts", content=jpeg_of(rows[0]))
+        assert response.status_code == 400 and "no text gallery" in response.json()["detail"]
+        response = client.post("/search/image?target=images", content=jpeg_of(rows[0]))
+        assert response.status_code == 200 and response.json()["results"][0]["id"] == rows[0][1]
+
+
+def test_a_gallery_built_before_captions_serves_without_them(model, galleries, tmp_path):
+    images, texts = galleries
+    Gallery(images.index, images.ids, "image", images.model_id, thumbnails=images._thumbnails).save(str(tmp_path))
+    assert "texts" not in json.loads((tmp_path / ITEMS_FILE).read_text("utf-8"))
+    old, _ = load_galleries(str(tmp_path))
+    # The rows the service answers with (an app of its own would start another model thread).
+    scores, positions = old.search(model.encode_texts(["一张草莓的照片"]), 3)
+    hits = search_results(old, scores[0], positions[0], old)
+    assert [hit["id"] for hit in hits] == [images.ids[p] for p in positions[0]]
+    assert all("text" not in hit and hit["thumbnail"] == f"/thumbnails/{hit['position']}" for hit in hits)
+    # Captions of a text gallery still find their images in an old image gallery.
+    caption_hits = search_results(texts, scores[0], [0, 1, 2], old)
+    assert [hit["image_id"] for hit in caption_hits] == [texts.ids[p].rpartition("#")[0] for p in range(3)]
 
 
 # --- bad requests ---------------------------------------------------------
@@ -236,10 +358,19 @@ BAD_REQUESTS = [
     ("k not a number", "/search", {"text": "猫", "k": "ten"}, 422, "body.k"),
     ("k a boolean", "/search", {"text": "猫", "k": True}, 422, "body.k: Input should be a valid integer"),
     ("no query", "/search", {"k": 3}, 422, "exactly one of 'text'"),
+    ("text query for texts", "/search", {"text": "猫", "target": "texts"}, 422, "a text query searches the images"),
+    ("unknown target", "/search", {"image": JUNK_IMAGE, "target": "videos"}, 422, "body.target"),
+    ("base64 image over the pixel limit", "/embed/image", {"images": [base64.b64encode(png_bytes(601, 600)).decode()]},
+     413, "images[0] is 600x601 pixels; the limit is 360000 pixels"),
     ("two queries", "/search", {"text": "猫", "image": JUNK_IMAGE}, 422, "exactly one of 'text'"),
     ("over-long query", "/search", {"text": "长" * 600}, 422, "text has 600 characters"),
     ("oversized body", "/embed/text", {"texts": ["长" * 400] * 1000}, 413, "over the limit of 1048576 bytes"),
 ]
+
+
+def assert_still_serving(client):
+    good = client.post("/search", json={"text": "一张草莓的照片", "k": 2})
+    assert good.status_code == 200 and len(good.json()["results"]) == 2
 
 
 @pytest.mark.parametrize("path, payload, status, reason", [case[1:] for case in BAD_REQUESTS],
@@ -251,8 +382,49 @@ def test_bad_request_gets_a_reason_and_the_service_keeps_serving(client, path, p
         response = client.post(path, json=payload)
     assert response.status_code == status
     assert reason in response.json()["detail"]
-    good = client.post("/search", json={"text": "一张草莓的照片", "k": 2})
-    assert good.status_code == 200 and len(good.json()["results"]) == 2
+    assert_still_serving(client)
+
+
+def multipart_body():
+    return (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n" + base64.b64decode(CUT_JPEG) + b"\r\n--XyZ--\r\n")
+
+
+BAD_UPLOADS = [
+    ("empty body", "", b"", None, 400, "the request body is empty"),
+    ("junk bytes", "", b"this is not an image", None, 400, "uploaded image: undecodable image: 20 bytes starting"),
+    ("truncated JPEG", "", base64.b64decode(CUT_JPEG), "image/jpeg", 400, "uploaded image: truncated JPEG"),
+    ("too small", "", png_bytes(1, 4), "image/png", 400, "uploaded image: image too small: 4x1"),
+    ("over the byte limit", "", b"\xff" * 200_001, "image/jpeg", 413, "uploaded image over the limit of 200000 bytes"),
+    ("over the pixel limit", "", png_bytes(700, 640), "image/png", 413,
+     "uploaded image is 640x700 pixels; the limit is 360000 pixels"),
+    ("a decompression bomb's header", "", png_header(30000, 30000), "image/png", 413, "image too large"),
+    ("multipart form", "", multipart_body(), "multipart/form-data; boundary=XyZ", 415, "not a multipart form"),
+    ("JSON", "", b'{"image": "..."}', "application/json", 415, "base64 images in JSON go to POST /search"),
+    ("unknown target", "?target=videos", b"x", None, 422, "query.target: Input should be 'texts' or 'images'"),
+    ("k zero", "?k=0", b"x", None, 422, "k must be between 1 and 100, got 0"),
+    ("k not a number", "?k=ten", b"x", None, 422, "query.k"),
+]
+
+
+@pytest.mark.parametrize("query, body, content_type, status, reason", [case[1:] for case in BAD_UPLOADS],
+                         ids=[case[0] for case in BAD_UPLOADS])
+def test_bad_upload_gets_a_reason_and_the_service_keeps_serving(client, query, body, content_type, status, reason):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(f"/search/image{query}", content=body, headers=headers)
+    assert response.status_code == status
+    assert reason in response.json()["detail"]
+    assert_still_serving(client)
+
+
+def test_streamed_oversized_upload_is_cut_off(client):
+    def chunks():
+        for _ in range(60):
+            yield b"\xff" * 4096
+
+    response = client.post("/search/image?target=images", content=chunks())
+    assert response.status_code == 413 and "over the limit of 200000 bytes" in response.json()["detail"]
+    assert_still_serving(client)
 
 
 def test_streamed_oversized_body_is_cut_off(client):
@@ -394,3 +566,12 @@ def test_undecodable_tsv_image_is_skipped_or_raised(tmp_path, model, rows):
     images, texts = build_galleries(model, iter_tsv_images(tsv, counter), batch_size=2, counter=counter)
     assert images.ids == [rows[0][1], rows[1][1]] and counter.total == 1
     assert "坏图" not in texts.texts
+
+
+def test_infer_search_prints_captions_where_the_gallery_has_them(capsys):
+    gallery = Gallery.from_embeddings(np.eye(3), ["a.jpg", "b.jpg", "c.jpg"], "image", texts=["红色的外套", None, "蓝裤子"])
+    print_hits("query", gallery, [0.9, 0.5, 0.1], [2, 1, 0])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[2:] == ["c.jpg", "蓝裤子"]
+    assert lines[2].split()[2:] == ["b.jpg"]  # no caption: nothing printed, not "None"
+    assert lines[3].split()[2:] == ["a.jpg", "红色的外套"]

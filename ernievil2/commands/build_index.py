@@ -16,6 +16,7 @@ from ernievil2.data.errors import ON_ERROR_CHOICES, SkipCounter, skip_report_pat
 from ernievil2.inference.build import build_galleries, save_galleries
 from ernievil2.inference.cli import add_predictor_arguments, predictor_options
 from ernievil2.inference.errors import USER_ERRORS
+from ernievil2.inference.index import THUMBNAIL_SIZE
 from ernievil2.inference.inputs import iter_image_files, iter_tsv_images
 from ernievil2.inference.predictor import ExportedModel
 
@@ -29,7 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True, help="gallery folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing gallery folder")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--thumbnail-size", type=int, default=160, help="longest side of stored thumbnails")
+    parser.add_argument("--thumbnail-size", type=int, default=THUMBNAIL_SIZE, help="longest side of stored thumbnails")
     parser.add_argument("--no-texts", action="store_true", help="no caption gallery (image -> text search)")
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="raise", help="bad lines and images")
     add_predictor_arguments(parser)

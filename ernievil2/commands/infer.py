@@ -101,7 +101,8 @@ def embed_texts(args):
 def print_hits(label, gallery, scores, positions):
     print(f"query: {label}")
     for rank, (score, position) in enumerate(zip(scores, positions), start=1):
-        text = f"  {gallery.texts[position]}" if gallery.texts is not None else ""
+        caption = gallery.text(position)
+        text = f"  {caption}" if caption is not None else ""
         print(f"  {rank:>3}  {score:.4f}  {gallery.ids[position]}{text}")
 
 

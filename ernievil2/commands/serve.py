@@ -4,6 +4,7 @@
     python tools/serve.py --model EXPORT --index INDEX_DIR --port 8000
     # then open http://127.0.0.1:8000/?q=一张草莓的照片 , or:
     curl -s 127.0.0.1:8000/search -H 'Content-Type: application/json' -d '{"text": "一张草莓的照片", "k": 5}'
+    curl -s --data-binary @photo.jpg '127.0.0.1:8000/search/image?target=images&k=5'   # or target=texts
 
 Listens on 127.0.0.1 unless --host says otherwise; there is no authentication, so put it behind a
 proxy before exposing it. Endpoints, limits and error codes: docs/export_and_serving.md.

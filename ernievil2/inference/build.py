@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from ..data.errors import SkipCounter
-from .index import TEXT_GALLERY_DIR, Gallery, make_thumbnail
+from .index import TEXT_GALLERY_DIR, THUMBNAIL_SIZE, Gallery, make_thumbnail
 from .inputs import encode_image_batches, unique_images
 
 
@@ -19,11 +19,26 @@ def caption_ids(image_ids):
     return ids
 
 
-def build_galleries(model, items, batch_size=16, counter=None, thumbnail_size=160, with_texts=True):
+def caption_image_id(caption_id):
+    """The image id in a :func:`caption_ids` id (``a#b#2`` -> ``a#b``); None for an id of another form."""
+    image_id, sep, n = caption_id.rpartition("#")
+    return image_id if sep and n.isdigit() else None
+
+
+def first_captions(image_ids, captions):
+    """Each image's first caption in ``(image_id, text)`` order, None for an image without one."""
+    first = {}
+    for image_id, text in captions:
+        first.setdefault(image_id, text)
+    return [first.get(image_id) for image_id in image_ids]
+
+
+def build_galleries(model, items, batch_size=16, counter=None, thumbnail_size=THUMBNAIL_SIZE, with_texts=True):
     """(image gallery, text gallery or None) from :class:`~.inputs.ImageItem` s.
 
     Each image id is encoded once (an official TSV repeats an image on every
-    line that captions it); every caption of a decodable image goes into the
+    line that captions it) and keeps its first caption, which the search page
+    shows under the image; every caption of a decodable image goes into the
     text gallery, which is what image -> text search looks through.
     """
     counter = counter or SkipCounter("raise")
@@ -42,8 +57,9 @@ def build_galleries(model, items, batch_size=16, counter=None, thumbnail_size=16
         thumbnails.extend(make_thumbnail(image, thumbnail_size) for image in images)
     if not ids:
         raise ValueError("no decodable images: the gallery would be empty")
+    image_captions = first_captions(ids, captions) if captions else None
     image_gallery = Gallery.from_embeddings(
-        np.concatenate(embeddings), ids, "image", model.model_id, thumbnails=thumbnails
+        np.concatenate(embeddings), ids, "image", model.model_id, texts=image_captions, thumbnails=thumbnails
     )
     decoded = set(ids)
     captions = [(image_id, text) for image_id, text in captions if image_id in decoded]

@@ -4,6 +4,8 @@ A gallery folder (``tools/build_index.py`` writes one)::
 
     index.faiss       faiss IndexFlatIP over L2-normalised float32 embeddings (cosine = inner product)
     items.json        {"kind": "image"|"text", "dim", "count", "model_id", "ids": [...], "texts": [...]}
+                      (an image gallery's "texts" are its captions, null for an image without one;
+                      galleries written before captions were kept have none, and load all the same)
     thumbnails.bin    concatenated JPEG thumbnails (image galleries built from pixels)
     thumbnails.npy    int64 offsets [count + 1] into thumbnails.bin
     texts/            optional: the captions as a text gallery, for image -> text search
@@ -32,6 +34,8 @@ ITEMS_FILE = "items.json"
 THUMBNAILS_FILE = "thumbnails.bin"
 THUMBNAIL_OFFSETS_FILE = "thumbnails.npy"
 TEXT_GALLERY_DIR = "texts"
+# Longest side of a stored thumbnail: the search page shows them in cells about 200 px wide.
+THUMBNAIL_SIZE = 256
 
 
 def normalize_rows(embeddings):
@@ -46,7 +50,7 @@ def normalize_rows(embeddings):
     return normalize_rows_(np.array(x, dtype=np.float32, order="C"))
 
 
-def make_thumbnail(rgb, max_side=160, quality=85):
+def make_thumbnail(rgb, max_side=THUMBNAIL_SIZE, quality=85):
     """JPEG bytes of ``rgb`` shrunk (never enlarged) to fit in ``max_side`` x ``max_side``."""
     h, w = rgb.shape[:2]
     scale = min(1.0, max_side / max(h, w))
@@ -82,7 +86,11 @@ def pack_thumbnails(blobs):
 
 
 class Gallery:
-    """Searchable embeddings; positions index ``ids``, ``texts`` and thumbnails alike."""
+    """Searchable embeddings; positions index ``ids``, ``texts`` and thumbnails alike.
+
+    ``texts`` are a text gallery's texts, or an image gallery's captions (None
+    for an image that has no caption).
+    """
 
     def __init__(self, index, ids, kind, model_id=None, texts=None, thumbnails=None):
         """``thumbnails``: None or ``(uint8 data, offsets)`` as made by :func:`pack_thumbnails`."""
@@ -97,8 +105,22 @@ class Gallery:
         self.kind = kind
         self.dim = index.d
         self.model_id = model_id
-        self.texts = None if texts is None else [str(t) for t in texts]
+        self.texts = None if texts is None else [None if t is None else str(t) for t in texts]
         self._thumbnails = thumbnails
+        self._positions = None
+
+    def position_of(self, item_id):
+        """The position of the item with id ``item_id``; None when there is none."""
+        if self._positions is None:
+            # Built galleries hold each id once; a gallery file may repeat one: its first position.
+            self._positions = {}
+            for position, i in enumerate(self.ids):
+                self._positions.setdefault(i, position)
+        return self._positions.get(item_id)
+
+    def text(self, position):
+        """The text or caption at ``position``; None when there is none."""
+        return None if self.texts is None else self.texts[position]
 
     @classmethod
     def from_embeddings(cls, embeddings, ids, kind, model_id=None, texts=None, thumbnails=None, use_gpu=False):

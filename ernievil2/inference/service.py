@@ -5,7 +5,9 @@ Endpoints (JSON in, JSON out; errors are ``{"detail": reason}``):
 - ``POST /embed/text``   ``{"texts": [str, ...]}`` -> ``{"dim", "embeddings": [[float]]}``
 - ``POST /embed/image``  ``{"images": [base64, ...]}`` -> same
 - ``POST /search``       ``{"text": str, "k": int}`` -> top-k images;
-                         ``{"image": base64, "k": int}`` -> top-k captions (needs a text gallery)
+                         ``{"image": base64, "k": int, "target": "texts"|"images"}`` -> top-k
+                         captions (needs a text gallery) or images
+- ``POST /search/image?target=texts|images&k=int``  the same for an uploaded image file (the raw body)
 - ``GET /thumbnails/{position}``  JPEG thumbnail of a gallery image
 - ``GET /healthz``       status, gallery sizes, batching statistics
 - ``GET /``              the search page
@@ -21,19 +23,24 @@ import base64
 import concurrent.futures
 import contextlib
 import dataclasses
+import io
 import os
-from typing import List, Optional
+import time
+import warnings
+from typing import List, Literal, Optional
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image
 from pydantic import BaseModel, StrictInt
 
 from ..data.errors import DataError
 from ..data.readers import decode_image_bytes
 from .batching import DynamicBatcher, QueueFullError
+from .build import caption_image_id
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -51,6 +58,11 @@ class ServiceSettings:
     max_k: int = 100
     default_k: int = 10
     max_body_bytes: int = 16 * 1024 * 1024
+    # An uploaded query image (POST /search/image): a photo straight from a phone fits.
+    max_upload_bytes: int = 8 * 1024 * 1024
+    # Checked from the image header before decoding: a few kilobytes of PNG can declare
+    # gigabytes of pixels. 40 Mpx is an 8000 x 5000 photo.
+    max_image_pixels: int = 40_000_000
 
 
 class RequestError(Exception):
@@ -73,11 +85,16 @@ class ImagesBody(BaseModel):
     images: List[str]
 
 
+Target = Literal["texts", "images"]
+
+
 class SearchBody(BaseModel):
     text: Optional[str] = None
     image: Optional[str] = None
     # Strict: JSON true would otherwise pass as k=1.
     k: Optional[StrictInt] = None
+    # What an image query searches; text queries search images only.
+    target: Optional[Target] = None
 
 
 def check_count(items, name, limit):
@@ -101,7 +118,38 @@ def check_k(k, settings):
         raise RequestError(422, f"k must be between 1 and {settings.max_k}, got {k}")
 
 
-def decode_base64_image(text, where):
+def header_size(data):
+    """(width, height) from the image header without decoding pixels; None when PIL cannot tell."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError as err:
+        # Over twice PIL's own limit: the message holds the pixel count, the size is not kept.
+        raise RequestError(413, f"image too large: {err}") from None
+    except Exception:
+        # Not PIL's to judge: OpenCV decodes, and its reader says what is wrong with the bytes.
+        return None
+
+
+def decode_request_image(data, where, max_pixels):
+    """Encoded image bytes from a request -> RGB uint8 HWC; a bad image is a 400 naming ``where``.
+
+    Decoding is the data readers' (truncation, undecodable, too small); a
+    query is one image, so their on_error policy is always 'raise' here and
+    the reason goes back to the client.
+    """
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise RequestError(413, f"{where} is {size[0]}x{size[1]} pixels; the limit is {max_pixels} pixels")
+    try:
+        return decode_image_bytes(data, where)
+    except DataError as err:
+        raise RequestError(400, f"{where}: {err.reason}") from None
+
+
+def decode_base64_image(text, where, max_pixels):
     """Standard base64 (a ``data:image/...;base64,`` prefix is allowed) -> RGB uint8 HWC."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
@@ -109,10 +157,31 @@ def decode_base64_image(text, where):
         data = base64.b64decode(text, validate=True)
     except ValueError as err:  # binascii.Error included
         raise RequestError(400, f"{where} is not valid base64: {err}") from None
-    try:
-        return decode_image_bytes(data, where)
-    except DataError as err:
-        raise RequestError(400, f"{where}: {err.reason}") from None
+    return decode_request_image(data, where, max_pixels)
+
+
+async def read_upload(request, max_bytes):
+    """The raw request body of an image upload, at most ``max_bytes``; refusals say what to send instead."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/"):
+        raise RequestError(
+            415, "send the image file itself as the request body (curl --data-binary @photo.jpg), not a multipart form"
+        )
+    if content_type.startswith("application/json"):
+        raise RequestError(415, "this endpoint takes the image file as the body; base64 images in JSON go to POST /search")
+    too_large = f"uploaded image over the limit of {max_bytes} bytes"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise RequestError(413, too_large)
+    chunks, received = [], 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > max_bytes:
+            raise RequestError(413, too_large)
+        chunks.append(chunk)
+    if not received:
+        raise RequestError(400, "the request body is empty: send the image file as the body")
+    return b"".join(chunks)
 
 
 def json_error_message(error):
@@ -156,15 +225,24 @@ class BodySizeLimit:
         return f"request body over the limit of {self.max_bytes} bytes"
 
 
-def search_results(gallery, scores, positions):
-    """JSON rows for one query's hits."""
+def search_results(gallery, scores, positions, image_gallery):
+    """JSON rows for one query's hits: an image's caption, a caption's image when the galleries tell."""
     rows = []
     for rank, (score, position) in enumerate(zip(scores, positions), start=1):
-        row = {"rank": rank, "id": gallery.ids[position], "score": round(float(score), 6), "position": int(position)}
-        if gallery.texts is not None:
-            row["text"] = gallery.texts[position]
-        if gallery.has_thumbnails():
-            row["thumbnail"] = f"/thumbnails/{int(position)}"
+        position = int(position)
+        row = {"rank": rank, "id": gallery.ids[position], "score": round(float(score), 6), "position": position}
+        text = gallery.text(position)
+        if text is not None:
+            row["text"] = text
+        image_position = position
+        if gallery is not image_gallery:
+            # A caption hit (id image_id#n) shows the image it describes, when the image gallery has it.
+            image_id = caption_image_id(row["id"])
+            image_position = image_gallery.position_of(image_id)
+            if image_position is not None:
+                row["image_id"] = image_id
+        if image_position is not None and image_gallery.has_thumbnails():
+            row["thumbnail"] = f"/thumbnails/{image_position}"
         rows.append(row)
     return rows
 
@@ -214,16 +292,32 @@ class Engine:
 
     def prepare_images(self, images):
         """Decode and preprocess (on a request thread, before batching): bad images fail only their request."""
-        return [self.model.preprocess(decode_base64_image(b64, f"images[{i}]")) for i, b64 in enumerate(images)]
+        limit = self.settings.max_image_pixels
+        return [self.model.preprocess(decode_base64_image(b64, f"images[{i}]", limit)) for i, b64 in enumerate(images)]
+
+    def prepare_upload(self, data):
+        return self.model.preprocess(decode_request_image(data, "uploaded image", self.settings.max_image_pixels))
 
     async def embed_images(self, images):
         pixels = await run_in_threadpool(self.prepare_images, images)
         return await asyncio.gather(*(self.image_batcher.submit(p) for p in pixels))
 
+    async def embed_upload(self, data):
+        pixels = await run_in_threadpool(self.prepare_upload, data)
+        return await self.image_batcher.submit(pixels)
+
+    def gallery_for(self, target):
+        if target == "images":
+            return self.image_gallery
+        if self.text_gallery is None:
+            raise RequestError(400, "this service has no text gallery: image -> text queries cannot be answered "
+                               "(tools/build_index.py makes one from a TSV's captions unless --no-texts)")
+        return self.text_gallery
+
     async def search(self, gallery, query, k):
         loop = asyncio.get_running_loop()
         scores, positions = await loop.run_in_executor(self.executor, gallery.search, query[None], k)
-        return search_results(gallery, scores[0], positions[0])
+        return search_results(gallery, scores[0], positions[0], self.image_gallery)
 
     def health(self):
         return {
@@ -285,23 +379,38 @@ def create_app(model, image_gallery, text_gallery=None, settings=None):
         rows = await engine.embed_images(body.images)
         return {"dim": model.embed_dim, "embeddings": [row.tolist() for row in rows]}
 
+    async def answer(query_kind, gallery, query, k, started):
+        results = await engine.search(gallery, query, k)
+        took_ms = round((time.perf_counter() - started) * 1000, 1)
+        return {"query": query_kind, "gallery": gallery.kind, "k": k, "took_ms": took_ms, "results": results}
+
     @app.post("/search")
     async def search(body: SearchBody):
+        started = time.perf_counter()
         if (body.text is None) == (body.image is None):
-            raise RequestError(422, "give exactly one of 'text' (searches images) or 'image' (searches texts)")
+            raise RequestError(422, "give exactly one of 'text' (searches images) or 'image' (searches texts or images)")
         k = settings.default_k if body.k is None else body.k
         check_k(k, settings)
         if body.text is not None:
+            if body.target not in (None, "images"):
+                raise RequestError(422, "a text query searches the images: target must be 'images' or left out")
             check_text(body.text, "text", settings)
             (query,) = await engine.embed_texts([body.text])
-            gallery, query_kind = engine.image_gallery, "text"
-        else:
-            if engine.text_gallery is None:
-                raise RequestError(400, "this service has no text gallery: image queries cannot be answered")
-            (query,) = await engine.embed_images([body.image])
-            gallery, query_kind = engine.text_gallery, "image"
-        results = await engine.search(gallery, query, k)
-        return {"query": query_kind, "gallery": gallery.kind, "k": k, "results": results}
+            return await answer("text", engine.image_gallery, query, k, started)
+        gallery = engine.gallery_for(body.target or "texts")
+        (query,) = await engine.embed_images([body.image])
+        return await answer("image", gallery, query, k, started)
+
+    @app.post("/search/image")
+    async def search_uploaded_image(request: Request, target: Target = "texts", k: Optional[int] = None):
+        k = settings.default_k if k is None else k
+        check_k(k, settings)
+        gallery = engine.gallery_for(target)
+        data = await read_upload(request, settings.max_upload_bytes)
+        # Timed from here: the upload's transfer time is the network's, not the search's.
+        started = time.perf_counter()
+        query = await engine.embed_upload(data)
+        return await answer("image", gallery, query, k, started)
 
     @app.get("/thumbnails/{position}")
     async def thumbnail(position: int):
