@@ -175,6 +175,7 @@ def main():
     parser.add_argument("--preset", choices=sorted(PRESETS), default="multiview")
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "demo", "base.yaml"))
     parser.add_argument("--data", default=os.path.join(REPO, "demo_data", "fashion_scenes_cn"))
+    parser.add_argument("--rows", type=int, nargs="+", default=None, metavar="I", help="only these rows of the preset (0 = the first)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
@@ -191,6 +192,10 @@ def main():
     args = parser.parse_args()
     out = args.out or os.path.join(args.work, f"{args.preset}.json")
     rows = PRESETS[args.preset]
+    if args.rows is not None:
+        if not set(args.rows) <= set(range(len(rows))):
+            parser.error(f"--rows: the {args.preset} preset has rows 0-{len(rows) - 1}")
+        rows = [rows[index] for index in args.rows]
     runs = []
     # Seeds outermost: an interrupted run still has every row for the seeds it finished.
     common = {**({} if args.lr is None else {"Optimizer.lr": args.lr}), **({"Train.eval_every": args.eval_every} if args.eval_every else {}), **dict(args.set)}
