@@ -266,6 +266,38 @@ def test_make_tags_round_trips_through_the_official_reader(tiny, capsys):
     assert "tagged 12 images" in printed and "against the input's tags: precision" in printed
 
 
+def test_make_tags_with_a_paddleclas_classifier(tiny, tmp_path, capsys):
+    from ernievil2.data.image_ops import EvalTransform
+    from ernievil2.models.cnn import PaddleClasTower
+
+    root = tiny["root"]
+    paddle.seed(1)
+    net = PaddleClasTower("MobileNetV3_small_x0_35", out_dim=len(tiny["names"])).net
+    net.eval()
+    weights = tmp_path / "mobilenet.pdparams"
+    paddle.save(net.state_dict(), str(weights))
+    out = tmp_path / "tagged.tsv"
+    argv = ["--paddleclas", "MobileNetV3_small_x0_35", "--paddleclas-weights", str(weights), "--image-size", "32", "--resize-short", "32",
+            "--data", str(root / "pairs.tsv"), "--vocab", str(root / "classes.txt"), "--top-k", "3", "--threshold", "0.05", "--output", str(out)]
+    assert cli.run_command("make_tags", argv) == 0
+    source = list(iter_official_tsv(root / "pairs.tsv", SkipCounter()))
+    tagged = list(iter_official_tsv(out, SkipCounter()))
+    transform = EvalTransform(32, 32)
+    pixels = np.stack([transform(decode_image_bytes(r.image, r.where)) for r in source])
+    with paddle.no_grad():
+        logits = net(paddle.to_tensor(pixels)).numpy().astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    for record, row in zip(tagged, probs):
+        expected = [tiny["names"][i] for i in np.argsort(-row, kind="stable")[:3] if row[i] >= 0.05]
+        assert list(record.tags) == expected
+    # A vocabulary of another size than the classifier: the error says why.
+    short = write(tmp_path / "short.txt", "红色方块\n蓝色方块\n")
+    argv[argv.index("--vocab") + 1] = str(short)
+    assert cli.run_command("make_tags", argv) == 2
+    assert "built with 2 classes: one a line of the vocabulary" in capsys.readouterr().err
+
+
 def run_tool(name, *args):
     return subprocess.run([sys.executable, str(REPO / "tools" / f"{name}.py"), *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)

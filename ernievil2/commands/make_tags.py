@@ -10,6 +10,13 @@ vocabulary of the logit scale times the cosine) passes ``--threshold``, at most
 ``--top-k`` of them. The output is the official TSV with the tags as its fourth
 column (``text \\t image_id \\t base64 \\t tag,tag``), written line by line.
 ``--evaluate`` scores the new tags against the input's own (precision, recall).
+
+    python tools/make_tags.py --paddleclas ResNet50 --paddleclas-weights ResNet50_pretrained.pdparams \
+        --data mydata/pairs.tsv --vocab imagenet_tags_zh.txt --top-k 3 --output mydata/pairs_tagged.tsv
+
+With ``--paddleclas`` a PaddleClas classifier tags instead: line i of the vocabulary
+is the tag of its class i (so the file has as many lines as the classifier has
+classes), and a tag's probability is the softmax of the classifier's logits.
 See docs/data_format.md.
 """
 import argparse
@@ -37,7 +44,11 @@ def build_parser():
     from ernievil2.data.readers import DATA_FORMATS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
+    add_model_arguments(parser, required=False)
+    parser.add_argument("--paddleclas", metavar="NAME", help="tag with this PaddleClas classifier (e.g. ResNet50) instead of -c/--weights")
+    parser.add_argument("--paddleclas-weights", help="the classifier's .pdparams (every weight, its classifier included)")
+    parser.add_argument("--image-size", type=positive_int, default=224, help="--paddleclas: input side (default %(default)s)")
+    parser.add_argument("--resize-short", type=positive_int, default=256, help="--paddleclas: short side before the centre crop (default %(default)s)")
     parser.add_argument("--data", required=True, help="data file (or Chinese-CLIP folder)")
     parser.add_argument("--format", default="official_tsv", choices=DATA_FORMATS.names())
     parser.add_argument("--split", default="train", help="split name for --format chinese_clip")
@@ -66,6 +77,17 @@ def check_vocab(vocab):
             raise DataError(vocab.path, line, f"tag {tag!r} holds a tag separator (, ， 、 ; ；): it would read back as several tags")
 
 
+def paddleclas_tagger(args, vocab):
+    """(pixels -> probabilities, transform) of the PaddleClas classifier named by ``args``."""
+    from ernievil2.data.image_ops import EvalTransform
+    from ernievil2.evaluation.classify import classifier_tagger, load_paddleclas_classifier
+
+    if not Path(args.paddleclas_weights).is_file():
+        raise FileNotFoundError(f"--paddleclas-weights: file not found: {args.paddleclas_weights}")
+    net = load_paddleclas_classifier(args.paddleclas, args.paddleclas_weights, len(vocab.labels))
+    return classifier_tagger(net), EvalTransform(args.image_size, args.resize_short)
+
+
 def tsv_field(text):
     """A caption or id as one TSV field: tabs and line breaks become spaces."""
     return " ".join(text.replace("\t", " ").splitlines())
@@ -83,10 +105,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.top_k is None and args.threshold is None:
         parser.error("give --top-k, --threshold or both")
+    if args.paddleclas:
+        if args.config or args.weights or not args.paddleclas_weights:
+            parser.error("--paddleclas takes --paddleclas-weights, not -c/--weights")
+    elif not (args.config and args.weights):
+        parser.error("give -c and --weights (a trained model), or --paddleclas and --paddleclas-weights")
     from ernievil2.data.classes import read_class_names, read_templates
     from ernievil2.data.errors import SkipCounter, skip_report_path
     from ernievil2.data.readers import check_pair_spec, open_pairs
-    from ernievil2.evaluation.classify import tag_stream
+    from ernievil2.evaluation.classify import tag_stream, zeroshot_tagger
     from ernievil2.evaluation.embed import Progress
     from ernievil2.evaluation.zeroshot import tag_precision_recall
     from ernievil2.files import atomic_text_file
@@ -95,15 +122,21 @@ def main(argv=None):
     check_pair_spec(spec)
     vocab = read_class_names(args.vocab)
     check_vocab(vocab)
-    templates = read_templates(args.templates)
-    config, model, tokenizer, transform = load_model(args)
-    batch, workers = batch_settings(args, config)
+    if args.paddleclas:
+        templates = ()
+        probabilities, transform = paddleclas_tagger(args, vocab)
+        batch, workers = args.batch_size or 64, args.num_workers or 0
+    else:
+        templates = read_templates(args.templates)
+        config, model, tokenizer, transform = load_model(args)
+        batch, workers = batch_settings(args, config)
+        probabilities = zeroshot_tagger(model, tokenizer, vocab, templates)
     counter = SkipCounter(args.on_error)
     progress = Progress("tagged", every=PROGRESS_SECONDS, printer=lambda m: print(m, file=sys.stderr, flush=True))
     predicted, true = [], []
     started = time.time()
     records = open_pairs(spec, counter)
-    stream = tag_stream(model, tokenizer, transform, records, vocab, templates, args.top_k, args.threshold, batch, workers, counter)
+    stream = tag_stream(probabilities, transform, records, vocab.labels, args.top_k, args.threshold, batch, workers, counter)
     with atomic_text_file(args.output) as out:
         for record, tags in stream:
             out.write(official_line(record, tags))

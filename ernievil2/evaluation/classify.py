@@ -31,22 +31,20 @@ def encode_classes(model, tokenizer, names, templates, batch_size=PROMPT_BATCH):
 
 
 @paddle.no_grad()
-def image_batches(model, pool, records, batch_size, counter):
-    """``(records whose image decoded, their unit embeddings)`` batch by batch, in input order.
+def image_batches(encode, pool, records, batch_size, counter):
+    """``(records whose image decoded, encode(their pixels))`` batch by batch, in input order.
 
     ``records`` have ``image`` (encoded bytes) and ``image_where``; an image
-    that does not decode goes to ``counter`` and is left out of its batch.
+    that does not decode goes to ``counter`` and is left out of its batch (a
+    batch left empty is not yielded). ``encode``: a ``[B, 3, H, W]`` tensor ->
+    a numpy array of B rows.
     """
-    model.eval()
     jobs = ((chunk, ([r.image for r in chunk], [r.image_where for r in chunk])) for chunk in batched(records, batch_size))
     for chunk, (pixels, kept, errors) in pool.map(decode_batch, jobs):
         for err in errors:
             counter.report(err)
-        good = [record for record, ok in zip(chunk, kept) if ok]
-        if pixels is None:
-            yield good, np.zeros((0, model.embed_dim), np.float32)
-        else:
-            yield good, model.encode_image(paddle.to_tensor(pixels)).numpy()
+        if pixels is not None:
+            yield [record for record, ok in zip(chunk, kept) if ok], encode(paddle.to_tensor(pixels))
 
 
 def _known_labels(records, classes, counter):
@@ -74,7 +72,8 @@ def evaluate_zeroshot(model, tokenizer, transform, spec, batch_size=64, num_work
     progress = Progress("zero-shot images", printer=printer)
     pool = OrderedPool(num_workers, init_decoder, (transform,))
     try:
-        for good, emb in image_batches(model, pool, records, batch_size, counter):
+        model.eval()
+        for good, emb in image_batches(lambda pixels: model.encode_image(pixels).numpy(), pool, records, batch_size, counter):
             embeddings.append(emb)
             labels.extend(index[record.label] for record in good)
             progress.add(len(good))
@@ -88,24 +87,55 @@ def evaluate_zeroshot(model, tokenizer, transform, spec, batch_size=64, num_work
     return report, counter
 
 
-def tag_stream(model, tokenizer, transform, records, vocab, templates, top_k=None, threshold=None,
-               batch_size=64, num_workers=0, counter=None):
-    """``(record, tags)`` for each record whose image decodes, in input order.
-
-    A tag's probability is the softmax, over the vocabulary, of the model's
-    logit scale times the image-tag cosine; ``top_k`` and ``threshold`` select
-    as :func:`zeroshot.select_tags` does. Tags are the vocabulary's labels.
-    """
-    counter = SkipCounter("raise") if counter is None else counter
+def zeroshot_tagger(model, tokenizer, vocab, templates):
+    """``pixels -> [B, tags]`` probabilities: the softmax, over the vocabulary, of the model's
+    logit scale times the image-tag cosine (tags embedded as classes are)."""
     tag_emb = encode_classes(model, tokenizer, vocab.names, templates)
     scale = float(model.logit_scale())
+    model.eval()
+
+    def probabilities(pixels):
+        return softmax(scale * (model.encode_image(pixels).numpy() @ tag_emb.T))
+
+    return probabilities
+
+
+def classifier_tagger(net):
+    """``pixels -> [B, classes]`` probabilities of a classifier that outputs logits (a PaddleClas backbone)."""
+    net.eval()
+
+    def probabilities(pixels):
+        return softmax(net(pixels).numpy())
+
+    return probabilities
+
+
+def load_paddleclas_classifier(name, weights, num_classes):
+    """The PaddleClas backbone ``name`` with ``num_classes`` outputs, every weight loaded from ``weights``."""
+    from ..checkpoint.state import CheckpointMismatchError, load_state_strict
+    from ..models.cnn import PaddleClasTower
+
+    tower = PaddleClasTower(name, out_dim=num_classes)
+    try:
+        load_state_strict(tower.net, paddle.load(str(weights)), source=str(weights))
+    except CheckpointMismatchError as err:
+        # A classifier of another size is the likeliest cause: say what it was built with.
+        raise CheckpointMismatchError(f"{err}\n({name} was built with {num_classes} classes: one a line of the vocabulary)") from None
+    return tower.net
+
+
+def tag_stream(probabilities, transform, records, labels, top_k=None, threshold=None, batch_size=64, num_workers=0, counter=None):
+    """``(record, tags)`` for each record whose image decodes, in input order.
+
+    ``probabilities``: pixels -> ``[B, len(labels)]`` (:func:`zeroshot_tagger`,
+    :func:`classifier_tagger`); ``top_k`` and ``threshold`` select as
+    :func:`zeroshot.select_tags` does; a tag is written as its label.
+    """
+    counter = SkipCounter("raise") if counter is None else counter
     pool = OrderedPool(num_workers, init_decoder, (transform,))
     try:
-        for good, emb in image_batches(model, pool, records, batch_size, counter):
-            if not good:
-                continue
-            chosen = select_tags(softmax(scale * (emb @ tag_emb.T)), top_k, threshold)
-            for record, indices in zip(good, chosen):
-                yield record, [vocab.labels[i] for i in indices]
+        for good, probs in image_batches(probabilities, pool, records, batch_size, counter):
+            for record, indices in zip(good, select_tags(probs, top_k, threshold)):
+                yield record, [labels[i] for i in indices]
     finally:
         pool.close()
