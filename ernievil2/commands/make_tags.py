@@ -133,7 +133,7 @@ def main(argv=None):
         probabilities = zeroshot_tagger(model, tokenizer, vocab, templates)
     counter = SkipCounter(args.on_error)
     progress = Progress("tagged", every=PROGRESS_SECONDS, printer=lambda m: print(m, file=sys.stderr, flush=True))
-    predicted, true = [], []
+    predicted, true, n_tags = [], [], 0
     started = time.time()
     records = open_pairs(spec, counter)
     stream = tag_stream(probabilities, transform, records, vocab.labels, args.top_k, args.threshold, batch, workers, counter)
@@ -141,12 +141,13 @@ def main(argv=None):
         for record, tags in stream:
             out.write(official_line(record, tags))
             progress.add(1)
+            n_tags += len(tags)
             if args.evaluate:
                 predicted.append(tags)
                 true.append(record.tags)
     summary = {
         "images": progress.count,
-        "tags_per_image": sum(map(len, predicted)) / max(1, len(predicted)) if args.evaluate else None,
+        "tags_per_image": n_tags / max(1, progress.count),
         "vocab": len(vocab.labels),
         "templates": len(templates),
         "top_k": args.top_k,
@@ -154,15 +155,17 @@ def main(argv=None):
         "skipped": counter.total,
         "seconds": round(time.time() - started, 2),
     }
-    print(f"tagged {summary['images']} images in {summary['seconds']:.1f}s -> {args.output}; {counter.summary()}")
+    print(
+        f"tagged {summary['images']} images ({summary['tags_per_image']:.2f} tags an image) in {summary['seconds']:.1f}s "
+        f"-> {args.output}; {counter.summary()}"
+    )
     if args.evaluate:
         if not any(true):
             raise ValueError(f"--evaluate: {args.data} has no tags of its own to compare with")
         summary["against_input_tags"] = scores = tag_precision_recall(predicted, true)
         print(
             f"against the input's tags: precision {100 * scores['precision']:.1f}%, recall {100 * scores['recall']:.1f}%, "
-            f"F1 {100 * scores['f1']:.1f}% ({scores['hits']} of {scores['predicted']} tags given, {scores['true']} true); "
-            f"{summary['tags_per_image']:.2f} tags an image"
+            f"F1 {100 * scores['f1']:.1f}% ({scores['hits']} of {scores['predicted']} tags given, {scores['true']} true)"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
