@@ -2,12 +2,16 @@
 
     python benchmarks/ablation.py --preset multiview --seeds 0 1 2 --steps 100 --equal-time
     python benchmarks/ablation.py --preset queue --seeds 0 1 2 --steps 800 --batch 16
+    python benchmarks/ablation.py --preset horizon --steps 304 --batch 128 --lr 1e-3 \
+        --set Optimizer.min_lr_ratio=1.0 --eval-every 38
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
 batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
 (official one-to-one protocol: one caption per test image). ``--equal-time``
 adds a second pass where each row gets the wall-clock time the single-view row
-took, converted to steps with the row's own measured step time. Results go to
+took, converted to steps with the row's own measured step time. ``--eval-every N``
+evaluates during training and prints learning curves, and every row read off its
+curve at the first row's training time (no second pass). Results go to
 ``--out`` (JSON, every run) and a markdown table on stdout.
 """
 import argparse
@@ -34,6 +38,11 @@ PRESETS = {
         ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
         ("+ image-image, text-text", {"pairs": INTRA}, {}),
         ("+ tag view", {"pairs": TAG}, {}),
+        ("full table", {"pairs": FULL}, {}),
+    ],
+    # The first and last rows of "multiview" over a longer horizon (with --eval-every: curves).
+    "horizon": [
+        ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
         ("full table", {"pairs": FULL}, {}),
     ],
     # On the intra-modal table: single-view image-text training at batch 16 stays
@@ -78,6 +87,12 @@ def train_once(name, loss, seed, steps, args, extra=None):
         metrics = json.load(f)["official"]
     with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
+    curve = []
+    if os.path.exists(os.path.join(out, "eval_history.jsonl")):
+        with open(os.path.join(out, "eval_history.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                point = json.loads(line)
+                curve.append([point["step"], point["train_seconds"], point["official"]["mean"]["mean_recall"] * 100])
     return {
         "row": name,
         "seed": seed,
@@ -89,6 +104,7 @@ def train_once(name, loss, seed, steps, args, extra=None):
         "train_seconds": summary["step_seconds"],
         "peak_mib": round(summary["peak_mib"]),
         "wall_seconds": wall,
+        "curve": curve,  # [step, training seconds, MeanRecall] at every evaluation (--eval-every)
     }
 
 
@@ -118,6 +134,42 @@ def table(runs, title):
     return "\n".join(lines)
 
 
+def at_time(curve, seconds):
+    """MeanRecall at ``seconds`` of training, linear between the evaluations around it (None before the first).
+
+    Up to 5% past the last evaluation counts as the end (a median budget lands just past
+    some of the runs that define it); further is None.
+    """
+    for (_, t0, r0), (_, t1, r1) in zip(curve, curve[1:]):
+        if t0 <= seconds <= t1:
+            return r0 + (r1 - r0) * (seconds - t0) / max(t1 - t0, 1e-9)
+    return curve[-1][2] if curve and curve[-1][1] <= seconds <= 1.05 * curve[-1][1] else None
+
+
+def curve_tables(runs, rows):
+    """MeanRecall by step for every row, and every row read at the first row's training time."""
+    steps = sorted({point[0] for r in runs for point in r["curve"]})
+    lines = ["### learning curves (MeanRecall, mean ± std over seeds, at each evaluation)", "",
+             "| row | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for name, _, _ in rows:
+        mine = [r for r in runs if r["row"] == name]
+        cells = []
+        for step in steps:
+            values = [point[2] for r in mine for point in r["curve"] if point[0] == step]
+            cells.append(mean_std(values) if len(values) == len(mine) else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    budget = statistics.median(r["train_seconds"] for r in runs if r["row"] == rows[0][0])
+    lines += ["", f"### equal training time ({budget:.0f} s, the first row's median), read off each run's curve", "",
+              "| row | MeanRecall | steps reached (median) |", "|---|---|---|"]
+    for name, _, _ in rows:
+        mine = [r for r in runs if r["row"] == name]
+        values = [at_time(r["curve"], budget) for r in mine]
+        reached = statistics.median(budget / r["seconds_per_step"] for r in mine)
+        shown = mean_std(values) if None not in values else "beyond the runs' end"
+        lines.append(f"| {name} | {shown} | {min(reached, max(r['steps'] for r in mine)):.0f} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="multiview")
@@ -129,6 +181,11 @@ def main():
     parser.add_argument("--lr", type=float, default=None, help="Optimizer.lr for every row (default: the config's)")
     parser.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help="a config override for every row (repeatable)")
     parser.add_argument("--equal-time", action="store_true", help="also run every row for the single-view row's wall-clock time")
+    parser.add_argument(
+        "--eval-every", type=int, default=0, metavar="N",
+        help="evaluate every N steps and print learning curves and every row at the first row's training time "
+        "(read off the curves: valid with a constant learning rate, e.g. --set Optimizer.min_lr_ratio=1.0)",
+    )
     parser.add_argument("--work", default=os.path.join(REPO, "output", "ablation"))
     parser.add_argument("--out", default=None, help="JSON of every run (default WORK/PRESET.json)")
     args = parser.parse_args()
@@ -136,12 +193,14 @@ def main():
     rows = PRESETS[args.preset]
     runs = []
     # Seeds outermost: an interrupted run still has every row for the seeds it finished.
-    common = {**({} if args.lr is None else {"Optimizer.lr": args.lr}), **dict(args.set)}
+    common = {**({} if args.lr is None else {"Optimizer.lr": args.lr}), **({"Train.eval_every": args.eval_every} if args.eval_every else {}), **dict(args.set)}
     for seed in args.seeds:
         for name, loss, extra in rows:
             runs.append(train_once(name, loss, seed, args.steps, args, {**common, **extra}))
             print(json.dumps(runs[-1]), flush=True)
     report = [table(runs, f"equal steps ({args.steps} steps, batch {args.batch}, seeds {args.seeds})")]
+    if args.eval_every:
+        report.append(curve_tables(runs, rows))
     if args.equal_time:
         base = statistics.median(r["seconds_per_step"] for r in runs if r["row"] == rows[0][0])
         budget = base * args.steps

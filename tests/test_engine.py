@@ -1,5 +1,6 @@
 """The trainer's pieces (schedule, optimizer groups, steps) and the train CLI end to end."""
 import copy
+import json
 import os
 import pickle
 import shutil
@@ -171,6 +172,19 @@ def test_train_cli_logs_evaluates_and_writes_checkpoints(tmp_path, train_data):
     state = pickle.loads((out / "checkpoints" / "step_000004" / "trainer_state.pkl").read_bytes())
     assert state["step"] == 4 and state["ranks"][0]["position"]["records"] > 0
     assert result.returncode == 0
+
+
+def test_every_evaluation_is_a_line_of_the_learning_curve(tmp_path, train_data):
+    train, val = train_data
+    config = write_train_config(tmp_path, train, {"format": "official_tsv", "path": str(val)}, Train={"eval_every": 2})
+    run_train(config)
+    history = [json.loads(line) for line in (tmp_path / "out" / "eval_history.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [h["step"] for h in history] == [2, 4]
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text(encoding="utf-8"))
+    assert [h["samples"] for h in history] == [8, 16]  # batch 4, one process
+    assert 0 < history[0]["train_seconds"] < history[1]["train_seconds"] == pytest.approx(summary["step_seconds"], abs=1e-3)
+    final = json.loads((tmp_path / "out" / "eval_metrics.json").read_text(encoding="utf-8"))
+    assert history[-1]["official"]["mean"] == final["official"]["mean"]
 
 
 def test_killed_run_resumes_exactly(tmp_path, train_data):

@@ -135,15 +135,26 @@ def test_ctrl_c_stops_training_cleanly_and_leaves_no_worker(tmp_path):
     tag = f"ctrl-c-{os.getpid()}-{time.time()}"
     proc = subprocess.Popen(
         [sys.executable, "tools/train.py", "-c", str(config)], cwd=REPO, start_new_session=True,
+        # As a terminal starts it: a test runner started in the background (CI, nohup, `&`)
+        # ignores SIGINT, the child would inherit that and Python would then never raise
+        # KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, CTRL_C_TEST=tag),
     )
     log = tmp_path / "out" / "train.log"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and "step 3/" in log.read_text(encoding="utf-8")):
+    deadline = time.time() + 180
+    while not (log.exists() and "step 3/" in log.read_text(encoding="utf-8")):
         assert proc.poll() is None, f"the trainer exited before step 3: {proc.communicate()[1][-2000:]}"
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"the trainer did not reach step 3 in 180 s: {proc.communicate()[1][-2000:]}")
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the trainer did not stop within 60 s of Ctrl-C: {proc.communicate()[1][-2000:]}")
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     deadline = time.time() + 10

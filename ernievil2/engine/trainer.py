@@ -60,6 +60,7 @@ class Trainer:
         self.momentum = momentum  # the EMA key encoder of the momentum queue, or None
         self.views = loss_fn.required_views
         self.step = 0
+        self.step_seconds = 0.0  # training time of this run, for the learning curve in eval_history.jsonl
         self.output_dir = config["Global"]["output_dir"]
         self.seed = config["Global"]["seed"]
         self.autocast = self._autocast_factory()
@@ -183,6 +184,7 @@ class Trainer:
         if self.rank == 0:
             metrics = self.eval_fn(self.model)
             self.model.train()
+            self._record_evaluation(metrics)
             if self.writer is not None:
                 if "zeroshot" in metrics:
                     for key in ("top1", "top5"):
@@ -208,6 +210,17 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
 
+    def _record_evaluation(self, metrics):
+        """One line of ``eval_history.jsonl`` per evaluation: the learning curve, by step and by training time."""
+        record = {
+            "step": self.step,
+            "samples": self.step * self._samples_per_step(),
+            "train_seconds": round(self.step_seconds, 3),
+            **{protocol: {direction: result[direction] for direction in ("text2image", "image2text", "mean")} for protocol, result in metrics.items()},
+        }
+        with open(os.path.join(self.output_dir, "eval_history.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
     def _write_skip_report(self):
         name = "skipped.tsv" if self.world_size == 1 else f"skipped.rank{self.rank}.tsv"
         path = self.stream.counter.write_report(os.path.join(self.output_dir, name))
@@ -219,14 +232,14 @@ class Trainer:
         self.model.train()
         batches = iter(self.stream)
         first_step, started = self.step, time.time()
-        step_seconds = 0.0  # waiting for data + computing: what a step costs, without checkpoints and evaluation
+        self.step_seconds = 0.0  # waiting for data + computing, without checkpoints and evaluation
         while self.step < cfg["max_steps"]:
             tick = time.time()
             micro = [batch_to_tensors(next(batches)) for _ in range(cfg["accum_steps"])]
             terms = self.run_step(micro)
             if not np.isfinite(terms["loss"]):
                 raise FloatingPointError(f"step {self.step}: the loss is {terms['loss']}; lower Optimizer.lr or enable grad_clip")
-            step_seconds += time.time() - tick
+            self.step_seconds += time.time() - tick
             self._log_step(terms, time.time() - tick, started, first_step)
             if cfg["save_every"] and self.step % cfg["save_every"] == 0 and self.step < cfg["max_steps"]:
                 self.save()
@@ -240,8 +253,8 @@ class Trainer:
         if self.rank == 0:
             summary = {
                 "steps": self.step - first_step,
-                "step_seconds": step_seconds,
-                "samples_per_second": (self.step - first_step) * self._samples_per_step() / max(step_seconds, 1e-9),
+                "step_seconds": self.step_seconds,
+                "samples_per_second": (self.step - first_step) * self._samples_per_step() / max(self.step_seconds, 1e-9),
                 "peak_mib": peak_rss_mib(),
                 "skipped_records": self.stream.counter.total,
             }
