@@ -347,3 +347,5 @@ def test_trainer_evaluates_zeroshot_without_a_retrieval_set(tiny, tmp_path):
     written = json.loads((tmp_path / "out" / "eval_metrics.json").read_text(encoding="utf-8"))
     assert written["zeroshot"]["top1"] == metrics["zeroshot"]["top1"]
     assert "zero-shot: 10 images" in (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
+    (curve,) = [json.loads(line) for line in (tmp_path / "out" / "eval_history.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert curve["step"] == 2 and curve["zeroshot"]["top1"] == metrics["zeroshot"]["top1"]

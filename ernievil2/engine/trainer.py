@@ -216,7 +216,7 @@ class Trainer:
             "step": self.step,
             "samples": self.step * self._samples_per_step(),
             "train_seconds": round(self.step_seconds, 3),
-            **{protocol: {direction: result[direction] for direction in ("text2image", "image2text", "mean")} for protocol, result in metrics.items()},
+            **{protocol: _curve_point(protocol, result) for protocol, result in metrics.items()},
         }
         with open(os.path.join(self.output_dir, "eval_history.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -264,6 +264,13 @@ class Trainer:
 
     def _samples_per_step(self):
         return self.train_cfg["batch_size"] * self.train_cfg["accum_steps"] * self.world_size
+
+
+def _curve_point(protocol, result):
+    """What the learning curve keeps of one evaluation: each retrieval direction, or zero-shot accuracy."""
+    if protocol == "zeroshot":
+        return {key: result[key] for key in ("top1", "top5", "mean_per_class_top1")}
+    return {direction: result[direction] for direction in ("text2image", "image2text", "mean")}
 
 
 def make_eval_fn(config, tokenizer, transform, log=print):
