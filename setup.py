@@ -25,7 +25,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ernievil2", "ernievil2.*"]),
-    package_data={"ernievil2": ["resources/vocab/*/*", "inference/static/*"]},
+    package_data={"ernievil2": ["resources/vocab/*/*", "resources/zeroshot/*", "inference/static/*"]},
     # paddlepaddle or paddlepaddle-gpu is left to the user (see README): requiring
     # one would uninstall the other.
     install_requires=requirements("requirements.txt"),

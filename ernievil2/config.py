@@ -109,6 +109,7 @@ DEFAULTS = {
     "Eval": {
         "batch_size": 64,
         "num_workers": 0,
+        "zeroshot": ANY,  # {images, labels, classes[, templates]}: zero-shot top-1/top-5 at each evaluation
     },
 }
 
@@ -370,7 +371,7 @@ def validate_component_sections(config):
     """Check registry-selected sections against their builders, and sections against each other,
     so that typos and contradictions fail at load time; errors name the key and the file."""
     try:
-        for check in (check_ranges, check_data_specs, check_arch, check_augment, check_loss, check_cross_sections):
+        for check in (check_ranges, check_data_specs, check_zeroshot, check_arch, check_augment, check_loss, check_cross_sections):
             check(config)
     except ConfigError as err:
         raise err.located(config.get("_source_")) from None
@@ -387,6 +388,17 @@ def check_data_specs(config):
                 check_pair_spec(spec)
             except ValueError as err:
                 raise ConfigError(f"Data.{key}", str(err)) from None
+
+
+def check_zeroshot(config):
+    from .data.classes import check_zeroshot_spec
+
+    spec = config["Eval"].get("zeroshot")
+    if spec is not None:
+        try:
+            check_zeroshot_spec(spec)
+        except ValueError as err:
+            raise ConfigError("Eval.zeroshot", str(err)) from None
 
 
 def check_arch(config):

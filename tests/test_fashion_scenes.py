@@ -33,7 +33,7 @@ def encode_idx(array):
 
 NUM_SYNTHETIC_TRAIN = 60
 NUM_SYNTHETIC_T10K = 40
-SMALL = fs.DemoSpec(num_train=50, num_val=20, num_test=30, canvas_size=32)
+SMALL = fs.DemoSpec(num_train=50, num_val=20, num_test=30, canvas_size=32, num_zeroshot=25)
 
 ITEM_RE = re.compile(
     "一(?P<measure>[件条双个])(?P<colour>{})的?(?P<noun>{})".format(
@@ -485,3 +485,42 @@ def test_real_fashion_mnist_builds_a_valid_small_set(tmp_path):
         for caption, _, image, tags in rows:
             assert decode(base64.b64decode(image)).shape == (64, 64, 3)
             assert len(tags.split(",")) == len(ITEM_RE.findall(caption))
+
+
+# ----------------------------------------------------------------------------- zero-shot set
+
+
+def test_zeroshot_set_is_single_garments_labelled_by_garment_and_by_tag(source, built):
+    from ernievil2.data.classes import read_class_names, read_templates
+    from ernievil2.data.errors import SkipCounter
+    from ernievil2.data.readers import iter_labelled_images
+
+    out_dir, meta = built
+    records = list(fs.iter_zeroshot(source, SMALL))
+    assert meta["zeroshot"]["num_samples"] == len(records) == SMALL.num_zeroshot
+    half = NUM_SYNTHETIC_T10K // 2
+    for n, record in enumerate(records):
+        assert record.item.class_id == n % len(fs.CLASSES)  # the classes in turn: balanced
+        assert record.item.source_index < half  # the test split's rows, never train's
+        assert source.labels["t10k"][record.item.source_index] == record.item.class_id
+        assert decode(record.image).shape == (SMALL.canvas_size, SMALL.canvas_size, 3)
+    assert max(meta["zeroshot"]["class_counts"].values()) - min(meta["zeroshot"]["class_counts"].values()) <= 1
+    train_tags = {tag for row in read_tsv(out_dir / "train.tsv") for tag in row[3].split(",")}
+    for task in fs.ZEROSHOT_TASKS:
+        labels_file, classes_file = (out_dir / name for name in fs.zeroshot_files(task))
+        classes = read_class_names(classes_file)
+        read = list(iter_labelled_images(out_dir / fs.ZEROSHOT_IMAGES, labels_file, SkipCounter()))
+        assert [int(r.image_id) for r in read] == [r.image_id for r in records]
+        assert [r.image for r in read] == [r.image for r in records]
+        assert all(r.label in classes.index for r in read)
+        for r, record in zip(read, records):
+            item = record.item
+            noun, colour = fs.CLASSES[item.class_id].noun, fs.COLOURS[item.colour_id].name
+            assert r.label == (noun if task == "garment" else colour + noun)
+            assert noun in classes.names[classes.index[r.label]]  # the prompt name says the garment
+        if task == "item":
+            # The 80 item classes are the tags train.tsv uses (every one occurs in a large enough split).
+            assert len(classes.labels) == len(fs.CLASSES) * len(fs.COLOURS) and train_tags <= set(classes.labels)
+            assert classes.names[classes.index["红色T恤"]] == "一件红色的T恤"
+    templates = read_templates(out_dir / fs.ZEROSHOT_TEMPLATES)
+    assert "图中有{}" in templates and all(t.count("{}") == 1 for t in templates)

@@ -6,7 +6,8 @@
 
 Writes train.tsv / test.tsv (and val.tsv with --num-val) in the official ERNIE-ViL layout
 ``caption \\t image_id \\t base64 image \\t tags``, the eval splits again in the Chinese-CLIP
-layout (``test_imgs.tsv`` + ``test_texts.jsonl``, several captions per image), and meta.json.
+layout (``test_imgs.tsv`` + ``test_texts.jsonl``, several captions per image), a zero-shot
+set of single garments (``zeroshot_*``, for tools/eval_zeroshot.py), and meta.json.
 Rerunning with the same arguments is a no-op; --force rebuilds. See docs/demo_data.md.
 """
 import argparse
@@ -37,6 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-train", type=int, default=defaults.num_train)
     parser.add_argument("--num-val", type=int, default=defaults.num_val)
     parser.add_argument("--num-test", type=int, default=defaults.num_test)
+    parser.add_argument(
+        "--num-zeroshot", type=int, default=defaults.num_zeroshot, help="single-garment images for zero-shot classification (0: none)"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--canvas-size", type=int, default=defaults.canvas_size, help="even, >= 16")
     parser.add_argument("--image-format", choices=("jpeg", "png"), default=defaults.image_format)
@@ -64,6 +68,7 @@ def spec_from_args(args):
         num_train=args.num_train,
         num_val=args.num_val,
         num_test=args.num_test,
+        num_zeroshot=args.num_zeroshot,
         canvas_size=args.canvas_size,
         image_format=args.image_format,
         jpeg_quality=args.jpeg_quality,
@@ -99,6 +104,8 @@ def main(argv=None):
             f"{stats['all_captions_fitting_several_images']} fitting several images, "
             f"{stats['redrawn_scenes']} scenes redrawn"
         )
+    if "zeroshot" in meta:
+        print(f"  zeroshot: {meta['zeroshot']['num_samples']} single garments (zeroshot_imgs.tsv, labels and classes per task)")
     for name, info in meta["files"].items():
         print(f"  {name}: {info['bytes'] / 1e6:.1f} MB")
     return 0

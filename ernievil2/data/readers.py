@@ -239,6 +239,59 @@ class ChineseClipSplit:
                     yield PairRecord(text.text, image_id, image, (), text.where, image_where)
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelledImage:
+    """One image of a classification set and its label (a class id or name), as written."""
+
+    image_id: str
+    image: bytes = dataclasses.field(repr=False)
+    label: str
+    where: str
+    image_where: str
+
+
+LABEL_COLUMNS = "image_id, label"
+
+
+def iter_labelled_images(images_path, labels_path, counter: SkipCounter, shard: Shard = None) -> Iterator[LabelledImage]:
+    """Labelled images: ``image_id \\t label`` lines naming images of an ``image_id \\t base64`` TSV.
+
+    The image TSV is the Chinese-CLIP one, indexed once and read by seeking, so
+    one image file serves several label sets. A record is a line of the labels
+    file; an id listed twice, or absent from the image file, is a bad record.
+    """
+    _check_shard(shard)
+    index = index_image_tsv(images_path, _index_counter(counter, shard))
+    first_line: Dict[str, int] = {}
+    with open(images_path, "rb") as images:
+        for line_no, _, raw in _content_lines(labels_path, counter, shard):
+            record = _parse_or_report(counter, _parse_label_line, raw, labels_path, line_no, index, first_line)
+            if record is None:
+                continue
+            image_id, label = record
+            image = _parse_or_report(counter, _read_indexed_image, images, index, image_id)
+            if image is not None:
+                where = _location(labels_path, line_no)
+                yield LabelledImage(image_id, image, label, where, _location(images_path, index.entries[image_id][1]))
+
+
+def _parse_label_line(raw: bytes, path, line_no: int, index: ImageIndex, first_line: Dict[str, int]):
+    fields = _decode_utf8(raw, path, line_no).split("\t")
+    if len(fields) != 2:
+        raise DataError(path, line_no, f"wrong column count: found {len(fields)}, expected 2 ({LABEL_COLUMNS})")
+    image_id, label = fields[0].strip(), fields[1].strip()
+    if not image_id:
+        raise DataError(path, line_no, "empty image id")
+    if not label:
+        raise DataError(path, line_no, "empty label")
+    # Every shard sees every line's id only for its own lines, so repeats are caught within a shard.
+    if image_id in first_line:
+        raise DataError(path, line_no, f"repeated image id: {image_id!r} is labelled on line {first_line[image_id]} already")
+    first_line[image_id] = line_no
+    _check_indexed(image_id, index, path, line_no)
+    return image_id, label
+
+
 def check_pair_spec(spec: Mapping):
     """The opener and its keyword arguments for a data spec; a bad spec raises ValueError naming the key."""
     if not isinstance(spec, Mapping):

@@ -167,6 +167,8 @@ class DemoSpec:
     max_caption_chars: int = 46
     items_per_scene_weights: tuple = (0.15, 0.35, 0.30, 0.20)
     min_item_scale: float = 0.75
+    # Single-garment images for zero-shot classification (and for checking generated tags).
+    num_zeroshot: int = 1000
 
     def num_scenes(self, split):
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
@@ -179,6 +181,8 @@ def validate_spec(spec):
     for split in SPLITS:
         if not 0 <= spec.num_scenes(split) <= MAX_SCENES_PER_SPLIT:
             raise ValueError(f"num_{split} must be in [0, {MAX_SCENES_PER_SPLIT}], got {spec.num_scenes(split)}")
+    if not 0 <= spec.num_zeroshot <= MAX_SCENES_PER_SPLIT:
+        raise ValueError(f"num_zeroshot must be in [0, {MAX_SCENES_PER_SPLIT}], got {spec.num_zeroshot}")
     if spec.image_format not in ("jpeg", "png"):
         raise ValueError(f"image_format must be 'jpeg' or 'png', got {spec.image_format!r}")
     if not 1 <= spec.jpeg_quality <= 100:
@@ -353,32 +357,38 @@ def class_pools(labels, rows):
 
 def sample_scene(rng, pools, spec):
     """Draw a scene: how many items, where, which class x colour (all distinct), which image."""
-    cell = spec.canvas_size // 2
     weights = np.asarray(spec.items_per_scene_weights, dtype=np.float64)
     count = int(rng.choice(len(POSITIONS), p=weights / weights.sum())) + 1
     positions = rng.choice(len(POSITIONS), size=count, replace=False)
     kinds = rng.choice(len(CLASSES) * len(COLOURS), size=count, replace=False)
-    min_size = max(1, round(cell * spec.min_item_scale))
     items = []
     for position, kind in zip(positions, kinds):
         class_id, colour_id = divmod(int(kind), len(COLOURS))
-        pool = pools[class_id]
-        size = int(rng.integers(min_size, cell + 1))
-        top, left = (int(v) for v in rng.integers(0, cell - size + 1, size=2))
-        row, column = divmod(int(position), 2)
-        items.append(
-            PlacedItem(
-                position=int(position),
-                class_id=class_id,
-                colour_id=colour_id,
-                source_index=int(pool[rng.integers(len(pool))]),
-                size=size,
-                top=row * cell + top,
-                left=column * cell + left,
-            )
-        )
-    background = tuple(int(v) for v in rng.integers(BACKGROUND_RANGE[0], BACKGROUND_RANGE[1] + 1, size=3))
-    return Scene(tuple(items), background)
+        items.append(place_item(rng, pools, spec, int(position), class_id, colour_id))
+    return Scene(tuple(items), sample_background(rng))
+
+
+def place_item(rng, pools, spec, position, class_id, colour_id):
+    """A garment of ``class_id`` in ``colour_id`` in its grid cell: a random size, offset and source image."""
+    cell = spec.canvas_size // 2
+    min_size = max(1, round(cell * spec.min_item_scale))
+    pool = pools[class_id]
+    size = int(rng.integers(min_size, cell + 1))
+    top, left = (int(v) for v in rng.integers(0, cell - size + 1, size=2))
+    row, column = divmod(position, 2)
+    return PlacedItem(
+        position=position,
+        class_id=class_id,
+        colour_id=colour_id,
+        source_index=int(pool[rng.integers(len(pool))]),
+        size=size,
+        top=row * cell + top,
+        left=column * cell + left,
+    )
+
+
+def sample_background(rng):
+    return tuple(int(v) for v in rng.integers(BACKGROUND_RANGE[0], BACKGROUND_RANGE[1] + 1, size=3))
 
 
 def garment_mask(image, size):
@@ -620,6 +630,93 @@ class SplitStats:
         }
 
 
+# ----------------------------------------------------------------------------- zero-shot set
+
+ZEROSHOT_SEED_CODE = 3  # after SPLIT_SEED_CODE's: its own generator, whatever the splits' sizes
+ZEROSHOT_IMAGE_ID = 40_000_000
+ZEROSHOT_IMAGES = "zeroshot_imgs.tsv"
+ZEROSHOT_TEMPLATES = "zeroshot_templates.txt"
+# garment: the ten Fashion-MNIST classes; item: colour x garment, the 80 tags of train.tsv.
+ZEROSHOT_TASKS = ("garment", "item")
+
+
+def zeroshot_files(task):
+    """(labels file, classes file) of a zero-shot task."""
+    return f"zeroshot_{task}_labels.tsv", f"zeroshot_{task}_classes.txt"
+
+
+@dataclass(frozen=True)
+class ZeroShotRecord:
+    image_id: int
+    item: PlacedItem
+    image: bytes
+
+
+def iter_zeroshot(source, spec):
+    """Single garments on the demo canvas: the classes in turn (so they are balanced), colour and
+    cell at random. Drawn from the test split's Fashion-MNIST rows, never from train's."""
+    source_split, rows = split_source("test", source)
+    pools = class_pools(source.labels[source_split], rows)
+    images = source.images[source_split]
+    rng = np.random.default_rng([spec.seed, ZEROSHOT_SEED_CODE])
+    for index in range(spec.num_zeroshot):
+        class_id = index % len(CLASSES)
+        colour_id = int(rng.integers(len(COLOURS)))
+        position = int(rng.integers(len(POSITIONS)))
+        scene = Scene((place_item(rng, pools, spec, position, class_id, colour_id),), sample_background(rng))
+        rgb = render_scene(scene, images, spec.canvas_size)
+        yield ZeroShotRecord(ZEROSHOT_IMAGE_ID + index, scene.items[0], encode_image(rgb, spec.image_format, spec.jpeg_quality))
+
+
+def zeroshot_label(item, task):
+    """What the labels file says: the garment's noun, or the item's tag (``红色T恤``)."""
+    if task == "garment":
+        return CLASSES[item.class_id].noun
+    return COLOURS[item.colour_id].name + CLASSES[item.class_id].noun
+
+
+def zeroshot_classes(task):
+    """``(label, prompt name)`` of every class: the name is the phrase captions use (``一件红色的T恤``)."""
+    if task == "garment":
+        return [(c.noun, f"一{c.measure}{c.noun}") for c in CLASSES]
+    kinds = [PlacedItem(0, class_id, colour_id, 0, 0, 0, 0) for class_id in range(len(CLASSES)) for colour_id in range(len(COLOURS))]
+    return [(zeroshot_label(item, task), item_phrase(item, with_de=True)) for item in kinds]
+
+
+def zeroshot_templates():
+    """The whole-scene caption templates that fit one item, with ``{}`` for it: prompts in the captions' words."""
+    return [t.text.replace("{items}", "{}") for t in CAPTION_TEMPLATES if not t.per_item and t.min_items == 1]
+
+
+def write_zeroshot(source, spec, out_dir, on_progress):
+    """The zero-shot images, a labels and a classes file per task, and the prompt templates;
+    returns (stats dict, written file names)."""
+    out_dir = Path(out_dir)
+    names = [ZEROSHOT_IMAGES] + [name for task in ZEROSHOT_TASKS for name in zeroshot_files(task)] + [ZEROSHOT_TEMPLATES]
+    for task in ZEROSHOT_TASKS:
+        with atomic_text_file(out_dir / zeroshot_files(task)[1]) as f:
+            f.writelines(f"{label}\t{name}\n" for label, name in zeroshot_classes(task))
+    with atomic_text_file(out_dir / ZEROSHOT_TEMPLATES) as f:
+        f.writelines(template + "\n" for template in zeroshot_templates())
+    classes, colours = Counter(), Counter()
+    with ExitStack() as stack:
+        images = stack.enter_context(atomic_text_file(out_dir / ZEROSHOT_IMAGES))
+        labels = {task: stack.enter_context(atomic_text_file(out_dir / zeroshot_files(task)[0])) for task in ZEROSHOT_TASKS}
+        for done, record in enumerate(iter_zeroshot(source, spec), start=1):
+            images.write(f"{record.image_id}\t{base64.b64encode(record.image).decode('ascii')}\n")
+            for task, f in labels.items():
+                f.write(f"{record.image_id}\t{zeroshot_label(record.item, task)}\n")
+            classes[CLASSES[record.item.class_id].noun] += 1
+            colours[COLOURS[record.item.colour_id].name] += 1
+            on_progress("zeroshot", done, spec.num_zeroshot)
+    stats = {
+        "num_samples": spec.num_zeroshot,
+        "class_counts": {c.noun: classes[c.noun] for c in CLASSES},
+        "colour_counts": {c.name: colours[c.name] for c in COLOURS},
+    }
+    return stats, names
+
+
 # ----------------------------------------------------------------------------- output folder
 
 
@@ -701,7 +798,12 @@ def build_demo_dataset(source, spec, out_dir, on_progress=lambda split, done, to
         if spec.num_scenes(split):
             split_stats[split], split_names = write_split(source, split, spec, out_dir, on_progress)
             names.extend(split_names)
+    if spec.num_zeroshot:
+        zeroshot_stats, zeroshot_names = write_zeroshot(source, spec, out_dir, on_progress)
+        names.extend(zeroshot_names)
     meta = build_meta(spec, source, split_stats, {name: file_digest(out_dir / name) for name in names})
+    if spec.num_zeroshot:
+        meta["zeroshot"] = zeroshot_stats
     text = json.dumps(meta, ensure_ascii=False, indent=2) + "\n"
     with atomic_text_file(out_dir / "meta.json") as f:
         f.write(text)

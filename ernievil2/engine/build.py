@@ -129,7 +129,7 @@ def build_trainer(config):
 
         writer = LogWriter(logdir=os.path.join(out_dir, "vdl"))
     eval_fn = None
-    if data["val"] is not None:
+    if data["val"] is not None or config["Eval"]["zeroshot"] is not None:
         eval_fn = make_eval_fn(config, tokenizer, EvalTransform.from_config(config["Preprocess"]), log)
     trainer = Trainer(config, model, loss_fn, optimizer, stream, rank, world, train_model, eval_fn, log, writer, momentum)
     if rank == 0:

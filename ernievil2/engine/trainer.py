@@ -14,8 +14,10 @@ import paddle
 import paddle.distributed as dist
 
 from ..checkpoint.state import load_state_strict
+from ..evaluation.classify import evaluate_zeroshot
 from ..evaluation.embed import embed_split
 from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
+from ..evaluation.zeroshot import format_report
 from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from .optim import lr_at
 from .steps import accumulated_step, average_gradients, batch_to_tensors, momentum_keys, train_step, use_tags_as_text
@@ -184,7 +186,12 @@ class Trainer:
             self.model.train()
             self._record_evaluation(metrics)
             if self.writer is not None:
+                if "zeroshot" in metrics:
+                    for key in ("top1", "top5"):
+                        self.writer.add_scalar(f"eval_zeroshot/{key}", metrics["zeroshot"][key], self.step)
                 for protocol, result in metrics.items():
+                    if protocol == "zeroshot":
+                        continue
                     for direction in ("text2image", "image2text", "mean"):
                         for key in ("r1", "r5", "r10", "mean_recall"):
                             self.writer.add_scalar(f"eval_{protocol}/{direction}_{key}", result[direction][key], self.step)
@@ -209,7 +216,7 @@ class Trainer:
             "step": self.step,
             "samples": self.step * self._samples_per_step(),
             "train_seconds": round(self.step_seconds, 3),
-            **{protocol: {direction: result[direction] for direction in ("text2image", "image2text", "mean")} for protocol, result in metrics.items()},
+            **{protocol: _curve_point(protocol, result) for protocol, result in metrics.items()},
         }
         with open(os.path.join(self.output_dir, "eval_history.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -259,24 +266,44 @@ class Trainer:
         return self.train_cfg["batch_size"] * self.train_cfg["accum_steps"] * self.world_size
 
 
+def _curve_point(protocol, result):
+    """What the learning curve keeps of one evaluation: each retrieval direction, or zero-shot accuracy."""
+    if protocol == "zeroshot":
+        return {key: result[key] for key in ("top1", "top5", "mean_per_class_top1")}
+    return {direction: result[direction] for direction in ("text2image", "image2text", "mean")}
+
+
 def make_eval_fn(config, tokenizer, transform, log=print):
-    """Retrieval evaluation on ``Data.val``: both protocols, logged as tables, written as JSON."""
+    """Retrieval evaluation on ``Data.val`` (both protocols) and zero-shot classification on
+    ``Eval.zeroshot``, each when set; logged as tables, written as JSON."""
     spec = config["Data"]["val"]
     eval_cfg = config["Eval"]
     out_dir = config["Global"]["output_dir"]
+    on_error = config["Data"]["on_error"]
 
     def run(model):
-        features, counter = embed_split(
-            model, spec, tokenizer, transform, eval_cfg["batch_size"], eval_cfg["num_workers"], config["Data"]["on_error"], printer=log
-        )
-        results = {"multi_gt": evaluate_multi_gt(features)}
-        if len(features.text_emb) == len(features.image_emb):
-            results["official"] = evaluate_official(features.text_emb, features.image_emb)
-        for protocol, metrics in results.items():
-            log(f"retrieval ({protocol}, {len(features.text_emb)} texts):\n{official_table(metrics)}")
-        if counter.total:
-            log(f"evaluation data: {counter.summary()}")
-            counter.write_report(os.path.join(out_dir, "eval_skipped.tsv"))
+        results = {}
+        if spec is not None:
+            features, counter = embed_split(
+                model, spec, tokenizer, transform, eval_cfg["batch_size"], eval_cfg["num_workers"], on_error, printer=log
+            )
+            results["multi_gt"] = evaluate_multi_gt(features)
+            if len(features.text_emb) == len(features.image_emb):
+                results["official"] = evaluate_official(features.text_emb, features.image_emb)
+            for protocol, metrics in results.items():
+                log(f"retrieval ({protocol}, {len(features.text_emb)} texts):\n{official_table(metrics)}")
+            if counter.total:
+                log(f"evaluation data: {counter.summary()}")
+                counter.write_report(os.path.join(out_dir, "eval_skipped.tsv"))
+        if eval_cfg["zeroshot"] is not None:
+            report, counter = evaluate_zeroshot(
+                model, tokenizer, transform, eval_cfg["zeroshot"], eval_cfg["batch_size"], eval_cfg["num_workers"], on_error, printer=log
+            )
+            log(format_report(report))
+            if counter.total:
+                log(f"zero-shot data: {counter.summary()}")
+                counter.write_report(os.path.join(out_dir, "eval_zeroshot_skipped.tsv"))
+            results["zeroshot"] = report
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "eval_metrics.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

@@ -21,12 +21,12 @@ from .retrieval import make_features, text_positives_csr
 _TRANSFORM = None
 
 
-def _init(transform):
+def init_decoder(transform):
     global _TRANSFORM
     _TRANSFORM = transform
 
 
-def _decode_batch(job):
+def decode_batch(job):
     """(pixels of the images that decoded, or None; kept mask; the errors of the others)."""
     images, wheres = job
     pixels, kept, errors = [], [], []
@@ -67,7 +67,7 @@ def _encode_images(model, pool, records, batch_size, progress, counter):
     unseen = first_of_each(records, key=lambda record: record[0])
     jobs = ((chunk, ([d for _, d, _ in chunk], [w for _, _, w in chunk])) for chunk in batched(unseen, batch_size))
     parts = []
-    for chunk, (pixels, kept, errors) in pool.map(_decode_batch, jobs):
+    for chunk, (pixels, kept, errors) in pool.map(decode_batch, jobs):
         for err in errors:
             counter.report(err)
         for (image_id, _, _), ok in zip(chunk, kept):
@@ -109,7 +109,7 @@ def embed_split(model, spec, tokenizer, transform, batch_size=64, num_workers=0,
     """Embed the split described by ``spec`` (a reader spec); returns (Features, SkipCounter)."""
     model.eval()
     counter = SkipCounter(on_error)
-    pool = OrderedPool(num_workers, _init, (transform,))
+    pool = OrderedPool(num_workers, init_decoder, (transform,))
     try:
         if spec.get("format") == "chinese_clip":
             split = ChineseClipSplit(spec["root"], spec["split"])
