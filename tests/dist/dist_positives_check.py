@@ -24,8 +24,8 @@ import paddle
 import paddle.distributed as dist
 
 from ernievil2.losses import MomentumEncoder, MultiViewContrastiveLoss
-from tests.dist.dist_loss_check import INPUT_DIM, TinyDualEncoder  # the same tiny towers
-from tests.dist.dist_momentum_check import EMBED_DIM, float64_default
+from tests.dist.dist_loss_check import TinyDualEncoder  # the same tiny towers
+from tests.dist.dist_momentum_check import EMBED_DIM, float64_default, random_batch
 
 PAIRS = [["image_v1", "text_v1", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "image_v2", 0.5]]
 QUEUE = {"size": 6, "mode": "both", "momentum": 0.9, "weight": 0.5, "temperature": {"init": 0.1}, "warmup_steps": 1}
@@ -44,11 +44,8 @@ SEED = 20240919
 
 
 def global_batch(step):
-    """The step's inputs for every view, its image ids and caption ids; ids 0..2 repeat, -1 is unknown."""
-    rng = np.random.default_rng(SEED + 1 + step)
-    rows = WORLD_SIZE * LOCAL_BATCH
-    inputs = {view: rng.standard_normal((rows, INPUT_DIM[tower])) for view, tower in VIEW_TOWER.items()}
-    return inputs, rng.integers(-1, 3, rows), rng.integers(-1, 3, rows)
+    """The step's inputs for every view, its image ids and its caption ids."""
+    return random_batch(SEED + 1 + step, WORLD_SIZE * LOCAL_BATCH, VIEW_TOWER, id_arrays=2)
 
 
 def run(case, rank, world_size, rows):
