@@ -307,6 +307,11 @@ def test_config_parses_and_defaults():
     loss = build_loss({"name": "MultiViewContrastive", "pairs": PAIRS, "positives": {"mode": "masked"}})
     assert loss.positives == PositivesConfig("masked", False)
     assert build_loss({"name": "MultiViewContrastive", "pairs": PAIRS}).id_inputs == {}
+    # The trainer passes only these: a queue that does not mask gets no ids (its enqueue refuses them).
+    queue = {"size": 8, "mode": "both"}
+    assert MultiViewContrastiveLoss(PAIRS, momentum_queue=queue, embed_dim=4).id_inputs == {}
+    masking = MultiViewContrastiveLoss(PAIRS, momentum_queue={**queue, "mask_same_image": True}, embed_dim=4)
+    assert masking.id_inputs == {"image_ids": "image_id"}
 
 
 @pytest.mark.parametrize(
