@@ -4,6 +4,8 @@
     python benchmarks/ablation.py --preset queue --seeds 0 1 2 --steps 800 --batch 16
     python benchmarks/ablation.py --preset horizon --steps 304 --batch 128 --lr 1e-3 \
         --set Optimizer.min_lr_ratio=1.0 --eval-every 38
+    python benchmarks/ablation.py --preset positives --config configs/demo/single_view.yaml \
+        --rows 1 --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0 --multi-gt
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
 batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
@@ -11,8 +13,11 @@ batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
 adds a second pass where each row gets the wall-clock time the single-view row
 took, converted to steps with the row's own measured step time. ``--eval-every N``
 evaluates during training and prints learning curves, and every row read off its
-curve at the first row's training time (no second pass). Results go to
-``--out`` (JSON, every run) and a markdown table on stdout.
+curve at the first row's training time (no second pass). ``--multi-gt`` also
+extracts the test split in its Chinese-CLIP form (two captions per image) and
+scores it with the multi-ground-truth protocol. Results are added to ``--out``
+(JSON: a run of the same row, seed and steps replaces the old one, the others
+stay, so one row per job builds one file) and tabled on stdout.
 """
 import argparse
 import json
@@ -33,6 +38,9 @@ QUEUE = {"size": 4096, "momentum": 0.99, "ramp_steps": 100, "mask_same_image": T
 # One view needs no second look: the single-view row sees the canvas as it is
 # (configs/demo/single_view.yaml); the rows with image_v2 use base.yaml's views.
 NO_AUGMENT = {"Augment": {"image_size": 64, "resize_short": 64, "blur": None}}
+# Same-caption rows of one batch are each other's positives, not negatives: the demo's
+# train images are all distinct, but 348 of its captions repeat exactly.
+SAME = {"same_caption": True}
 PRESETS = {
     "multiview": [
         ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
@@ -51,6 +59,12 @@ PRESETS = {
         ("in-batch negatives", {"pairs": INTRA}, {}),
         ("+ queue as extra negatives (K=4096)", {"pairs": INTRA, "momentum_queue": {**QUEUE, "mode": "extra_negatives"}}, {}),
         ("+ BriVL queue term (K=4096)", {"pairs": INTRA, "momentum_queue": {**QUEUE, "mode": "brivl"}}, {}),
+    ],
+    # Loss.positives on the single-view table; run with --config configs/demo/single_view.yaml.
+    "positives": [
+        ("baseline", {"pairs": SINGLE}, {}),
+        ("masked", {"pairs": SINGLE, "positives": {"mode": "masked", **SAME}}, {}),
+        ("multi_positive", {"pairs": SINGLE, "positives": {"mode": "multi_positive", **SAME}}, {}),
     ],
 }
 
@@ -105,6 +119,25 @@ def train_once(name, loss, seed, steps, args, extra=None):
         "peak_mib": round(summary["peak_mib"]),
         "wall_seconds": wall,
         "curve": curve,  # [step, training seconds, MeanRecall] at every evaluation (--eval-every)
+        **(multi_gt_metrics(out, args) if args.multi_gt else {}),
+    }
+
+
+def multi_gt_metrics(trained, args):
+    """The test split's Chinese-CLIP form (every caption of every image) under the multi-GT protocol."""
+    features, report = os.path.join(trained, "test_multi_gt.npz"), os.path.join(trained, "retrieval_multi_gt.json")
+    vocab = "Tokenizer.vocab_file=" + os.path.join(args.data, "vocab.txt")
+    extract = [os.path.join(REPO, "tools", "extract_features.py"), "-c", args.config, "-o", vocab, "--weights", trained]
+    extract += ["--format", "chinese_clip", "--data", args.data, "--split", "test", "--output", features, "--num-workers", "1"]
+    score = [os.path.join(REPO, "tools", "eval_retrieval.py"), features, "--protocol", "multi_gt", "--json", report]
+    for cmd in (extract, score):
+        subprocess.run([sys.executable, *cmd], cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(report, encoding="utf-8") as f:
+        metrics = json.load(f)["multi_gt"]
+    return {
+        "mgt_t2i_r1": metrics["text2image"]["r1"] * 100,
+        "mgt_i2t_r1": metrics["image2text"]["r1"] * 100,
+        "mgt_mean_recall": metrics["mean"]["mean_recall"] * 100,
     }
 
 
@@ -122,16 +155,34 @@ def mean_std(values):
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
 
+MULTI_GT_COLUMNS = (("mgt_t2i_r1", "multi-GT T2I R@1"), ("mgt_i2t_r1", "multi-GT I2T R@1"), ("mgt_mean_recall", "multi-GT MeanRecall"))
+
+
 def table(runs, title):
-    lines = [f"### {title}", "", "| row | steps | T2I R@1 | I2T R@1 | MeanRecall | s/step | peak MiB |", "|---|---|---|---|---|---|---|"]
+    # Multi-GT columns only when every run has them (runs without --multi-gt leave them out).
+    extra = [c for c in MULTI_GT_COLUMNS if all(c[0] in r for r in runs)]
+    head = ["row", "seeds", "steps", "T2I R@1", "I2T R@1", "MeanRecall", *[label for _, label in extra], "s/step", "peak MiB"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in dict.fromkeys(r["row"] for r in runs):
         rows = [r for r in runs if r["row"] == name]
-        lines.append(
-            f"| {name} | {'/'.join(sorted({str(r['steps']) for r in rows}))} | {mean_std([r['t2i_r1'] for r in rows])} | "
-            f"{mean_std([r['i2t_r1'] for r in rows])} | {mean_std([r['mean_recall'] for r in rows])} | "
-            f"{statistics.median(r['seconds_per_step'] for r in rows):.2f} | {max(r['peak_mib'] or 0 for r in rows)} |"
-        )
+        cells = [name, " ".join(str(r["seed"]) for r in rows), "/".join(sorted({str(r["steps"]) for r in rows}))]
+        cells += [mean_std([r[key] for r in rows]) for key in ("t2i_r1", "i2t_r1", "mean_recall", *[k for k, _ in extra])]
+        cells += [f"{statistics.median(r['seconds_per_step'] for r in rows):.2f}", str(max(r["peak_mib"] or 0 for r in rows))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def merged(path, runs):
+    """The runs saved at ``path`` with these added; a run of the same row, seed and steps replaces the old one."""
+    def key(run):
+        return run["row"], run["seed"], run["steps"]
+
+    old = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    new = {key(r) for r in runs}
+    return [r for r in old if key(r) not in new] + runs
 
 
 def at_time(curve, seconds):
@@ -187,6 +238,7 @@ def main():
         help="evaluate every N steps and print learning curves and every row at the first row's training time "
         "(read off the curves: valid with a constant learning rate, e.g. --set Optimizer.min_lr_ratio=1.0)",
     )
+    parser.add_argument("--multi-gt", action="store_true", help="also score the test split's Chinese-CLIP form with the multi-GT protocol")
     parser.add_argument("--work", default=os.path.join(REPO, "output", "ablation"))
     parser.add_argument("--out", default=None, help="JSON of every run (default WORK/PRESET.json)")
     args = parser.parse_args()
@@ -219,9 +271,12 @@ def main():
         report.append(table(first + timed, f"equal wall-clock ({budget:.0f} s of training per run)"))
         runs += timed
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    every = merged(out, runs)
     with open(out, "w", encoding="utf-8") as f:
-        json.dump(runs, f, indent=1, ensure_ascii=False)
+        json.dump(every, f, indent=1, ensure_ascii=False)
     print("\n\n".join(report))
+    if len(every) > len(runs):
+        print("\n" + table(every, f"every run in {out}"))
 
 
 if __name__ == "__main__":

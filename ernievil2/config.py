@@ -72,6 +72,7 @@ DEFAULTS = {
         "on_error": "raise",  # raise | skip (bad records counted and logged)
         "num_workers": 2,
         "shuffle_buffer": 2048,
+        "one_caption_per_image": False,  # reorder so a step's batch holds one caption per image (per rank)
         "tag_prompt": "图中有：",
         "tag_separator": "、",
     },

@@ -392,3 +392,22 @@ def test_layer_decay_on_a_tower_without_layer_groups_names_the_key():
     with pytest.raises(ConfigError, match="Optimizer.image.layer_decay: the PaddleClasTower tower has no layer_groups"):
         param_groups(model, optimizer_section(layer_decay=0.65))
     assert param_groups(model, optimizer_section(text={"layer_decay": 0.65}))
+
+
+def test_positives_with_a_queue_over_micro_batches_and_one_caption_per_image(tmp_path):
+    """The trainer hands the loss the ids it asks for (image and caption) over the step's micro-batches."""
+    train = write_pairs_tsv(tmp_path / "train.tsv", 16, seed=6)  # few colours and shapes: captions repeat
+    lines = train.read_text(encoding="utf-8").splitlines()
+    lines = ["\t".join([line.split("\t")[0], f"img{i // 2}", *line.split("\t")[2:]]) for i, line in enumerate(lines)]
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")  # two captions per image
+    loss = {
+        "pairs": [["image_v1", "text_v1", 1.0]],
+        "positives": {"mode": "multi_positive", "same_caption": True},
+        "momentum_queue": {"size": 8, "mode": "both", "momentum": 0.9},
+    }
+    config = write_train_config(tmp_path, train, Loss=loss, Data={"shuffle_buffer": 0, "one_caption_per_image": True})
+    result = run_train(config, "Train.batch_size=2", "Train.accum_steps=2", "Train.max_steps=4", "Train.save_every=0", check=False)
+    log = (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
+    assert "step 4/4" in log and "brivl=" in log, result.stdout[-2000:] + result.stderr[-2000:]
+    extra = paddle.load(str(tmp_path / "out" / "checkpoints" / "step_000004" / "extra.pdparams"))
+    assert (np.asarray(extra["loss"]["queue.caption_ids"]) >= 0).all() and (np.asarray(extra["loss"]["queue.ids"]) >= 0).all()

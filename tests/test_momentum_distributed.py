@@ -9,7 +9,7 @@ ranks, the mean rank loss, the synced gradients and the EMA copies.
 import numpy as np
 import pytest
 
-from tests.dist.launcher import cpu_launcher_only, REPO, launch, load_module
+from tests.dist.launcher import cpu_launcher_only, REPO, launched_ranks, load_module
 
 WORKER = REPO / "tests" / "dist" / "dist_momentum_check.py"
 
@@ -23,14 +23,7 @@ def worker():
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, worker):
-    workdir = tmp_path_factory.mktemp("dist_momentum")
-    out_dir = workdir / "out"
-    out_dir.mkdir()
-    code, logs = launch(WORKER, [out_dir], workdir, nproc=worker.WORLD_SIZE)
-    assert code == 0, f"launcher exited with {code}\n{logs}"
-    results = [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(worker.WORLD_SIZE)]
-    assert [int(r["world_size"]) for r in results] == [worker.WORLD_SIZE] * worker.WORLD_SIZE, logs
-    return results
+    return launched_ranks(WORKER, tmp_path_factory.mktemp("dist_momentum"), worker.WORLD_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,16 @@ import pytest
 from ernievil2.resource_files import resolve_resource
 from ernievil2.data.augment import TrainTransform
 from ernievil2.data.errors import DataError
-from ernievil2.data.pipeline import StreamPosition, TrainStream, expand_sources, rank_sources, shuffled, stable_image_id
+from ernievil2.data.pipeline import (
+    StreamPosition,
+    TrainStream,
+    expand_sources,
+    rank_sources,
+    shuffled,
+    spread_images,
+    stable_caption_id,
+    stable_image_id,
+)
 from ernievil2.data.tokenizer import ErnieTokenizer
 from tests.helpers import write_pairs_tsv
 
@@ -131,3 +140,62 @@ def test_shuffle_buffer_is_a_permutation():
     rng = np.random.default_rng(0)
     out = list(shuffled(range(100), 10, rng))
     assert sorted(out) == list(range(100)) and out != list(range(100))
+
+
+# --- one caption per image ------------------------------------------------------
+
+
+def windows_repeat(keys, gap):
+    """Positions where an image comes back within ``gap`` records of its last appearance."""
+    last, repeats = {}, []
+    for position, key in enumerate(keys):
+        if key in last and position - last[key] < gap:
+            repeats.append(position)
+        last[key] = position
+    return repeats
+
+
+def test_spread_images_keeps_one_record_per_image_in_every_window():
+    rng = np.random.default_rng(0)
+    images = [int(i) for i in rng.integers(0, 30, 300)]  # ~10 captions per image, in clumps
+    records = list(enumerate(images))  # (record number, image)
+    assert windows_repeat(images, 8)  # guards the test: the input does repeat within windows
+    out = list(spread_images(records, 8, max_waiting=300, key=lambda r: r[1]))
+    assert windows_repeat([r[1] for r in out], 8) == []
+    assert len(set(out)) == len(out) and set(out) <= set(records)  # nothing made up or duplicated
+    assert len(records) - len(out) < 8 * 2  # only a tail that cannot be placed is left out
+    assert out == list(spread_images(records, 8, max_waiting=300, key=lambda r: r[1]))  # a pure function
+
+
+def test_spread_images_leaves_distinct_images_in_order_and_bounds_waiting():
+    assert list(spread_images(range(10), 4, max_waiting=4, key=lambda r: r)) == list(range(10))
+    one_image = [(i, "same") for i in range(10)]
+    # Nothing may go but the first; a bounded wait lets the oldest go early.
+    assert [r[0] for r in spread_images(one_image, 4, max_waiting=100, key=lambda r: r[1])] == [0]
+    assert len(list(spread_images(one_image, 4, max_waiting=2, key=lambda r: r[1]))) == 8
+
+
+def test_stream_with_one_caption_per_image_and_caption_ids(tmp_path, tokenizer):
+    path = write_pairs_tsv(tmp_path / "t.tsv", 48, seed=4)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    # 12 images with 4 captions each, next to each other in the file
+    lines = ["\t".join([line.split("\t")[0], f"img{i // 4}", *line.split("\t")[2:]]) for i, line in enumerate(lines)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = {"format": "official_tsv", "path": str(path)}
+    kwargs = dict(batch_size=4, image_views=1, need_tags=False, shuffle_buffer=0)
+    plain = take(stream(spec, tokenizer, **kwargs), 6)
+    assert all(len(set(b["image_id"])) == 1 for b in plain)  # guards: unspread, a batch is one image
+    spread = take(stream(spec, tokenizer, one_caption_per_image=4, **kwargs), 9)
+    assert all(len(set(b["image_id"])) == 4 for b in spread)
+    texts = [line.split("\t")[0] for line in lines]
+    assert {int(c) for b in spread for c in b["caption_id"]} <= {stable_caption_id(t) for t in texts}
+    assert len({stable_caption_id(t) for t in texts}) < len(texts)  # the demo-like captions repeat
+    # resuming counts records of the spread order, so it continues exactly
+    first = stream(spec, tokenizer, one_caption_per_image=4, **kwargs)
+    take(first, 5)
+    rest = take(stream(spec, tokenizer, one_caption_per_image=4, position=StreamPosition(**vars(first.position)), **kwargs), 4)
+    for a, b in zip(spread[5:], rest):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(ValueError, match="one_caption_per_image must be a gap"):
+        stream(spec, tokenizer, one_caption_per_image=True, **kwargs)

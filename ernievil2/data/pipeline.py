@@ -16,6 +16,7 @@ Order of work, and why:
 Training is counted in steps, not epochs: a rank whose shard runs out starts
 its next epoch on its own, so ranks with uneven shards never wait on each other.
 """
+import collections
 import dataclasses
 import glob
 import hashlib
@@ -73,6 +74,58 @@ def rank_sources(sources, rank, world):
 def stable_image_id(image_id):
     """A non-negative int64 for an image id string, equal on every rank and run."""
     return int.from_bytes(hashlib.blake2b(image_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def stable_caption_id(text):
+    """A non-negative int64 for a caption's exact text (the loss's same-caption positives)."""
+    return stable_image_id(text)
+
+
+def spread_images(records, gap, max_waiting, key=lambda record: record.image_id):
+    """The records reordered so that two of one image are at least ``gap`` places apart.
+
+    Any ``gap`` consecutive records then show ``gap`` different images: with
+    ``gap`` the step's batch, a batch holds one caption per image. A record
+    that comes too soon after its image's last one waits, and the oldest
+    waiting record that may go goes before each new one. The order is a pure
+    function of the input, so a resumed stream (which counts records of this
+    order) continues it exactly. Records still waiting when the input ends
+    are left out, like the epoch's last incomplete batch. More than
+    ``max_waiting`` waiting records (a corpus with runs of one image) let the
+    oldest go early, bounding memory at the cost of the guarantee.
+    """
+    last = {}  # image -> its latest output position
+    waiting = collections.deque()
+    position = 0
+
+    def may_go(record):
+        seen = last.get(key(record))
+        return seen is None or position - seen >= gap
+
+    def release():
+        for index, record in enumerate(waiting):
+            if may_go(record):
+                del waiting[index]
+                return record
+        return None
+
+    def emit(record):
+        nonlocal position
+        last[key(record)] = position
+        position += 1
+        return record
+
+    for record in records:
+        while (ready := release()) is not None:
+            yield emit(ready)
+        if may_go(record):
+            yield emit(record)
+        else:
+            waiting.append(record)
+            if len(waiting) > max_waiting:
+                yield emit(waiting.popleft())
+    while (ready := release()) is not None:
+        yield emit(ready)
 
 
 def tag_text(tags, prompt, separator):
@@ -150,9 +203,16 @@ class TrainStream:
 
     Batch keys: ``image_v1`` (and ``image_v2`` when two image views are
     needed) float32 [B, 3, H, W]; ``text`` int64 [B, L] caption ids; ``tag``
-    int64 [B, L] tag-prompt ids when ``need_tags``; ``image_id`` int64 [B].
+    int64 [B, L] tag-prompt ids when ``need_tags``; ``image_id`` int64 [B];
+    ``caption_id`` int64 [B] (a hash of the caption text).
     A record whose image fails to decode is counted (or raised, per policy)
     and replaced by the next record, so every batch is full.
+
+    ``one_caption_per_image``: a positive ``gap`` (the step's batch, over its
+    micro-batches) reorders the epoch with :func:`spread_images`, so no image
+    appears twice within ``gap`` consecutive records of this rank; 0 keeps
+    the shuffled order. A record replacing one that failed to decode can
+    still repeat an image of its batch.
     """
 
     def __init__(
@@ -173,6 +233,7 @@ class TrainStream:
         prefetch=2,
         on_error="raise",
         position=None,
+        one_caption_per_image=0,
     ):
         if image_views not in (1, 2):
             raise ValueError(f"image_views must be 1 or 2, got {image_views}")
@@ -187,6 +248,9 @@ class TrainStream:
         self.tag_prompt, self.tag_separator = tag_prompt, tag_separator
         self.rank, self.seed = rank, seed
         self.shuffle_buffer = shuffle_buffer
+        if isinstance(one_caption_per_image, bool) or not isinstance(one_caption_per_image, int) or one_caption_per_image < 0:
+            raise ValueError(f"one_caption_per_image must be a gap of records >= 0, got {one_caption_per_image!r}")
+        self.image_gap = one_caption_per_image
         self.pool = OrderedPool(num_workers, _init_worker, (transform,), prefetch)
         self.counter = SkipCounter(on_error)
         self.position = position or StreamPosition()
@@ -194,6 +258,10 @@ class TrainStream:
     def _record_jobs(self, epoch, start):
         """Groups of ``batch_size`` (index, record) from the epoch order, from record ``start`` on."""
         records = epoch_records(self.sources, self.counter, self.seed, epoch, self.rank, self.shuffle_buffer)
+        if self.image_gap:
+            # Waiting records hold their image bytes: bounded like the shuffle buffer, with
+            # room for a few captions of each image of a step even when nothing is shuffled.
+            records = spread_images(records, self.image_gap, max(8 * self.image_gap, self.shuffle_buffer))
         group = []
         for index, record in enumerate(records):
             if index < start or not self._has_needed_fields(record):
@@ -252,6 +320,7 @@ class TrainStream:
         # captions, goes through the text tower at its own length (engine/steps.py).
         batch.update({name: trim_padding(ids, self.tokenizer.pad_id) for name, ids in texts.items()})
         batch["image_id"] = np.array([stable_image_id(r.image_id) for r in records], dtype=np.int64)
+        batch["caption_id"] = np.array([stable_caption_id(r.text) for r in records], dtype=np.int64)
         return batch
 
     def state_dict(self):

@@ -122,6 +122,8 @@ def build_trainer(config):
         shuffle_buffer=data["shuffle_buffer"],
         num_workers=data["num_workers"],
         on_error=data["on_error"],
+        # The gap is the step's batch: the micro-batches of one step are scored together.
+        one_caption_per_image=train["batch_size"] * train["accum_steps"] if data["one_caption_per_image"] else 0,
     )
     writer = None
     if rank == 0:

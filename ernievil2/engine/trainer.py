@@ -81,11 +81,12 @@ class Trainer:
         self.optimizer.set_lr(
             lr_at(self.step, self.opt_cfg["lr"], self.opt_cfg["warmup_steps"], self.train_cfg["max_steps"], self.opt_cfg["min_lr_ratio"])
         )
-        loss_kwargs = None
+        # The ids the loss reads (its positives, the queue's mask), over the step's micro-batches.
+        ids = {kw: paddle.concat([b[key] for b in micro_batches]) for kw, key in self.loss_fn.id_inputs.items()}
+        loss_kwargs = dict(ids) or None
         if self.momentum is not None:
             keys = momentum_keys(self.momentum, micro_batches, tags)
-            image_ids = paddle.concat([b["image_id"] for b in micro_batches])
-            loss_kwargs = {"keys": keys, "image_ids": image_ids, "step": self.step}
+            loss_kwargs = {**ids, "keys": keys, "step": self.step}
         if len(micro_batches) == 1:
             terms = train_step(self.train_model, self.loss_fn, micro_batches[0], self.views, tags, self.autocast, self.scaler, loss_kwargs)
         else:
@@ -101,7 +102,7 @@ class Trainer:
         if self.momentum is not None:
             # MoCo order: the loss saw the queue as it stood; now update the keys' encoder and enqueue.
             self.momentum.update(self.model, self.loss_fn.queue_config.momentum)
-            self.loss_fn.enqueue(loss_kwargs["keys"], image_ids=loss_kwargs["image_ids"])
+            self.loss_fn.enqueue(loss_kwargs["keys"], **ids)
         self.step += 1
         out = {k: float(v) for k, v in terms.items()}
         out["logit_scale"] = float(self.model.logit_scale())

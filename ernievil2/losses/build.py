@@ -5,11 +5,12 @@ from ..registry import ConfigError, did_you_mean
 from ..validate import boolean, check_known_keys, positive_number
 from .momentum import parse_momentum_queue
 from .multiview import MultiViewContrastiveLoss
+from .positives import parse_positives
 from .terms import LOSS_TERMS, parse_view_pairs
 
 LOSS_NAMES = ("MultiViewContrastive",)
 TEMPERATURE_KEYS = {"init": 0.07, "learnable": True, "max_logit_scale": 100.0}
-LOSS_KEYS = ("name", "temperature", "pairs", "momentum_queue", "terms")
+LOSS_KEYS = ("name", "temperature", "pairs", "momentum_queue", "terms", "positives")
 
 
 def _located(err, prefix):
@@ -44,7 +45,13 @@ def check_loss_config(section):
     check_temperature(section.get("temperature"))
     build_terms(section.get("terms"))
     try:
+        positives = parse_positives(section.get("positives"))
         queue = None if section.get("momentum_queue") is None else parse_momentum_queue(section["momentum_queue"])
+        if positives is not None and queue is not None and queue.mask_same_image:
+            raise ConfigError(
+                "momentum_queue.mask_same_image",
+                "Loss.positives already decides the queue's entries of the row's own image; drop mask_same_image",
+            )
         return parse_view_pairs(section.get("pairs", []), allow_empty=queue is not None and queue.mode == "brivl")
     except ValueError as err:
         raise _located(err, "Loss") from None
@@ -80,4 +87,5 @@ def build_loss(section, rank=0, world_size=1, embed_dim=None):
         momentum_queue=queue,
         embed_dim=embed_dim if queue is not None else None,
         terms=build_terms(section.get("terms")),
+        positives=section.get("positives"),
     )

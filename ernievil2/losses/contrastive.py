@@ -17,6 +17,8 @@ rejected (see ``ernievil2.losses.distributed.check_equal_local_batch``).
 import paddle
 import paddle.nn.functional as F
 
+from .positives import cross_entropy_with_positives
+
 
 def contrastive_logits(a, b, logit_scale):
     """``logit_scale * a @ b.T``: scaled cosine similarities of unit rows."""
@@ -53,12 +55,15 @@ def _check_gathered(a_local, b_local, a_all, b_all, rank):
         )
 
 
-def symmetric_info_nce(a_local, b_local, logit_scale, a_all=None, b_all=None, rank=0):
+def symmetric_info_nce(a_local, b_local, logit_scale, a_all=None, b_all=None, rank=0, positives=None):
     """CLIP's symmetric InfoNCE of the local rows against all candidates.
 
     Returns a dict: ``loss`` (mean of the two directions), ``loss_a2b``,
     ``loss_b2a``, ``acc_a2b``, ``acc_b2a`` (in-batch top-1 accuracy). Without
-    ``a_all``/``b_all`` it is the single-process CLIP loss.
+    ``a_all``/``b_all`` it is the single-process CLIP loss. ``positives``
+    (a :class:`~ernievil2.losses.positives.Positives`) names further positives
+    among the candidates; both directions share it, since rows ``i`` of ``a``
+    and ``b`` are the same sample.
     """
     _check_gathered(a_local, b_local, a_all, b_all, rank)
     if a_all is None:
@@ -66,6 +71,16 @@ def symmetric_info_nce(a_local, b_local, logit_scale, a_all=None, b_all=None, ra
     labels = contrastive_labels(a_local.shape[0], rank)
     logits_a2b = contrastive_logits(a_local, b_all, logit_scale)
     logits_b2a = contrastive_logits(b_local, a_all, logit_scale)
+    if positives is not None:
+        a2b = cross_entropy_with_positives(logits_a2b, labels, positives.in_batch, positives.mode)
+        b2a = cross_entropy_with_positives(logits_b2a, labels, positives.in_batch, positives.mode)
+        return {
+            "loss": (a2b["loss"] + b2a["loss"]) / 2,
+            "loss_a2b": a2b["loss"],
+            "loss_b2a": b2a["loss"],
+            "acc_a2b": a2b["acc"],
+            "acc_b2a": b2a["acc"],
+        }
     loss_a2b = F.cross_entropy(logits_a2b, labels)
     loss_b2a = F.cross_entropy(logits_b2a, labels)
     return {

@@ -1,4 +1,4 @@
-"""All-gather that lets the gradient flow back to every rank's features.
+"""All-gather that lets the gradient flow back to every rank's features (and one without, for ids).
 
 ``paddle.distributed.all_gather`` returns tensors with ``stop_gradient=True``:
 other ranks' rows then act as constants, and each rank learns only from the
@@ -53,6 +53,24 @@ def gather_with_grad(x, group=None):
     if dist.get_world_size(group) == 1:
         return x
     return _GatherWithGrad.apply(x, group)
+
+
+def all_gather_rows(x, world_size, group=None):
+    """Rows of ``x`` from every rank, in rank order, without gradient (ids, momentum keys).
+
+    ``world_size`` is the caller's: a mismatch with the process group is an error.
+    """
+    if world_size == 1:
+        return x
+    pieces = []
+    dist.all_gather(pieces, x, group=group)
+    gathered = paddle.concat(pieces, axis=0)
+    if gathered.shape[0] != world_size * x.shape[0]:
+        raise ValueError(
+            f"gathered {gathered.shape[0]} rows from {x.shape[0]} local ones, but world_size is "
+            f"{world_size}; pass the process group's world size"
+        )
+    return gathered
 
 
 def check_equal_local_batch(local_batch, group=None):

@@ -39,14 +39,14 @@ import math
 from typing import NamedTuple, Optional
 
 import paddle
-import paddle.distributed as dist
 import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..registry import ConfigError
 from ..validate import boolean, check_known_keys, integer_at_least, number_in, one_of, positive_number, require_keys
 from .contrastive import contrastive_labels, contrastive_logits, in_batch_accuracy
-from .distributed import check_equal_local_batch
+from .distributed import all_gather_rows, check_equal_local_batch
+from .positives import accuracy_with_positives, cross_entropy_with_positives, same_identity
 
 QUEUE_MODES = ("extra_negatives", "brivl", "both")
 
@@ -121,21 +121,6 @@ class MomentumEncoder(nn.Layer):
 # ---------------------------------------------------------------- the queues
 
 
-def _all_gather_rows(x, world_size, group):
-    """Rows of ``x`` from every rank, in rank order; no gradient."""
-    if world_size == 1:
-        return x
-    pieces = []
-    dist.all_gather(pieces, x, group=group)
-    gathered = paddle.concat(pieces, axis=0)
-    if gathered.shape[0] != world_size * x.shape[0]:
-        raise ValueError(
-            f"gathered {gathered.shape[0]} rows from {x.shape[0]} local ones, but world_size is "
-            f"{world_size}; pass the process group's world size"
-        )
-    return gathered
-
-
 def _write_rows_(buffer, positions, rows):
     # assign(output=) bumps the tensor's version, so a backward through a
     # loss scored against the old contents fails loudly instead of using these.
@@ -146,14 +131,15 @@ class CrossModalQueue(nn.Layer):
     """One FIFO of L2-normalised keys per view (modality), written round-robin.
 
     Buffers, all persistable (saved by ``state_dict``): ``queue_<view>``
-    ``[size, dim]``, ``ids`` ``[size]`` int64 (with ``track_ids``; -1 =
-    unknown), ``ptr`` (next row to write) and ``filled`` (rows written so far,
-    capped at ``size``). The queues start as zeros and are not used for
+    ``[size, dim]``, ``ids`` ``[size]`` int64 image ids (with ``track_ids``;
+    -1 = unknown), ``caption_ids`` ``[size]`` int64 caption-text ids (with
+    ``track_caption_ids``), ``ptr`` (next row to write) and ``filled`` (rows
+    written so far, capped at ``size``). The queues start as zeros and are not used for
     scoring until ``filled == size`` (see :func:`queue_share`), so no made-up
     negatives ever enter the loss.
     """
 
-    def __init__(self, dim, size, views=("image", "text"), track_ids=True):
+    def __init__(self, dim, size, views=("image", "text"), track_ids=True, track_caption_ids=False):
         super().__init__()
         for name, value in (("dim", dim), ("size", size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -162,11 +148,16 @@ class CrossModalQueue(nn.Layer):
         names_ok = all(isinstance(v, str) and v.isidentifier() for v in views)
         if not views or len(set(views)) != len(views) or not names_ok:
             raise ValueError(f"views must be distinct identifiers, got {views!r}")
+        if track_caption_ids and not track_ids:
+            raise ValueError("track_caption_ids needs track_ids: caption ids count beside the image ids")
         self.dim, self.size, self.views, self.track_ids = dim, size, views, track_ids
+        self.track_caption_ids = track_caption_ids
         for view in views:
             self.register_buffer(f"queue_{view}", paddle.zeros([size, dim]), persistable=True)
         if track_ids:
             self.register_buffer("ids", paddle.full([size], -1, dtype="int64"), persistable=True)
+        if track_caption_ids:
+            self.register_buffer("caption_ids", paddle.full([size], -1, dtype="int64"), persistable=True)
         self.register_buffer("ptr", paddle.zeros([1], dtype="int64"), persistable=True)
         self.register_buffer("filled", paddle.zeros([1], dtype="int64"), persistable=True)
 
@@ -178,16 +169,23 @@ class CrossModalQueue(nn.Layer):
     def is_full(self):
         return int(self.filled.item()) == self.size
 
+    def identities(self):
+        """``{kind: [size] int64}``: the ids stored with the entries (``image``, and ``caption`` when tracked)."""
+        out = {"image": self.ids} if self.track_ids else {}
+        if self.track_caption_ids:
+            out["caption"] = self.caption_ids
+        return out
+
     @paddle.no_grad()
-    def enqueue(self, keys, ids=None, world_size=1, group=None):
-        """Gather ``keys`` (``{view: [B, dim]}``) and ``ids`` from every rank and write them at the pointer.
+    def enqueue(self, keys, ids=None, world_size=1, group=None, caption_ids=None):
+        """Gather ``keys`` (``{view: [B, dim]}``), ``ids`` and ``caption_ids`` from every rank and write them at the pointer.
 
         Rows go in rank order and wrap around the end, so ``size`` need not be
         a multiple of the global batch; a global batch larger than ``size`` is
         refused (it would overwrite its own rows). Every rank ends with the
         same queue.
         """
-        local = self._checked_local(keys, ids)
+        local = self._checked_local(keys, ids, caption_ids)
         if world_size > 1:
             check_equal_local_batch(local, group)
         rows = world_size * local
@@ -199,13 +197,15 @@ class CrossModalQueue(nn.Layer):
         positions = (self.ptr + paddle.arange(rows, dtype="int64")) % self.size
         for view in self.views:
             normalised = F.normalize(keys[view].detach(), axis=-1).astype(self.entries(view).dtype)
-            _write_rows_(self.entries(view), positions, _all_gather_rows(normalised, world_size, group))
+            _write_rows_(self.entries(view), positions, all_gather_rows(normalised, world_size, group))
         if self.track_ids:
-            _write_rows_(self.ids, positions, _all_gather_rows(ids.astype("int64"), world_size, group))
+            _write_rows_(self.ids, positions, all_gather_rows(ids.astype("int64"), world_size, group))
+        if self.track_caption_ids:
+            _write_rows_(self.caption_ids, positions, all_gather_rows(caption_ids.astype("int64"), world_size, group))
         paddle.assign((self.ptr + rows) % self.size, output=self.ptr)
         paddle.assign(paddle.clip(self.filled + rows, max=self.size), output=self.filled)
 
-    def _checked_local(self, keys, ids):
+    def _checked_local(self, keys, ids, caption_ids=None):
         if sorted(keys) != sorted(self.views):
             raise ValueError(f"keys must have exactly the views {list(self.views)}, got {sorted(keys)}")
         shapes = {v: list(keys[v].shape) for v in self.views}
@@ -214,8 +214,11 @@ class CrossModalQueue(nn.Layer):
             raise ValueError(f"every key view must be [B, {self.dim}] with the same B, got {shapes}")
         if self.track_ids != (ids is not None):
             raise ValueError("image ids are required when the queue tracks ids, and refused otherwise")
-        if ids is not None and list(ids.shape) != [local]:
-            raise ValueError(f"ids must be [{local}] (one per key row), got {list(ids.shape)}")
+        if self.track_caption_ids != (caption_ids is not None):
+            raise ValueError("caption ids are required when the queue tracks them, and refused otherwise")
+        for name, given in (("ids", ids), ("caption_ids", caption_ids)):
+            if given is not None and list(given.shape) != [local]:
+                raise ValueError(f"{name} must be [{local}] (one per key row), got {list(given.shape)}")
         return local
 
 
@@ -224,8 +227,7 @@ class CrossModalQueue(nn.Layer):
 
 def same_image_mask(query_ids, queue_ids):
     """``[B, K]`` bool: queue entries showing the query's own image (ids >= 0)."""
-    known = (query_ids >= 0).unsqueeze(1)
-    return known & (query_ids.unsqueeze(1) == queue_ids.unsqueeze(0))
+    return same_identity(query_ids, queue_ids)
 
 
 def queue_share(step, warmup_steps, ramp_steps, queue_full):
@@ -260,31 +262,56 @@ def _append_queue_logits(logits, query, queue, logit_scale, negative_mask, share
     return paddle.concat([logits, queue_logits], axis=1)
 
 
-def queue_info_nce(query, positive_key, queue, logit_scale, negative_mask=None, queue_share=1.0):
+def _with_queue_positives(in_batch, positives, share):
+    """The positives over ``[in-batch | queue]`` columns (the queue's only when it is scored)."""
+    if share == 0.0:
+        return in_batch
+    if positives.queue is None:
+        raise ValueError("the queue is scored (share > 0) but positives.queue is None")
+    return paddle.concat([in_batch, positives.queue], axis=1)
+
+
+def queue_info_nce(query, positive_key, queue, logit_scale, negative_mask=None, queue_share=1.0, positives=None):
     """MoCo/BriVL InfoNCE: each query row against its own key (positive) and the queue (negatives).
 
     ``query`` ``[B, D]`` carries the gradient; ``positive_key`` ``[B, D]`` and
     ``queue`` ``[K, D]`` are constants; ``negative_mask`` ``[B, K]`` drops
     entries. Returns ``loss`` (mean over rows) and ``acc`` (fraction of rows
-    whose positive outscores every kept queue entry).
+    whose positive outscores every kept queue entry). ``positives`` (a
+    :class:`~ernievil2.losses.positives.Positives`; its ``queue`` part is read)
+    replaces ``negative_mask``: queue entries of the query's identity are
+    masked or become further targets, per its mode.
     """
+    if positives is not None and negative_mask is not None:
+        raise ValueError("give negative_mask or positives, not both")
     positive = logit_scale * (query * positive_key.astype(query.dtype)).sum(axis=1, keepdim=True)
     logits = _append_queue_logits(positive, query, queue, logit_scale, negative_mask, queue_share)
     labels = paddle.zeros([query.shape[0]], dtype="int64")
+    if positives is not None:
+        own = paddle.ones([query.shape[0], 1], dtype="bool")
+        return cross_entropy_with_positives(logits, labels, _with_queue_positives(own, positives, queue_share), positives.mode)
     return {"loss": F.cross_entropy(logits, labels), "acc": in_batch_accuracy(logits, labels)}
 
 
-def extra_negative_info_nce(a_local, b_all, queue_b, logit_scale, rank=0, negative_mask=None, queue_share=1.0):
+def extra_negative_info_nce(a_local, b_all, queue_b, logit_scale, rank=0, negative_mask=None, queue_share=1.0, positives=None):
     """One direction of the pair loss, ``a -> b``, with the queue as extra negatives.
 
     The positive and the in-batch negatives are ``b_all``'s rows (gathered
     with gradient, or the local rows with ``rank=0``); the queue of ``b``'s
     modality adds constant negatives. ``acc`` is the in-batch accuracy, as in
     :func:`symmetric_info_nce`, so logs compare with and without the queue.
+    ``positives`` (both parts read) replaces ``negative_mask``, as in
+    :func:`queue_info_nce`.
     """
+    if positives is not None and negative_mask is not None:
+        raise ValueError("give negative_mask or positives, not both")
     labels = contrastive_labels(a_local.shape[0], rank)
     in_batch = contrastive_logits(a_local, b_all, logit_scale)
     logits = _append_queue_logits(in_batch, a_local, queue_b, logit_scale, negative_mask, queue_share)
+    if positives is not None:
+        every = _with_queue_positives(positives.in_batch, positives, queue_share)
+        loss = cross_entropy_with_positives(logits, labels, every, positives.mode)["loss"]
+        return {"loss": loss, "acc": accuracy_with_positives(in_batch, labels, positives.in_batch, positives.mode)}
     return {"loss": F.cross_entropy(logits, labels), "acc": in_batch_accuracy(in_batch, labels)}
 
 

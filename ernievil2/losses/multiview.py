@@ -6,14 +6,17 @@ of weights: a weight means the same thing whatever else is in the table, and a
 one-pair table with weight ``w`` gives ``w`` times the CLIP loss.
 
 An optional BriVL momentum queue (``momentum.py``) adds queue negatives to
-every pair, a BriVL term, or both.
+every pair, a BriVL term, or both. Optional positives (``positives.py``) stop
+candidates of the row's own image (or caption) from being its negatives.
 """
 import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..views import KEY_VIEWS
-from .distributed import check_equal_local_batch, gather_with_grad
+from .distributed import all_gather_rows, check_equal_local_batch, gather_with_grad
 from .momentum import CrossModalQueue, parse_momentum_queue, queue_share, same_image_mask
+from .contrastive import contrastive_labels
+from .positives import IDENTITY_INPUTS, Positives, any_identity, parse_positives, positive_mask
 from .terms import InfoNCEPairs, LossInputs, MomentumQueueTerm, QueueState
 
 
@@ -37,13 +40,24 @@ class MultiViewContrastiveLoss(nn.Layer):
     is at the top of ``momentum.py``). Without it nothing changes.
 
     ``terms``: further built terms (from ``LOSS_TERMS``), added after these.
+
+    ``positives`` (a config mapping, see :func:`parse_positives`): candidates
+    sharing the row's image id (and, with ``same_caption``, its caption id)
+    are masked or become further targets, in the pair table and the queue.
+    ``forward`` then takes ``image_ids`` (and ``caption_ids``), int64
+    ``[B]``, -1 where unknown; ``id_inputs`` maps those keywords to the batch
+    arrays that hold them. The ids are gathered from every rank (no gradient)
+    with the features.
     """
 
-    def __init__(self, pairs, rank=0, world_size=1, gather=True, momentum_queue=None, embed_dim=None, terms=()):
+    def __init__(self, pairs, rank=0, world_size=1, gather=True, momentum_queue=None, embed_dim=None, terms=(), positives=None):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.positives = parse_positives(positives)
         self.queue_config = None if momentum_queue is None else parse_momentum_queue(momentum_queue)
+        if self.positives is not None and self.queue_config is not None and self.queue_config.mask_same_image:
+            raise ValueError("momentum_queue.mask_same_image: positives already decide the queue's same-image entries; drop it")
         brivl_alone = self.queue_config is not None and self.queue_config.mode == "brivl"
         pair_table = InfoNCEPairs(pairs, allow_empty=brivl_alone)
         self.pairs = pair_table.pairs
@@ -62,7 +76,11 @@ class MultiViewContrastiveLoss(nn.Layer):
         if embed_dim is None:
             raise ValueError("momentum_queue needs embed_dim, the width of the keys it stores")
         return CrossModalQueue(
-            embed_dim, self.queue_config.size, views=tuple(KEY_VIEWS), track_ids=self.queue_config.mask_same_image
+            embed_dim,
+            self.queue_config.size,
+            views=tuple(KEY_VIEWS),
+            track_ids=self.queue_config.mask_same_image or self.positives is not None,
+            track_caption_ids=self.positives is not None and self.positives.same_caption,
         )
 
     @property
@@ -70,7 +88,16 @@ class MultiViewContrastiveLoss(nn.Layer):
         """The views the loss uses: the only ones the model must compute."""
         return frozenset().union(*(term.views for term in self.terms))
 
-    def forward(self, features, logit_scale, keys=None, image_ids=None, step=None):
+    @property
+    def id_inputs(self):
+        """``{forward keyword: batch array}`` of the ids this loss needs (none without positives or a masking queue)."""
+        kinds = self.positives.identities if self.positives is not None else ()
+        if not kinds and self.queue_config is not None and self.queue_config.mask_same_image:
+            kinds = ("image",)
+        return dict(IDENTITY_INPUTS[kind] for kind in kinds)
+
+    def forward(self, features, logit_scale, keys=None, image_ids=None, step=None, caption_ids=None):
+        ids = self._checked_ids(image_ids, caption_ids)
         share = self._queue_share(keys, image_ids, step)
         local = self._normalised_views(features)
         gathered_views = frozenset().union(*(term.gathered_views for term in self.terms))
@@ -78,7 +105,8 @@ class MultiViewContrastiveLoss(nn.Layer):
         queue = None
         if self.queue_config is not None:
             queue = QueueState(self.queue, self.queue_config, share, self._same_image_mask(image_ids, share))
-        inputs = LossInputs(local, gathered, logit_scale, self.rank, queue, keys)
+        positives = self._positives(ids, bool(gathered), share)
+        inputs = LossInputs(local, gathered, logit_scale, self.rank, queue, keys, positives)
         out = {}
         total = 0.0
         for term in self.terms:
@@ -89,15 +117,45 @@ class MultiViewContrastiveLoss(nn.Layer):
         out["loss"] = total
         return out
 
-    def enqueue(self, keys, image_ids=None):
-        """Push this step's momentum keys (``{"image", "text"}``, local rows) from every rank into the queues."""
+    def enqueue(self, keys, image_ids=None, caption_ids=None):
+        """Push this step's momentum keys (``{"image", "text"}``, local rows) and ids from every rank into the queues."""
         if self.queue is None:
             raise ValueError("enqueue needs a momentum_queue in the loss config")
-        self.queue.enqueue(keys, image_ids, world_size=self.world_size)
+        self.queue.enqueue(keys, image_ids, world_size=self.world_size, caption_ids=caption_ids)
+
+    def _checked_ids(self, image_ids, caption_ids):
+        """``{kind: int64 [B]}`` of the positives' identities (empty without positives)."""
+        wanted = self.positives.identities if self.positives is not None else ()
+        given = {"image": image_ids, "caption": caption_ids}
+        if caption_ids is not None and "caption" not in wanted:
+            raise ValueError("caption_ids feed Loss.positives with same_caption, which is not configured")
+        for kind in wanted:
+            if given[kind] is None:
+                raise ValueError(f"Loss.positives needs {IDENTITY_INPUTS[kind][0]} (int64 [B], -1 where unknown)")
+        return {kind: given[kind].astype("int64") for kind in wanted}
+
+    def _positives(self, ids, gathered, share):
+        """The :class:`Positives` of this batch's rows among the (gathered) candidates and the queue."""
+        if self.positives is None:
+            return None
+        candidates = {kind: self._gathered_ids(x) for kind, x in sorted(ids.items())} if gathered else ids
+        local_batch = next(iter(ids.values())).shape[0]
+        labels = contrastive_labels(local_batch, self.rank if gathered else 0)
+        in_batch = positive_mask(ids, candidates, labels)
+        queue = None
+        if share > 0:
+            queue = any_identity(ids, self.queue.identities())
+        return Positives(self.positives.mode, in_batch, queue)
+
+    def _gathered_ids(self, ids):
+        # No gradient to carry: ids only decide which candidates are positives.
+        return all_gather_rows(ids, self.world_size)
 
     def _queue_share(self, keys, image_ids, step):
         if self.queue_config is None:
-            if any(x is not None for x in (keys, image_ids, step)):
+            # With positives, image ids are theirs; without, only the queue would read them.
+            fed = (keys, step) if self.positives is not None else (keys, image_ids, step)
+            if any(x is not None for x in fed):
                 raise ValueError("keys, image_ids and step feed the momentum queue, which is not configured")
             return 0.0
         if isinstance(step, bool) or not isinstance(step, int):

@@ -7,7 +7,8 @@ the rest logged as they are. :class:`LossInputs` is what every term gets.
 
 Two terms are built in: :class:`InfoNCEPairs`, the table of view pairs
 (``Loss.pairs``), and :class:`MomentumQueueTerm`, the BriVL queue
-(``Loss.momentum_queue``). Further terms are listed under ``Loss.terms`` as
+(``Loss.momentum_queue``); both honour ``Loss.positives`` (candidates of the
+row's own image or caption are not negatives, ``positives.py``). Further terms are listed under ``Loss.terms`` as
 ``{name: ..., **options}`` and built from :data:`LOSS_TERMS`; a term that
 scores view pairs is one function ``pair_loss(a, b, logit_scale, a_all,
 b_all, rank) -> scalar`` made a builder by :func:`pairwise_term`.
@@ -51,6 +52,7 @@ class LossInputs(NamedTuple):
     rank: int  # the rank whose rows ``local`` holds, among ``gathered``
     queue: Optional[QueueState] = None
     keys: Optional[dict] = None  # {"image", "text"}: the momentum copy's features
+    positives: Optional[object] = None  # positives.Positives: candidates of the row's own image/caption
 
 
 def _check_view(where, view):
@@ -130,7 +132,13 @@ class InfoNCEPairs:
     def _plain(inputs, pair):
         local, gathered = inputs.local, inputs.gathered
         return symmetric_info_nce(
-            local[pair.view_a], local[pair.view_b], inputs.logit_scale, gathered.get(pair.view_a), gathered.get(pair.view_b), inputs.rank
+            local[pair.view_a],
+            local[pair.view_b],
+            inputs.logit_scale,
+            gathered.get(pair.view_a),
+            gathered.get(pair.view_b),
+            inputs.rank,
+            inputs.positives,
         )
 
     @staticmethod
@@ -139,10 +147,10 @@ class InfoNCEPairs:
         a, b = pair.view_a, pair.view_b
         rank = inputs.rank if gathered else 0
         a2b = extra_negative_info_nce(
-            local[a], gathered.get(b, local[b]), queue.queue.entries(VIEW_MODALITY[b]), inputs.logit_scale, rank, queue.mask, queue.share
+            local[a], gathered.get(b, local[b]), queue.queue.entries(VIEW_MODALITY[b]), inputs.logit_scale, rank, queue.mask, queue.share, inputs.positives
         )
         b2a = extra_negative_info_nce(
-            local[b], gathered.get(a, local[a]), queue.queue.entries(VIEW_MODALITY[a]), inputs.logit_scale, rank, queue.mask, queue.share
+            local[b], gathered.get(a, local[a]), queue.queue.entries(VIEW_MODALITY[a]), inputs.logit_scale, rank, queue.mask, queue.share, inputs.positives
         )
         return {"loss": (a2b["loss"] + b2a["loss"]) / 2, "acc_a2b": a2b["acc"], "acc_b2a": b2a["acc"]}
 
@@ -164,8 +172,8 @@ class MomentumQueueTerm:
         scale = inputs.logit_scale if self.config.temperature is None else 1.0 / self.config.temperature
         image_query, text_query = inputs.local[KEY_VIEWS["image"]], inputs.local[KEY_VIEWS["text"]]
         keys, entries = inputs.keys, queue.queue.entries
-        i2t = queue_info_nce(image_query, F.normalize(keys["text"], axis=-1), entries("text"), scale, queue.mask, queue.share)
-        t2i = queue_info_nce(text_query, F.normalize(keys["image"], axis=-1), entries("image"), scale, queue.mask, queue.share)
+        i2t = queue_info_nce(image_query, F.normalize(keys["text"], axis=-1), entries("text"), scale, queue.mask, queue.share, inputs.positives)
+        t2i = queue_info_nce(text_query, F.normalize(keys["image"], axis=-1), entries("image"), scale, queue.mask, queue.share, inputs.positives)
         out["loss/brivl"] = (i2t["loss"] + t2i["loss"]) / 2
         out["acc/brivl"] = (i2t["acc"] + t2i["acc"]) / 2
         out["loss"] = self.config.weight * out["loss/brivl"]

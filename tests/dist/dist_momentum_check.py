@@ -46,12 +46,16 @@ LEARNING_RATE = 0.1
 SEED = 20240918
 
 
+def random_batch(seed, rows, view_tower, id_arrays=1):
+    """Inputs for every view of ``view_tower``, then ``id_arrays`` arrays of ids; ids 0..2 repeat, -1 is unknown."""
+    rng = np.random.default_rng(seed)
+    inputs = {view: rng.standard_normal((rows, INPUT_DIM[tower])) for view, tower in view_tower.items()}
+    return (inputs, *(rng.integers(-1, 3, rows) for _ in range(id_arrays)))
+
+
 def global_batch(step):
-    """The step's inputs for every view and its image ids; ids 0..2 repeat, -1 is unknown."""
-    rng = np.random.default_rng(SEED + 1 + step)
-    rows = WORLD_SIZE * LOCAL_BATCH
-    inputs = {view: rng.standard_normal((rows, INPUT_DIM[tower])) for view, tower in VIEW_TOWER.items()}
-    return inputs, rng.integers(-1, 3, rows)
+    """The step's inputs for every view and its image ids."""
+    return random_batch(SEED + 1 + step, WORLD_SIZE * LOCAL_BATCH, VIEW_TOWER)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import paddle
 import pytest
 
@@ -65,6 +66,17 @@ def _worker_logs(log_dir):
     return "".join(
         f"\n===== {path} =====\n{path.read_text(errors='replace')}" for path in sorted(Path(log_dir).glob("workerlog.*"))
     )
+
+
+def launched_ranks(script, workdir, world_size):
+    """Run ``script OUT`` on ``world_size`` processes; each rank's ``OUT/rank{r}.npz`` as a dict."""
+    out_dir = Path(workdir) / "out"
+    out_dir.mkdir()
+    code, logs = launch(script, [out_dir], workdir, nproc=world_size)
+    assert code == 0, f"launcher exited with {code}\n{logs}"
+    results = [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(world_size)]
+    assert [int(r["world_size"]) for r in results] == [world_size] * world_size, logs
+    return results
 
 
 def launch(script, args, workdir, nproc=2, timeout=TIMEOUT_SECONDS):
