@@ -36,7 +36,8 @@ class MultiViewContrastiveLoss(nn.Layer):
     term), and ``enqueue`` must follow each optimizer step (the call sequence
     is at the top of ``momentum.py``). Without it nothing changes.
 
-    ``terms``: further built terms (from ``LOSS_TERMS``), added after these.
+    ``terms``: further built terms (from ``LOSS_TERMS``), added after these;
+    with any, the pair table may be empty (``pairs: []``: those terms carry the loss).
     """
 
     def __init__(self, pairs, rank=0, world_size=1, gather=True, momentum_queue=None, embed_dim=None, terms=()):
@@ -45,10 +46,14 @@ class MultiViewContrastiveLoss(nn.Layer):
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.queue_config = None if momentum_queue is None else parse_momentum_queue(momentum_queue)
         brivl_alone = self.queue_config is not None and self.queue_config.mode == "brivl"
-        pair_table = InfoNCEPairs(pairs, allow_empty=brivl_alone)
+        pair_table = InfoNCEPairs(pairs, allow_empty=brivl_alone or bool(terms))
         self.pairs = pair_table.pairs
         queue_terms = [] if self.queue_config is None else [MomentumQueueTerm(self.queue_config)]
+        self.added_terms = tuple(terms)
         self.terms = [pair_table, *queue_terms, *terms]
+        # Terms with parameters of their own (the sigmoid term's scale and bias) are
+        # sub-layers: they go into state_dict (checkpoints) and parameters() (the optimizer).
+        self.term_layers = nn.LayerList([term for term in terms if isinstance(term, nn.Layer)])
         self.rank = rank
         self.world_size = world_size
         self.gather = gather
@@ -64,6 +69,17 @@ class MultiViewContrastiveLoss(nn.Layer):
         return CrossModalQueue(
             embed_dim, self.queue_config.size, views=tuple(KEY_VIEWS), track_ids=self.queue_config.mask_same_image
         )
+
+    @property
+    def uses_logit_scale(self):
+        """Whether any term reads the model's logit scale (the InfoNCE temperature).
+
+        With none (the sigmoid term alone, which has its own scale), the temperature
+        gets no gradient and must not be trained: DataParallel would wait for it.
+        """
+        cfg = self.queue_config
+        brivl_reads_it = cfg is not None and cfg.brivl and cfg.temperature is None
+        return bool(self.pairs) or brivl_reads_it or any(getattr(term, "uses_logit_scale", True) for term in self.added_terms)
 
     @property
     def required_views(self):
