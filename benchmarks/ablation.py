@@ -2,6 +2,8 @@
 
     python benchmarks/ablation.py --preset multiview --seeds 0 1 2 --steps 100 --equal-time
     python benchmarks/ablation.py --preset queue --seeds 0 1 2 --steps 800 --batch 16
+    python benchmarks/ablation.py --preset sigmoid --config configs/demo/single_view.yaml --rows 1 \
+        --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
 batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
@@ -42,6 +44,11 @@ PRESETS = {
         ("in-batch negatives", {"pairs": INTRA}, {}),
         ("+ queue as extra negatives (K=4096)", {"pairs": INTRA, "momentum_queue": {**QUEUE, "mode": "extra_negatives"}}, {}),
         ("+ BriVL queue term (K=4096)", {"pairs": INTRA, "momentum_queue": {**QUEUE, "mode": "brivl"}}, {}),
+    ],
+    # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
+    "sigmoid": [
+        ("InfoNCE", {"pairs": SINGLE}, NO_AUGMENT),
+        ("sigmoid (SigLIP)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE}]}, NO_AUGMENT),
     ],
 }
 
@@ -124,6 +131,7 @@ def main():
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "demo", "base.yaml"))
     parser.add_argument("--data", default=os.path.join(REPO, "demo_data", "fashion_scenes_cn"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", type=int, nargs="+", default=None, help="indices of the preset's rows to run (default: all)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None, help="Optimizer.lr for every row (default: the config's)")
@@ -134,6 +142,10 @@ def main():
     args = parser.parse_args()
     out = args.out or os.path.join(args.work, f"{args.preset}.json")
     rows = PRESETS[args.preset]
+    if args.rows is not None:
+        if not all(0 <= i < len(rows) for i in args.rows):
+            parser.error(f"--rows: the {args.preset} preset has rows 0..{len(rows) - 1}")
+        rows = [rows[i] for i in args.rows]
     runs = []
     # Seeds outermost: an interrupted run still has every row for the seeds it finished.
     common = {**({} if args.lr is None else {"Optimizer.lr": args.lr}), **dict(args.set)}
