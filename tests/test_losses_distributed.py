@@ -7,7 +7,7 @@ and compares what each rank wrote against the single-process reference.
 import numpy as np
 import pytest
 
-from tests.dist.launcher import cpu_launcher_only, REPO, launch, load_module
+from tests.dist.launcher import cpu_launcher_only, REPO, load_module, rank_results
 
 WORKER = REPO / "tests" / "dist" / "dist_loss_check.py"
 WORLD_SIZE = 2
@@ -17,14 +17,7 @@ pytestmark = cpu_launcher_only
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("dist_loss")
-    out_dir = workdir / "out"
-    out_dir.mkdir()
-    code, logs = launch(WORKER, [out_dir], workdir, nproc=WORLD_SIZE)
-    assert code == 0, f"launcher exited with {code}\n{logs}"
-    results = [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(WORLD_SIZE)]
-    assert [int(r["world_size"]) for r in results] == [WORLD_SIZE] * WORLD_SIZE, logs
-    return results
+    return rank_results(WORKER, tmp_path_factory.mktemp("dist_loss"), WORLD_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ unnoticed; 3 ranks tell the directions apart.
 import numpy as np
 import pytest
 
-from tests.dist.launcher import REPO, cpu_launcher_only, launch, load_module
+from tests.dist.launcher import REPO, cpu_launcher_only, load_module, rank_results
 
 WORKER = REPO / "tests" / "dist" / "dist_sigmoid_check.py"
 
@@ -22,13 +22,7 @@ def worker():
 @pytest.fixture(scope="module", params=[2, 3])
 def run(request, tmp_path_factory, worker):
     world_size = request.param
-    workdir = tmp_path_factory.mktemp(f"dist_sigmoid{world_size}")
-    out_dir = workdir / "out"
-    out_dir.mkdir()
-    code, logs = launch(WORKER, [out_dir], workdir, nproc=world_size)
-    assert code == 0, f"launcher exited with {code}\n{logs}"
-    ranks = [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(world_size)]
-    assert [int(r["world_size"]) for r in ranks] == [world_size] * world_size, logs
+    ranks = rank_results(WORKER, tmp_path_factory.mktemp(f"dist_sigmoid{world_size}"), world_size)
     return world_size, ranks, worker.single_process_reference(world_size)
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import paddle
 import pytest
 
@@ -95,6 +96,17 @@ def launch_nodes(script, args, workdir, nnodes=2, timeout=TIMEOUT_SECONDS):
         codes.append(code)
         report += f"\n$ (in {folder}) {' '.join(command)}\n{output}{_worker_logs(folder / 'log')}"
     return codes, report
+
+
+def rank_results(script, workdir, nproc):
+    """Launch a worker that writes ``OUT/rank{r}.npz`` (with its ``world_size``) and read every rank's file."""
+    out_dir = Path(workdir) / "out"
+    out_dir.mkdir()
+    code, logs = launch(script, [out_dir], workdir, nproc=nproc)
+    assert code == 0, f"launcher exited with {code}\n{logs}"
+    results = [dict(np.load(out_dir / f"rank{r}.npz")) for r in range(nproc)]
+    assert [int(r["world_size"]) for r in results] == [nproc] * nproc, logs
+    return results
 
 
 def load_module(path):
