@@ -6,6 +6,8 @@
         --set Optimizer.min_lr_ratio=1.0 --eval-every 38
     python benchmarks/ablation.py --preset positives --config configs/demo/single_view.yaml \
         --rows 1 --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0 --multi-gt
+    python benchmarks/ablation.py --preset sigmoid --config configs/demo/single_view.yaml --rows 1 \
+        --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
 batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
@@ -65,6 +67,11 @@ PRESETS = {
         ("baseline", {"pairs": SINGLE}, {}),
         ("masked", {"pairs": SINGLE, "positives": {"mode": "masked", **SAME}}, {}),
         ("multi_positive", {"pairs": SINGLE, "positives": {"mode": "multi_positive", **SAME}}, {}),
+    ],
+    # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
+    "sigmoid": [
+        ("InfoNCE", {"pairs": SINGLE}, NO_AUGMENT),
+        ("sigmoid (SigLIP)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE}]}, NO_AUGMENT),
     ],
 }
 

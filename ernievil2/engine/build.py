@@ -93,8 +93,12 @@ def build_trainer(config):
         log(f"loaded weights from {config['Global']['pretrained']}")
     paddle.seed(seed + rank)  # different dropout per rank
     loss_fn = build_loss(config["Loss"], rank, world, model.embed_dim)
+    if not loss_fn.uses_logit_scale:
+        # No term reads it: untrained (DataParallel would wait for its gradient), kept in the weights.
+        model.contrastive_loss_mm.temperature_b.stop_gradient = True
+        log("the InfoNCE temperature is not used by any loss term: frozen")
     momentum = MomentumEncoder(model) if loss_fn.queue_config is not None else None
-    optimizer = build_optimizer(model, config["Optimizer"])
+    optimizer = build_optimizer(model, config["Optimizer"], loss_fn)
     train_model = model
     if world > 1:
         train_model, optimizer = wrap_for_parallel(model, optimizer, config["Train"])

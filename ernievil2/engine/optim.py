@@ -79,10 +79,17 @@ def param_groups(model, section):
     return [{"params": params, "learning_rate": lr, "weight_decay": decay} for (lr, decay), params in sorted(groups.items(), key=lambda kv: kv[0])]
 
 
-def build_optimizer(model, section):
-    """AdamW over ``model``'s trainable parameters from the ``Optimizer`` section."""
+def build_optimizer(model, section, loss=None):
+    """AdamW over ``model``'s trainable parameters from the ``Optimizer`` section.
+
+    ``loss``: a loss layer whose own parameters (the sigmoid term's scale and
+    bias) train too, at the base lr and without weight decay, like the temperature.
+    """
     freeze_towers(model, section["freeze"])
     groups = param_groups(model, section)
+    loss_params = [] if loss is None else [p for p in loss.parameters() if not p.stop_gradient]
+    if loss_params:
+        groups.append({"params": loss_params, "learning_rate": 1.0, "weight_decay": 0.0})
     if not groups:
         raise ValueError("Optimizer: every parameter is frozen; nothing to train")
     clip = paddle.nn.ClipGradByGlobalNorm(section["grad_clip"]) if section["grad_clip"] else None

@@ -87,12 +87,16 @@ class Trainer:
         if self.momentum is not None:
             keys = momentum_keys(self.momentum, micro_batches, tags)
             loss_kwargs = {**ids, "keys": keys, "step": self.step}
+        # The loss's own parameters (the sigmoid term's scale and bias) are outside
+        # DataParallel: their gradients are averaged over ranks here.
+        synced = [p for p in self.loss_fn.parameters() if not p.stop_gradient]
         if len(micro_batches) == 1:
             terms = train_step(self.train_model, self.loss_fn, micro_batches[0], self.views, tags, self.autocast, self.scaler, loss_kwargs)
         else:
             no_sync = getattr(self.train_model, "no_sync", None)
             terms = accumulated_step(self.train_model, self.loss_fn, micro_batches, self.views, tags, self.autocast, no_sync, loss_kwargs)
-            average_gradients([p for p in self.model.parameters() if not p.stop_gradient], self.world_size)
+            synced += [p for p in self.model.parameters() if not p.stop_gradient]
+        average_gradients(synced, self.world_size)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -20,7 +20,10 @@ from .momentum import (
     same_image_mask,
 )
 from .multiview import MultiViewContrastiveLoss
+from .sigmoid import SigmoidPairs, chunked_sigmoid_loss, ring_shift, ring_sigmoid_loss, sigmoid_block_loss, sigmoid_logits
 from .terms import LOSS_TERMS, LossInputs, ViewPair, pairwise_term, parse_view_pairs
+
+LOSS_TERMS.register("sigmoid", SigmoidPairs)
 
 __all__ = [
     "KEY_VIEWS",
@@ -33,8 +36,10 @@ __all__ = [
     "MomentumEncoder",
     "MomentumQueueConfig",
     "MultiViewContrastiveLoss",
+    "SigmoidPairs",
     "ViewPair",
     "check_equal_local_batch",
+    "chunked_sigmoid_loss",
     "contrastive_labels",
     "contrastive_logits",
     "ema_update_",
@@ -46,6 +51,10 @@ __all__ = [
     "parse_view_pairs",
     "queue_info_nce",
     "queue_share",
+    "ring_shift",
+    "ring_sigmoid_loss",
     "same_image_mask",
+    "sigmoid_block_loss",
+    "sigmoid_logits",
     "symmetric_info_nce",
 ]

@@ -43,7 +43,7 @@ def check_loss_config(section):
     if name not in LOSS_NAMES:
         raise ConfigError("Loss.name", f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}" + did_you_mean(name, LOSS_NAMES))
     check_temperature(section.get("temperature"))
-    build_terms(section.get("terms"))
+    terms = build_terms(section.get("terms"))
     try:
         positives = parse_positives(section.get("positives"))
         queue = None if section.get("momentum_queue") is None else parse_momentum_queue(section["momentum_queue"])
@@ -52,7 +52,8 @@ def check_loss_config(section):
                 "momentum_queue.mask_same_image",
                 "Loss.positives already decides the queue's entries of the row's own image; drop mask_same_image",
             )
-        return parse_view_pairs(section.get("pairs", []), allow_empty=queue is not None and queue.mode == "brivl")
+        # Another term may carry the loss alone: the brivl queue, or a term of Loss.terms (sigmoid).
+        return parse_view_pairs(section.get("pairs", []), allow_empty=bool(terms) or (queue is not None and queue.mode == "brivl"))
     except ValueError as err:
         raise _located(err, "Loss") from None
 

@@ -39,7 +39,8 @@ class MultiViewContrastiveLoss(nn.Layer):
     term), and ``enqueue`` must follow each optimizer step (the call sequence
     is at the top of ``momentum.py``). Without it nothing changes.
 
-    ``terms``: further built terms (from ``LOSS_TERMS``), added after these.
+    ``terms``: further built terms (from ``LOSS_TERMS``), added after these;
+    with any, the pair table may be empty (``pairs: []``: those terms carry the loss).
 
     ``positives`` (a config mapping, see :func:`parse_positives`): candidates
     sharing the row's image id (and, with ``same_caption``, its caption id)
@@ -59,10 +60,14 @@ class MultiViewContrastiveLoss(nn.Layer):
         if self.positives is not None and self.queue_config is not None and self.queue_config.mask_same_image:
             raise ValueError("momentum_queue.mask_same_image: positives already decide the queue's same-image entries; drop it")
         brivl_alone = self.queue_config is not None and self.queue_config.mode == "brivl"
-        pair_table = InfoNCEPairs(pairs, allow_empty=brivl_alone)
+        pair_table = InfoNCEPairs(pairs, allow_empty=brivl_alone or bool(terms))
         self.pairs = pair_table.pairs
         queue_terms = [] if self.queue_config is None else [MomentumQueueTerm(self.queue_config)]
+        self.added_terms = tuple(terms)
         self.terms = [pair_table, *queue_terms, *terms]
+        # Terms with parameters of their own (the sigmoid term's scale and bias) are
+        # sub-layers: they go into state_dict (checkpoints) and parameters() (the optimizer).
+        self.term_layers = nn.LayerList([term for term in terms if isinstance(term, nn.Layer)])
         self.rank = rank
         self.world_size = world_size
         self.gather = gather
@@ -82,6 +87,17 @@ class MultiViewContrastiveLoss(nn.Layer):
             track_ids=self.queue_config.mask_same_image or self.positives is not None,
             track_caption_ids=self.positives is not None and self.positives.same_caption,
         )
+
+    @property
+    def uses_logit_scale(self):
+        """Whether any term reads the model's logit scale (the InfoNCE temperature).
+
+        With none (the sigmoid term alone, which has its own scale), the temperature
+        gets no gradient and must not be trained: DataParallel would wait for it.
+        """
+        cfg = self.queue_config
+        brivl_reads_it = cfg is not None and cfg.brivl and cfg.temperature is None
+        return bool(self.pairs) or brivl_reads_it or any(getattr(term, "uses_logit_scale", True) for term in self.added_terms)
 
     @property
     def required_views(self):
