@@ -9,7 +9,7 @@ def add_predictor_arguments(parser):
     group.add_argument("--no-onednn", action="store_true", help="CPU: plain kernels instead of oneDNN")
     group.add_argument("--gpu-id", type=int, default=0)
     group.add_argument("--tensorrt", action="store_true", help="GPU: TensorRT subgraph engine (untested here)")
-    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="TensorRT precision")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="TensorRT precision (GPU); the export's own precision (bf16, int8) comes from its deploy.yaml")
     group.add_argument("--max-len", type=int, default=None, help="text length in tokens (default: the export's)")
     return group
 

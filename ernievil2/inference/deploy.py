@@ -7,6 +7,12 @@ An export folder holds::
     vocab.txt
     deploy.yaml
 
+or, for the ONNX format, ``image/model.onnx`` and ``text/model.onnx`` (weights inside,
+``params_file`` null) in place of the Paddle programs. ``runtime`` in ``deploy.yaml``
+names the format and the precision (``paddle`` fp32 or bf16, ``onnx`` fp32 or int8);
+the predictor reads it, so every export loads without further flags. Version 1
+folders have no ``runtime``: they are Paddle fp32.
+
 Both towers return L2-normalised embeddings. ``deploy.yaml`` is written last,
 so a folder without it is an export that did not finish. It records the size
 and SHA-256 of every other file, which is how a truncated or overwritten
@@ -21,7 +27,13 @@ from ..files import atomic_text_file, file_digest
 from .errors import ExportError
 
 DEPLOY_FILE = "deploy.yaml"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 is version 2 without ``runtime`` (always Paddle fp32).
+READABLE_VERSIONS = (1, 2)
+# Precisions each format can run on CPU. bf16 is applied by the predictor (oneDNN rewrites the
+# fp32 program at load time); int8 is baked into the file by post-training quantisation.
+RUNTIMES = {"paddle": ("fp32", "bf16"), "onnx": ("fp32", "int8")}
+DEFAULT_RUNTIME = {"format": "paddle", "precision": "fp32"}
 VOCAB_FILE = "vocab.txt"
 TOWERS = ("image", "text")
 # Only the official resize is implemented by EvalTransform (cv2 INTER_LINEAR).
@@ -36,14 +48,38 @@ REQUIRED_KEYS = {
 }
 
 
-def tower_files(tower):
-    """Relative paths of a tower's program and weights."""
+def tower_files(tower, fmt="paddle"):
+    """Relative paths of a tower's program and weights (an ONNX file holds both: weights None)."""
+    if fmt == "onnx":
+        return f"{tower}/model.onnx", None
     return f"{tower}/inference.json", f"{tower}/inference.pdiparams"
 
 
+def check_runtime(fmt, precision, where="runtime"):
+    """Raise :class:`ExportError` unless ``fmt`` can run ``precision``."""
+    if fmt not in RUNTIMES:
+        raise ExportError(f"{where}: format must be one of {tuple(RUNTIMES)}, got {fmt!r}")
+    if precision not in RUNTIMES[fmt]:
+        others = [f for f, precisions in RUNTIMES.items() if precision in precisions]
+        hint = f"; {precision} is available with format {others[0]}" if others else ""
+        raise ExportError(
+            f"{where}: format {fmt} runs precision {' or '.join(RUNTIMES[fmt])}, not {precision!r}{hint}"
+        )
+
+
+def runtime_of(deploy):
+    """``(format, precision)`` of an export."""
+    runtime = deploy.get("runtime", DEFAULT_RUNTIME)
+    return runtime["format"], runtime["precision"]
+
+
 def model_id(deploy):
-    """A short fingerprint of the exported weights, stored with galleries to catch model mix-ups."""
-    weights = sorted(path for path in deploy["files"] if path.endswith(".pdiparams"))
+    """A short fingerprint of the exported weights, stored with galleries to catch model mix-ups.
+
+    bf16 shares the fp32 files and so the fp32 galleries (their embeddings differ by bf16
+    rounding only); an int8 file is another model.
+    """
+    weights = sorted(deploy[tower]["params_file"] or deploy[tower]["model_file"] for tower in TOWERS)
     digests = "".join(deploy["files"][path]["sha256"] for path in weights)
     return hashlib.sha256(digests.encode()).hexdigest()[:16]
 
@@ -73,11 +109,15 @@ def check_deploy_keys(deploy, path):
         for key in keys:
             if key not in node:
                 raise ExportError(f"{path}: missing key {section + '.' if section else ''}{key}")
-    if deploy["format_version"] != FORMAT_VERSION:
+    if deploy["format_version"] not in READABLE_VERSIONS:
         raise ExportError(
-            f"{path}: format_version {deploy['format_version']!r} is not supported (this code reads {FORMAT_VERSION});"
-            " re-export the model with tools/export_model.py"
+            f"{path}: format_version {deploy['format_version']!r} is not supported (this code reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}); re-export the model with tools/export_model.py"
         )
+    runtime = deploy.get("runtime", DEFAULT_RUNTIME)
+    if not isinstance(runtime, dict) or set(runtime) != {"format", "precision"}:
+        raise ExportError(f"{path}: runtime must be a mapping with format and precision, got {runtime!r}")
+    check_runtime(runtime["format"], runtime["precision"], f"{path}: runtime")
     interpolation = deploy["image"]["preprocess"]["interpolation"]
     if interpolation != SUPPORTED_INTERPOLATION:
         raise ExportError(f"{path}: image.preprocess.interpolation {interpolation!r} is not supported; "

@@ -1,14 +1,17 @@
-"""Dygraph dual encoder -> two Paddle Inference static graphs plus their deploy config.
+"""Dygraph dual encoder -> two Paddle Inference static graphs (or two ONNX files) plus their deploy config.
 
 Each tower is traced with ``paddle.jit.to_static`` and saved with
 ``paddle.jit.save`` (Paddle 3 writes ``inference.json`` + ``inference.pdiparams``).
 The batch axis is dynamic for both towers, and the sequence axis for the text
 tower, so one export serves any batch size and any text length up to the
 model's position table. The folder layout is described in :mod:`.deploy`.
+The ONNX format converts those programs with paddle2onnx and, for int8,
+quantises them with ONNX Runtime (:mod:`.onnx_export`).
 """
 import datetime
 import os
 import shutil
+import tempfile
 
 import numpy as np
 import paddle
@@ -22,7 +25,9 @@ from .deploy import (
     DEPLOY_FILE,
     FORMAT_VERSION,
     SUPPORTED_INTERPOLATION,
+    TOWERS,
     VOCAB_FILE,
+    check_runtime,
     file_digest,
     tower_files,
     write_deploy,
@@ -73,14 +78,15 @@ def count_parameters(layer):
     return int(sum(p.size for p in layer.parameters()))
 
 
-def deploy_config(config, model, weights, files):
+def deploy_config(config, model, weights, files, fmt="paddle", precision="fp32"):
     """The deploy config: everything inference needs, taken from the training config and the model."""
     preprocess = config["Preprocess"]
     tokenizer = config["Tokenizer"]
-    image_model, image_params = tower_files("image")
-    text_model, text_params = tower_files("text")
+    image_model, image_params = tower_files("image", fmt)
+    text_model, text_params = tower_files("text", fmt)
     return {
         "format_version": FORMAT_VERSION,
+        "runtime": {"format": fmt, "precision": precision},
         "embed_dim": int(model.embed_dim),
         "logit_scale": float(model.logit_scale()),
         "image": {
@@ -144,31 +150,56 @@ def load_model(config, weights):
     return model
 
 
-def export_model(model, config, weights, output_dir, overwrite=False):
+def save_paddle_towers(model, config, folder):
+    # Traced in eval mode, or dropout would be baked into the inference program.
+    model.eval()
+    specs = input_specs(config["Preprocess"]["image_size"])
+    for tower, layer in (("image", ImageEmbedding(model)), ("text", TextEmbedding(model))):
+        prefix = os.path.join(folder, tower_files(tower)[0][: -len(".json")])
+        save_tower(layer, specs[tower], prefix)
+
+
+def finish_export(folder, config, model, weights, fmt, precision):
+    """The vocabulary and, last, ``deploy.yaml`` with the digest of every file; returns the deploy config."""
+    shutil.copyfile(resolve_resource(config["Tokenizer"]["vocab_file"], config), os.path.join(folder, VOCAB_FILE))
+    relatives = [path for tower in TOWERS for path in tower_files(tower, fmt) if path] + [VOCAB_FILE]
+    files = {relative: file_digest(os.path.join(folder, relative)) for relative in relatives}
+    deploy = deploy_config(config, model, weights, files, fmt, precision)
+    write_deploy(folder, deploy)
+    return deploy
+
+
+def export_model(model, config, weights, output_dir, overwrite=False, fmt="paddle", precision="fp32",
+                 calibration=None):
     """Export both towers of ``model`` (built from ``config``, loaded from ``weights``) to ``output_dir``.
 
     ``weights`` is recorded in the deploy config as the source checkpoint; ``None`` means random weights.
+    ``fmt`` is ``paddle`` or ``onnx``; ``precision`` one its runtime runs (:data:`.deploy.RUNTIMES`).
+    int8 needs ``calibration``: ``(images, texts)``, RGB uint8 arrays and strings from the user's data
+    (:func:`.onnx_export.read_calibration`).
 
     Returns the deploy config, written last.
     """
-    # Traced in eval mode, or dropout would be baked into the inference program.
-    model.eval()
-    vocab = resolve_resource(config["Tokenizer"]["vocab_file"], config)
+    check_runtime(fmt, precision, "export")
+    if precision == "int8" and not calibration:
+        raise ExportError("int8 needs calibration data (--calib-data): images and captions of your own data")
     prepare_output(output_dir, overwrite)
-    specs = input_specs(config["Preprocess"]["image_size"])
-    for tower, layer in (("image", ImageEmbedding(model)), ("text", TextEmbedding(model))):
-        prefix = os.path.join(output_dir, tower_files(tower)[0][: -len(".json")])
-        save_tower(layer, specs[tower], prefix)
-    shutil.copyfile(vocab, os.path.join(output_dir, VOCAB_FILE))
-    files = {
-        relative: file_digest(os.path.join(output_dir, relative))
-        for tower in ("image", "text")
-        for relative in tower_files(tower)
-    }
-    files[VOCAB_FILE] = file_digest(os.path.join(output_dir, VOCAB_FILE))
-    deploy = deploy_config(config, model, weights, files)
-    write_deploy(output_dir, deploy)
-    return deploy
+    if fmt == "paddle":
+        # bf16 files are the fp32 program: oneDNN converts it when the predictor loads.
+        save_paddle_towers(model, config, output_dir)
+        return finish_export(output_dir, config, model, weights, fmt, precision)
+    from .onnx_export import convert_towers, quantize_export
+
+    with tempfile.TemporaryDirectory() as staging:
+        paddle_dir, fp32_dir = os.path.join(staging, "paddle"), os.path.join(staging, "fp32")
+        save_paddle_towers(model, config, paddle_dir)
+        if precision == "fp32":
+            convert_towers(paddle_dir, output_dir)
+            return finish_export(output_dir, config, model, weights, fmt, precision)
+        convert_towers(paddle_dir, fp32_dir)
+        finish_export(fp32_dir, config, model, weights, fmt, "fp32")
+        quantize_export(fp32_dir, output_dir, calibration)
+    return finish_export(output_dir, config, model, weights, fmt, precision)
 
 
 def parity_inputs(image_size, vocab_size, seed=0):
@@ -184,9 +215,14 @@ def parity_inputs(image_size, vocab_size, seed=0):
     return images, ids
 
 
-def parity_check(model, exported):
-    """Largest absolute difference between the dygraph towers and the exported ones, per tower."""
-    images, ids = parity_inputs(exported.image_size, model.text_model.word_emb.weight.shape[0])
+def parity_check(model, exported, images=None, ids=None):
+    """Largest absolute difference between the dygraph towers and the exported ones, per tower.
+
+    By default on random inputs; an int8 export is checked on the user's data it was calibrated
+    on (``images`` [N, 3, S, S] float32, ``ids`` [N, L] int64), since noise is not what it was tuned for.
+    """
+    if images is None or ids is None:
+        images, ids = parity_inputs(exported.image_size, model.text_model.word_emb.weight.shape[0])
     with paddle.no_grad():
         image_ref = model.encode_image(paddle.to_tensor(images)).numpy()
         text_ref = model.encode_text(paddle.to_tensor(ids)).numpy()

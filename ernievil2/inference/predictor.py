@@ -1,4 +1,8 @@
-"""Paddle Inference predictors for an export folder, and batched encoding of texts and images.
+"""Paddle Inference (or ONNX Runtime) predictors for an export folder, and batched encoding of texts and images.
+
+The export's format and precision come from its ``deploy.yaml`` (``runtime``): a Paddle
+export runs in Paddle Inference, in bf16 through oneDNN when it was exported so; an
+ONNX export (fp32 or int8) runs in ONNX Runtime on CPU.
 
 CPU: oneDNN on or off and a thread count. GPU: ``enable_use_gpu`` and,
 optionally, the TensorRT subgraph engine (FP32 or FP16) with dynamic shape
@@ -17,7 +21,7 @@ from paddle import inference as paddle_infer
 
 from ..data.image_ops import EvalTransform
 from ..data.tokenizer import ErnieTokenizer, trim_padding
-from .deploy import model_id, read_deploy, verify_files
+from .deploy import model_id, read_deploy, runtime_of, verify_files
 from .errors import DeviceUnavailableError, ExportError, OptionsError
 
 DEVICES = ("cpu", "gpu")
@@ -85,8 +89,28 @@ def shape_range(input_name, example_shape, options, max_len=None):
     }
 
 
-def inference_config(model_file, params_file, options, shapes=None):
-    """A ``paddle.inference.Config`` for one tower."""
+def check_runtime_support(fmt, precision, options):
+    """Fail clearly when an export's format and precision cannot run with ``options`` here.
+
+    bf16 runs only where the CPU has bf16 instructions (avx512_bf16 or AMX): elsewhere Paddle
+    would log a line and quietly run fp32, which is not what the export promises.
+    """
+    if fmt == "onnx":
+        if options.device != "cpu":
+            raise OptionsError("ONNX exports run on CPU (ONNX Runtime); use device='cpu'")
+        return
+    if precision == "bf16":
+        if options.device != "cpu" or not options.onednn:
+            raise OptionsError("a bf16 export runs on CPU through oneDNN: use device='cpu' with oneDNN on")
+        if not paddle.base.core.supports_bfloat16():
+            raise DeviceUnavailableError(
+                "a bf16 export needs a CPU with bf16 instructions (avx512_bf16 or AMX); this one has none "
+                "(Paddle would run it in fp32): use an fp32 export here"
+            )
+
+
+def inference_config(model_file, params_file, options, shapes=None, bf16=False):
+    """A ``paddle.inference.Config`` for one tower (``bf16``: oneDNN converts the fp32 program)."""
     config = paddle_infer.Config(model_file, params_file)
     config.disable_glog_info()
     if options.device == "cpu":
@@ -98,6 +122,8 @@ def inference_config(model_file, params_file, options, shapes=None):
             # reordered copy of every weight per shape: measured here, each new text shape of the base
             # model then cost about 1 s and 330 MB, against 0.1 s and 1-2 MB with 0.
             config.set_onednn_cache_capacity(0)
+            if bf16:
+                config.enable_onednn_bfloat16()
         else:
             config.disable_onednn()
         return config
@@ -122,13 +148,13 @@ class TowerPredictor:
     A Paddle predictor must not run two batches at once; calls are serialised.
     """
 
-    def __init__(self, model_file, params_file, input_name, options, shapes=None):
+    def __init__(self, model_file, params_file, input_name, options, shapes=None, bf16=False):
         for path in (model_file, params_file):
             if not os.path.isfile(path):
                 raise ExportError(f"{path} is missing from the export")
         try:
             self._predictor = paddle_infer.create_predictor(
-                inference_config(model_file, params_file, options, shapes)
+                inference_config(model_file, params_file, options, shapes, bf16)
             )
         except Exception as err:  # Paddle raises assorted error types for unreadable programs
             raise ExportError(f"Paddle Inference cannot load {model_file} with {params_file}: {err}") from err
@@ -194,6 +220,8 @@ class ExportedModel:
         if verify:
             verify_files(folder, self.deploy)
         self.options = options or PredictorOptions()
+        self.format, self.precision = runtime_of(self.deploy)
+        check_runtime_support(self.format, self.precision, self.options)
         check_device_support(self.options)
         text = self.deploy["text"]
         self.max_len = int(max_len or text["max_len"])
@@ -214,13 +242,19 @@ class ExportedModel:
 
     def _tower(self, name, example_shape, max_len=None):
         section = self.deploy[name]
+        model_file = os.path.join(self.folder, section["model_file"])
+        if self.format == "onnx":
+            from .onnx_export import OnnxTowerPredictor
+
+            return OnnxTowerPredictor(model_file, section["input_name"], self.options)
         shapes = shape_range(section["input_name"], example_shape, self.options, max_len)
         return TowerPredictor(
-            os.path.join(self.folder, section["model_file"]),
+            model_file,
             os.path.join(self.folder, section["params_file"]),
             section["input_name"],
             self.options,
             shapes,
+            bf16=self.precision == "bf16",
         )
 
     @cached_property

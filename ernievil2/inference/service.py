@@ -323,6 +323,7 @@ class Engine:
         return {
             "status": "ok",
             "model_id": self.model.model_id,
+            "runtime": {"format": self.model.format, "precision": self.model.precision},
             "embed_dim": self.model.embed_dim,
             "image_gallery": self.image_gallery.size,
             "text_gallery": self.text_gallery.size if self.text_gallery else None,
