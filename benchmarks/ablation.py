@@ -4,6 +4,9 @@
     python benchmarks/ablation.py --preset queue --seeds 0 1 2 --steps 800 --batch 16
     python benchmarks/ablation.py --preset horizon --steps 304 --batch 128 --lr 1e-3 \
         --set Optimizer.min_lr_ratio=1.0 --eval-every 38
+    # one run at a time (e.g. one per job of a shared machine), then the tables from their JSON:
+    python benchmarks/ablation.py --preset patchdrop --rows 1 --seeds 0 --out runs/r1s0.json ...
+    python benchmarks/ablation.py --preset patchdrop --report runs/*.json ...
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
 batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
@@ -12,7 +15,9 @@ adds a second pass where each row gets the wall-clock time the single-view row
 took, converted to steps with the row's own measured step time. ``--eval-every N``
 evaluates during training and prints learning curves, and every row read off its
 curve at the first row's training time (no second pass). Results go to
-``--out`` (JSON, every run) and a markdown table on stdout.
+``--out`` (JSON, every run) and a markdown table on stdout. ``--rows`` runs some
+rows only; ``--report`` trains nothing and prints the tables of earlier runs' JSON
+(give it the same --steps, --batch and --eval-every as the runs).
 """
 import argparse
 import json
@@ -30,6 +35,8 @@ INTRA = SINGLE + [["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5]]
 TAG = INTRA + [["image_v1", "tag", 0.5]]
 FULL = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5], ["image_v1", "tag", 0.5]]
 QUEUE = {"size": 4096, "momentum": 0.99, "ramp_steps": 100, "mask_same_image": True}
+# Patch dropout (Train.patch_keep) on both image views.
+KEEP_HALF = {"Train.patch_keep": {"image_v1": 0.5, "image_v2": 0.5}}
 # One view needs no second look: the single-view row sees the canvas as it is
 # (configs/demo/single_view.yaml); the rows with image_v2 use base.yaml's views.
 NO_AUGMENT = {"Augment": {"image_size": 64, "resize_short": 64, "blur": None}}
@@ -44,6 +51,12 @@ PRESETS = {
     "horizon": [
         ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
         ("full table", {"pairs": FULL}, {}),
+    ],
+    # The full table with half of each image view's patches against every patch. The faster row first:
+    # with --eval-every, the slower one is read at its training time.
+    "patchdrop": [
+        ("full table, 50% of patches", {"pairs": FULL}, KEEP_HALF),
+        ("full table, every patch", {"pairs": FULL}, {}),
     ],
     # On the intra-modal table: single-view image-text training at batch 16 stays
     # near chance at these budgets, which would leave nothing to compare.
@@ -188,9 +201,20 @@ def main():
     )
     parser.add_argument("--work", default=os.path.join(REPO, "output", "ablation"))
     parser.add_argument("--out", default=None, help="JSON of every run (default WORK/PRESET.json)")
+    parser.add_argument("--rows", type=int, nargs="+", metavar="I", help="run only these rows of the preset (0: the first)")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="train nothing: the tables of the runs in these files")
     args = parser.parse_args()
     out = args.out or os.path.join(args.work, f"{args.preset}.json")
     rows = PRESETS[args.preset]
+    if args.report:
+        runs = [run for path in args.report for run in json.load(open(path, encoding="utf-8"))]
+        report = [table(runs, f"equal steps ({args.steps} steps, batch {args.batch}, seeds {sorted({r['seed'] for r in runs})})")]
+        if args.eval_every:
+            report.append(curve_tables(runs, rows))
+        print("\n\n".join(report))
+        return
+    if args.rows:
+        rows = [rows[i] for i in args.rows]
     runs = []
     # Seeds outermost: an interrupted run still has every row for the seeds it finished.
     common = {**({} if args.lr is None else {"Optimizer.lr": args.lr}), **({"Train.eval_every": args.eval_every} if args.eval_every else {}), **dict(args.set)}
