@@ -41,7 +41,7 @@ def image_groups(views, patch_keep=None):
 
 
 def view_inputs(batch, views, tags_as_text=False, patch_keep=None):
-    """(image views, image input, keep ratios, text views, text input) for ``views``.
+    """(image views, image input, text views, text input, keep ratios) for ``views``.
 
     The image input is one stacked batch (and its keep ratio a number) when every
     image view keeps the same share of its patches, else a list with one stack per
@@ -59,7 +59,7 @@ def view_inputs(batch, views, tags_as_text=False, patch_keep=None):
     images, keep = (stacks[0], keeps[0]) if len(groups) == 1 else (stacks or None, keeps or 1.0)
     text_names = [v for v in TEXT_VIEWS if v in views]
     if not text_names:
-        return image_names, images, keep, text_names, None
+        return image_names, images, text_names, None, keep
     # TEXT_VIEWS lists the caption views before the tag view, so grouping by the
     # array read keeps the views in order.
     groups = {}
@@ -70,7 +70,7 @@ def view_inputs(batch, views, tags_as_text=False, patch_keep=None):
         texts = paddle.concat([ids for group in groups.values() for ids in group])
     else:
         texts = [paddle.concat(group) for group in groups.values()]
-    return image_names, images, keep, text_names, texts
+    return image_names, images, text_names, texts, keep
 
 
 def encode_views(model, batch, views, tags_as_text=False, autocast=None, patch_keep=None):
@@ -79,7 +79,7 @@ def encode_views(model, batch, views, tags_as_text=False, autocast=None, patch_k
     ``patch_keep``: {image view: share of its patches the image tower sees}
     (``Train.patch_keep``); views it does not name, or name with 1, see them all.
     """
-    image_names, images, keep, text_names, texts = view_inputs(batch, views, tags_as_text, patch_keep)
+    image_names, images, text_names, texts, keep = view_inputs(batch, views, tags_as_text, patch_keep)
     # Without patch dropout the model is called as it always was.
     dropout = {} if keep == 1 else {"patch_keep": keep}
     with autocast() if autocast else contextlib.nullcontext():
