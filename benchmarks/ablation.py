@@ -8,6 +8,8 @@
         --rows 1 --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0 --multi-gt
     python benchmarks/ablation.py --preset sigmoid --config configs/demo/single_view.yaml --rows 1 \
         --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0
+    python benchmarks/ablation.py --preset patchdrop --rows 1 --seeds 0 --out runs/r1s0.json ...
+    python benchmarks/ablation.py --preset patchdrop --report runs/*.json ...
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
 batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
@@ -20,6 +22,8 @@ extracts the test split in its Chinese-CLIP form (two captions per image) and
 scores it with the multi-ground-truth protocol. Results are added to ``--out``
 (JSON: a run of the same row, seed and steps replaces the old one, the others
 stay, so one row per job builds one file) and tabled on stdout.
+``--report`` trains nothing and prints the tables of earlier runs' JSON (give
+it the same --steps, --batch and --eval-every as the runs).
 """
 import argparse
 import json
@@ -37,6 +41,8 @@ INTRA = SINGLE + [["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5]]
 TAG = INTRA + [["image_v1", "tag", 0.5]]
 FULL = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5], ["image_v1", "tag", 0.5]]
 QUEUE = {"size": 4096, "momentum": 0.99, "ramp_steps": 100, "mask_same_image": True}
+# Patch dropout (Train.patch_keep) on both image views.
+KEEP_HALF = {"Train.patch_keep": {"image_v1": 0.5, "image_v2": 0.5}}
 # One view needs no second look: the single-view row sees the canvas as it is
 # (configs/demo/single_view.yaml); the rows with image_v2 use base.yaml's views.
 NO_AUGMENT = {"Augment": {"image_size": 64, "resize_short": 64, "blur": None}}
@@ -54,6 +60,12 @@ PRESETS = {
     "horizon": [
         ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
         ("full table", {"pairs": FULL}, {}),
+    ],
+    # The full table with half of each image view's patches against every patch. The faster row first:
+    # with --eval-every, the slower one is read at its training time.
+    "patchdrop": [
+        ("full table, 50% of patches", {"pairs": FULL}, KEEP_HALF),
+        ("full table, every patch", {"pairs": FULL}, {}),
     ],
     # On the intra-modal table: single-view image-text training at batch 16 stays
     # near chance at these budgets, which would leave nothing to compare.
@@ -248,9 +260,17 @@ def main():
     parser.add_argument("--multi-gt", action="store_true", help="also score the test split's Chinese-CLIP form with the multi-GT protocol")
     parser.add_argument("--work", default=os.path.join(REPO, "output", "ablation"))
     parser.add_argument("--out", default=None, help="JSON of every run (default WORK/PRESET.json)")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="train nothing: the tables of the runs in these files")
     args = parser.parse_args()
     out = args.out or os.path.join(args.work, f"{args.preset}.json")
     rows = PRESETS[args.preset]
+    if args.report:
+        runs = [run for path in args.report for run in json.load(open(path, encoding="utf-8"))]
+        report = [table(runs, f"equal steps ({args.steps} steps, batch {args.batch}, seeds {sorted({r['seed'] for r in runs})})")]
+        if args.eval_every:
+            report.append(curve_tables(runs, rows))
+        print("\n\n".join(report))
+        return
     if args.rows is not None:
         if not set(args.rows) <= set(range(len(rows))):
             parser.error(f"--rows: the {args.preset} preset has rows 0-{len(rows) - 1}")

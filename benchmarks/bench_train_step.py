@@ -3,6 +3,7 @@
     python benchmarks/bench_train_step.py                         # base, batch 8: several minutes; run it alone
     python benchmarks/bench_train_step.py --arch tiny --repeats 2 # quick check of the whole chain
     python benchmarks/bench_train_step.py --only ours_single paddlenlp_single --rounds 3  # settle one ratio
+    python benchmarks/bench_train_step.py --only ours_single ours_multiview ours_multiview_keep50 --repeats 2  # patch dropout
 
 Configurations, each in a fresh child process (so every peak-memory figure is
 its own high-water mark), on the same random batch (images ~ N(0, 1), ids =
@@ -20,6 +21,9 @@ full text length):
 - ``ours, multi-view``: two image views (different pixels), two text views
   (the same ids, two dropout draws) and the intra- and inter-modal pairs of
   ``configs/demo/multiview.yaml``; ``+ tag`` adds the tag view and its pair.
+- ``ours, multi-view, keep 50%``: the same with patch dropout (``Train.patch_keep``)
+  on both image views, 98 of 196 patches at base size; ``image_v2 keep 50%``: on
+  the second view only (two image-tower calls, one per ratio).
   Tags are ``--tag-len`` ids long (a prompt and two or three tags), captions
   ``--text-len``, as the data pipeline trims them: the tag view runs at its own
   length.
@@ -82,6 +86,13 @@ TAG_PAIR = ["image_v1", "tag", 0.5]
 class Case(NamedTuple):
     label: str
     pairs: list  # our loss's pair table; None for PaddleNLP's own model and loss
+    patch_keep: dict = None  # Train.patch_keep: {image view: share of its patches}
+
+    @property
+    def image_keeps(self):
+        """The keep ratio of each image view the case encodes."""
+        views = sorted({v for pair in (self.pairs or SINGLE_PAIRS) for v in pair[:2] if v.startswith("image")})
+        return [(self.patch_keep or {}).get(view, 1.0) for view in views]
 
     @property
     def views(self):
@@ -96,21 +107,26 @@ CASES = {
     "paddlenlp_single": Case("PaddleNLP, CLIP loss", None),
     "ours_multiview": Case("ours, multi-view", MULTI_PAIRS),
     "ours_multiview_tag": Case("ours, multi-view + tag", MULTI_PAIRS + [TAG_PAIR]),
+    "ours_multiview_keep50": Case("ours, multi-view, keep 50%", MULTI_PAIRS, {"image_v1": 0.5, "image_v2": 0.5}),
+    "ours_multiview_v2keep50": Case("ours, multi-view, image_v2 keep 50%", MULTI_PAIRS, {"image_v2": 0.5}),
 }
 
 
 # --- FLOPs ----------------------------------------------------------------------
-def vit_forward_flops(cfg, images, cls_only_last=False):
+def vit_forward_flops(cfg, images, cls_only_last=False, keep=1.0):
     """Forward FLOPs (2 per multiply-add) of the ViT's matmuls for ``images`` images.
 
     Patch embedding, then per block: fused qkv, attention scores and weighted
     sum (heads x head_dim = width), output projection, the two MLP layers.
     Norms, activations and softmax are left out: they are memory-bound and small.
     ``cls_only_last``: the last block computes the class token's row alone
-    (what our tower does; its qkv still covers every token).
+    (what our tower does; its qkv still covers every token). ``keep``: patch
+    dropout; every patch is embedded, the blocks see the class token and the kept ones.
     """
+    from ernievil2.models.vit import kept_patch_count
+
     patches = (cfg["img_size"] // cfg["patch_size"]) ** 2
-    tokens, width = patches + 1, cfg["embed_dim"]
+    tokens, width = kept_patch_count(patches, keep) + 1, cfg["embed_dim"]
     hidden = int(width * cfg["mlp_ratio"])
     patch_embed = patches * cfg.get("in_chans", 3) * cfg["patch_size"] ** 2 * width
 
@@ -138,10 +154,10 @@ def text_forward_flops(cfg, texts, length, cls_only_last=False):
 
 def train_step_flops(arch, case, batch, text_len, tag_len):
     """Backward is about twice the forward (gradients for inputs and for weights): 3x forward in all."""
-    image_views, caption_views, tag_views = case.views
+    _, caption_views, tag_views = case.views
     ours = case.pairs is not None  # PaddleNLP's towers run the last block on every token
     forward = (
-        image_views * vit_forward_flops(arch["image_tower"], batch, ours)
+        sum(vit_forward_flops(arch["image_tower"], batch, ours, keep) for keep in case.image_keeps)
         + caption_views * text_forward_flops(arch["text_tower"], batch, text_len, ours)
         + tag_views * text_forward_flops(arch["text_tower"], batch, tag_len, ours)
     )
@@ -192,7 +208,7 @@ def our_setup(config, model, inputs, case):
     batch = batch_to_tensors(inputs)
 
     def step():
-        terms = train_step(model, loss_fn, batch, loss_fn.required_views)
+        terms = train_step(model, loss_fn, batch, loss_fn.required_views, patch_keep=case.patch_keep)
         middle = time.perf_counter()
         optimizer.step()
         optimizer.clear_grad()
@@ -416,7 +432,7 @@ def print_ratio(label, ours, base, target=None):
 
 
 def print_comparisons(results, arch, args):
-    """The targets: ours no slower than PaddleNLP, multi-view at most 2.2x single-view."""
+    """The targets: ours no slower than PaddleNLP, multi-view at most 2.2x single-view (1.5x keeping 50% of the patches)."""
     single = results["ours_single"]
     if "paddlenlp_single" in results:
         theirs = results["paddlenlp_single"]
@@ -425,7 +441,8 @@ def print_comparisons(results, arch, args):
         print(f"  same function: eval-mode features of ours and PaddleNLP differ by at most {difference:.1e}")
         assert difference < 1e-4, "the two models do not compute the same function; the comparison is void"
     single_flops = train_step_flops(arch, CASES["ours_single"], args.batch, args.text_len, args.tag_len)
-    for name, target in (("ours_multiview", 2.2), ("ours_multiview_tag", None)):
+    targets = (("ours_multiview", 2.2), ("ours_multiview_tag", None), ("ours_multiview_keep50", 1.5), ("ours_multiview_v2keep50", None))
+    for name, target in targets:
         if name in results:
             flops_ratio = train_step_flops(arch, CASES[name], args.batch, args.text_len, args.tag_len) / single_flops
             print_ratio(f"{CASES[name].label} / single-view (FLOPs ratio {flops_ratio:.2f})", results[name], single, target)

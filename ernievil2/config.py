@@ -19,6 +19,7 @@ from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .data.tokenizer import load_vocab
 from .registry import ConfigError, check_kwargs, did_you_mean
 from .resource_files import resolve_resource
+from .views import IMAGE_VIEWS
 
 # Any value is accepted for keys whose default is ANY (optional paths, etc.).
 ANY = object()
@@ -91,6 +92,8 @@ DEFAULTS = {
         "amp_level": "O1",
         "recompute": False,
         "sharding_stage": 0,  # 0 (plain data parallel) | 1 | 2
+        # Share of its patches each image view's tower sees in training (FLIP's patch dropout).
+        "patch_keep": dict.fromkeys(IMAGE_VIEWS, 1.0),
     },
     "Optimizer": {
         "name": "AdamW",
@@ -169,6 +172,7 @@ RANGES = {
     "Train.amp_dtype": _one_of("float16", "bfloat16"),
     "Train.amp_level": _one_of("O1", "O2"),
     "Train.sharding_stage": _one_of(0, 1, 2),
+    **{f"Train.patch_keep.{view}": _between(0, 1, low_open=True) for view in IMAGE_VIEWS},
     "Optimizer.name": _one_of("AdamW"),
     "Optimizer.lr": POSITIVE,
     "Optimizer.weight_decay": NON_NEGATIVE,

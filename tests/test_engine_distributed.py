@@ -1,7 +1,8 @@
 """The trainer on several processes equals one process on the global batch.
 
-- the trainer's steps (plain DataParallel, and GradCache accumulation) on 2 CPU
-  processes give the single-process loss and parameter gradients;
+- the trainer's steps (plain DataParallel, GradCache accumulation, and image views
+  split into one tower call per patch keep ratio) on 2 CPU processes give the
+  single-process loss and parameter gradients;
 - ``tools/train.py`` under two launchers on loopback (``--nnodes 2``, the
   multi-node command) reaches the same weights as one launcher with 2 processes.
 """
@@ -39,7 +40,7 @@ def reference():
         paddle.set_default_dtype("float32")
 
 
-@pytest.mark.parametrize("mode", ["plain", "accumulated"])
+@pytest.mark.parametrize("mode", ["plain", "accumulated", "split"])
 def test_two_ranks_give_the_global_loss_and_gradients(ranks, reference, mode):
     loss, grads = reference
     assert np.mean([r[f"{mode}/loss"] for r in ranks]) == pytest.approx(loss, rel=1e-12)

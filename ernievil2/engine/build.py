@@ -14,7 +14,7 @@ from ..data.tokenizer import build_tokenizer
 from ..losses.build import build_loss, check_temperature
 from ..losses.momentum import MomentumEncoder
 from ..models import build_model
-from ..models.tower import TowerCapabilityError
+from ..models.tower import TowerCapabilityError, capability
 from ..registry import ConfigError
 from ..views import TAG_VIEW, image_view_count
 from ..checkpoint.state import CheckpointReadError
@@ -66,6 +66,16 @@ def wrap_for_parallel(model, optimizer, train_cfg):
     return model, optimizer
 
 
+def check_patch_keep(model, patch_keep, source=None):
+    """``Train.patch_keep`` below 1 needs an image tower that can drop patches: else a ConfigError naming the view."""
+    for view, keep in (patch_keep or {}).items():
+        if keep < 1:
+            try:
+                capability(model.visual, "forward_patch_dropout", "drop patches")
+            except TowerCapabilityError as err:
+                raise ConfigError(f"Train.patch_keep.{view}", f"{err} (it has no patch tokens); use 1.0", source) from None
+
+
 def build_trainer(config):
     rank, world = init_distributed()
     out_dir = config["Global"]["output_dir"]
@@ -88,6 +98,7 @@ def build_trainer(config):
             model.set_grad_checkpointing()
         except TowerCapabilityError as err:
             raise ConfigError("Train.recompute", str(err), config.get("_source_")) from None
+    check_patch_keep(model, config["Train"]["patch_keep"], config.get("_source_"))
     if config["Global"]["pretrained"]:
         load_pretrained(model, config["Global"]["pretrained"])
         log(f"loaded weights from {config['Global']['pretrained']}")

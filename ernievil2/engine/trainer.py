@@ -59,6 +59,8 @@ class Trainer:
         self.eval_fn, self.log, self.writer = eval_fn, log, writer
         self.momentum = momentum  # the EMA key encoder of the momentum queue, or None
         self.views = loss_fn.required_views
+        # Patch dropout of the online model's image views; the momentum encoder sees every patch.
+        self.patch_keep = self.train_cfg.get("patch_keep")
         self.step = 0
         self.step_seconds = 0.0  # training time of this run, for the learning curve in eval_history.jsonl
         self.output_dir = config["Global"]["output_dir"]
@@ -91,10 +93,14 @@ class Trainer:
         # DataParallel: their gradients are averaged over ranks here.
         synced = [p for p in self.loss_fn.parameters() if not p.stop_gradient]
         if len(micro_batches) == 1:
-            terms = train_step(self.train_model, self.loss_fn, micro_batches[0], self.views, tags, self.autocast, self.scaler, loss_kwargs)
+            terms = train_step(
+                self.train_model, self.loss_fn, micro_batches[0], self.views, tags, self.autocast, self.scaler, loss_kwargs, self.patch_keep
+            )
         else:
             no_sync = getattr(self.train_model, "no_sync", None)
-            terms = accumulated_step(self.train_model, self.loss_fn, micro_batches, self.views, tags, self.autocast, no_sync, loss_kwargs)
+            terms = accumulated_step(
+                self.train_model, self.loss_fn, micro_batches, self.views, tags, self.autocast, no_sync, loss_kwargs, self.patch_keep
+            )
             synced += [p for p in self.model.parameters() if not p.stop_gradient]
         average_gradients(synced, self.world_size)
         if self.scaler:

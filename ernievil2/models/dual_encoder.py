@@ -90,7 +90,13 @@ class DualEncoder(nn.Layer):
     def logit_scale(self):
         return self.contrastive_loss_mm()
 
-    def forward(self, images=None, input_ids=None):
+    def drop_patches(self, images, keep):
+        """Image features with patch dropout (``keep`` < 1), or the tower's plain forward."""
+        if keep == 1:
+            return self.visual(images)
+        return capability(self.visual, "forward_patch_dropout", "drop patches (Train.patch_keep < 1)")(images, keep)
+
+    def forward(self, images=None, input_ids=None, patch_keep=1.0):
         """Raw (unnormalised) features of whichever inputs are given, and the logit scale.
 
         Training calls the model once per step with every image view stacked
@@ -98,9 +104,19 @@ class DualEncoder(nn.Layer):
         DataParallel's gradient hooks. ``input_ids`` may also be a list of
         ``[B_i, L_i]`` batches of different lengths: each goes through the text
         tower at its own length, and their features are concatenated in order.
+        Likewise ``images`` may be a list of batches with ``patch_keep`` a list of
+        keep ratios, one per batch: each batch goes through the image tower with
+        its own patch dropout (views that keep different shares of their patches
+        have different token counts, so they cannot share a call).
         """
         if isinstance(input_ids, (list, tuple)):
             text = paddle.concat([self.text_model(ids) for ids in input_ids])
         else:
             text = None if input_ids is None else self.text_model(input_ids)
-        return {"image": None if images is None else self.visual(images), "text": text, "logit_scale": self.logit_scale()}
+        if isinstance(images, (list, tuple)):
+            if not isinstance(patch_keep, (list, tuple)) or len(patch_keep) != len(images):
+                raise ValueError(f"{len(images)} image batches need as many keep ratios, got {patch_keep!r}")
+            image = paddle.concat([self.drop_patches(batch, keep) for batch, keep in zip(images, patch_keep)])
+        else:
+            image = None if images is None else self.drop_patches(images, patch_keep)
+        return {"image": image, "text": text, "logit_scale": self.logit_scale()}

@@ -11,8 +11,13 @@ parameter names, without the ``visual.`` / ``text_model.`` prefix):
   the embeddings) to the output (the last group, the head), for layer-wise
   learning-rate decay. Every trainable parameter is in exactly one group.
 - ``set_grad_checkpointing(enable=True)``: recompute its blocks in backward.
+- ``forward_patch_dropout(images, keep)`` (image towers): the features of
+  ``images`` seen through a random ``round(N * keep)`` of each image's N patches,
+  ``0 < keep <= 1``, in training mode; all of them in eval mode (FLIP's patch
+  dropout, ``Train.patch_keep``). A tower of patch tokens (the ViT) can; a
+  convolutional one cannot.
 
-A tower without ``layer_groups`` or ``set_grad_checkpointing`` cannot be
+A tower without ``layer_groups``, ``set_grad_checkpointing`` or ``forward_patch_dropout`` cannot be
 trained with the option that needs it; :func:`capability` turns that into an
 error when the model is built, never a silent no-op.
 """

@@ -15,6 +15,32 @@ from .layers import DropPath, check_init, init_weights, merge_heads, run_block, 
 from .tower import groups_by_prefix, norms_and_biases
 
 
+def kept_patch_count(num_patches, keep):
+    """How many of ``num_patches`` patch tokens a keep ratio in (0, 1] leaves: round(N * keep), at least 1."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"patch keep ratio must be in (0, 1], got {keep!r}")
+    return max(1, int(num_patches * keep + 0.5))
+
+
+def kept_patch_indices(batch, num_patches, keep):
+    """``[batch, K]`` int64: per sample, K = :func:`kept_patch_count` distinct patch indices, ascending.
+
+    Each row is a uniformly random subset (the first K of a random permutation:
+    the argsort of uniform noise), drawn from Paddle's generator, so that
+    ``paddle.seed`` and ``paddle.set_rng_state`` replay it (GradCache's second
+    pass, an exact resume).
+    """
+    count = kept_patch_count(num_patches, keep)
+    noise = paddle.rand([batch, num_patches])
+    return paddle.sort(paddle.argsort(noise, axis=1)[:, :count], axis=1)
+
+
+def keep_patch_tokens(tokens, indices):
+    """``tokens`` ``[B, 1+N, D]`` (the class token first) -> ``[B, 1+K, D]``: the class token and the patches at ``indices``."""
+    patches = paddle.take_along_axis(tokens[:, 1:], indices.unsqueeze(-1).expand([-1, -1, tokens.shape[2]]), axis=1)
+    return paddle.concat([tokens[:, :1], patches], axis=1)
+
+
 def quick_gelu(x):
     return x * F.sigmoid(1.702 * x)
 
@@ -157,11 +183,19 @@ class VisionTransformer(nn.Layer):
     def set_grad_checkpointing(self, enable=True):
         self.recompute = enable
 
-    def forward_tokens(self, images, cls_only=False):
-        """Every token's output ``[B, 1+N, D]``; with ``cls_only``, the class token's ``[B, 1, D]``."""
+    def forward_tokens(self, images, cls_only=False, keep=1.0):
+        """Every token's output ``[B, 1+N, D]``; with ``cls_only``, the class token's ``[B, 1, D]``.
+
+        ``keep`` < 1 (training only): each sample keeps a random ``round(N * keep)``
+        of its patch tokens and the class token, chosen after the position
+        embeddings are added (so every kept token still knows where it was), and
+        the blocks run on ``1 + K`` tokens (FLIP's patch dropout).
+        """
         x = self.patch_embed(images)
         cls = self.class_embedding.expand([x.shape[0], -1, -1])
         x = paddle.concat([cls, x], axis=1) + self.positional_embedding
+        if keep < 1 and self.training:
+            x = keep_patch_tokens(x, kept_patch_indices(x.shape[0], x.shape[1] - 1, keep))
         x = self.norm_pre(self.pos_drop(x))
         last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
@@ -172,4 +206,9 @@ class VisionTransformer(nn.Layer):
         # The feature is the class token's output: the last block computes that row
         # alone (its attention still reads every token), about 1/depth less work.
         return self.forward_tokens(images, cls_only=True)[:, 0]
+
+    def forward_patch_dropout(self, images, keep):
+        """The feature from a random ``round(N * keep)`` of each image's patches (in eval mode: all of them)."""
+        kept_patch_count(self.patch_embed.num_patches, keep)  # checks the ratio
+        return self.forward_tokens(images, cls_only=True, keep=keep)[:, 0]
 

@@ -3,10 +3,12 @@
 Every rank builds the same tiny dual encoder and the same global batch, takes
 its slice and computes parameter gradients with the trainer's own step
 functions: a plain step through fleet's DataParallel, and a GradCache step of
-two micro-batches followed by ``average_gradients``. It writes
-``OUT/rank{r}.npz`` with ``{plain,accumulated}/loss`` and
-``{plain,accumulated}/grad/<name>``; the pytest side compares them with
-:func:`single_process_reference` on the whole batch.
+two micro-batches followed by ``average_gradients``; and the plain step again
+with the image views at two patch keep ratios (two image-tower calls inside
+the one DataParallel forward). It writes ``OUT/rank{r}.npz`` with
+``{plain,accumulated,split}/loss`` and ``{plain,accumulated,split}/grad/<name>``;
+the pytest side compares them with :func:`single_process_reference` on the
+whole batch.
 """
 import copy
 import sys
@@ -21,6 +23,9 @@ from ernievil2.models import build_model
 from tests.helpers import TINY_ARCH
 
 GLOBAL_BATCH = 8
+# 0.99 of the tiny ViT's 4 patches rounds to all 4: image_v2 takes the patch-dropout path in
+# its own tower call, yet computes the same function, so the single-process reference holds.
+SPLIT_KEEP = {"image_v1": 1.0, "image_v2": 0.99}
 PAIRS = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5], ["image_v1", "tag", 0.5]]
 
 
@@ -83,6 +88,10 @@ def main(out_dir):
     result["accumulated/loss"] = float(terms["loss"])
     for name, grad in gradients(model).items():
         result[f"accumulated/grad/{name}"] = grad
+    model.clear_gradients()
+    result["split/loss"] = float(train_step(wrapped, loss, mine, loss.required_views, patch_keep=SPLIT_KEEP)["loss"])
+    for name, grad in gradients(model).items():
+        result[f"split/grad/{name}"] = grad
     result["world_size"] = world
     np.savez(f"{out_dir}/rank{rank}.npz", **result)
 
