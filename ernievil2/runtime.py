@@ -37,10 +37,9 @@ _CHOSEN = {}
 _USER_SET = {}
 _MALLOC = {}
 
-# glibc's mallopt parameters, the largest mmap threshold it accepts on 64-bit, and
-# mallopt's largest value (a C int): a trim threshold beyond any step's working set.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_MAX = 32 << 20
+# glibc's mallopt parameters, and mallopt's largest value (a C int): a trim threshold
+# beyond any step's working set.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 TRIM_THRESHOLD = (1 << 31) - 1
 KEEP_FREED_MEMORY = "ERNIEVIL2_KEEP_FREED_MEMORY"
 
@@ -129,9 +128,9 @@ def malloc_left_to_user(environ):
 def keep_freed_memory(environ):
     """Have glibc keep freed blocks for reuse instead of returning them to the kernel; returns what was done.
 
-    The mmap threshold goes to glibc's maximum (32 MiB: smaller blocks come from
-    the heap) and the trim threshold to 2 GiB (the heap is not shrunk after each
-    free).
+    No block is mapped on its own (``M_MMAP_MAX=0``: raising the mmap threshold
+    instead stops at 32 MiB, below a multi-view step's largest activations), and
+    the heap is not shrunk after each free (trim threshold 2 GiB).
     """
     reason = malloc_left_to_user(environ)
     if reason:
@@ -141,9 +140,9 @@ def keep_freed_memory(environ):
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return "left alone (not glibc)"
-    if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+    if not (mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         return "left alone (mallopt refused)"
-    return "freed memory kept (mmap threshold 32 MiB, no trimming)"
+    return "freed memory kept (no separate mmaps, no trimming)"
 
 
 def settings():
