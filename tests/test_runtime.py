@@ -67,3 +67,43 @@ def test_num_threads_is_validated():
 
 def test_available_cores_is_at_most_the_affinity_mask():
     assert 1 <= runtime.available_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    "environ, left_alone",
+    [
+        ({}, False),
+        ({"ERNIEVIL2_KEEP_FREED_MEMORY": "1"}, False),
+        ({"ERNIEVIL2_KEEP_FREED_MEMORY": "0"}, True),
+        ({"MALLOC_ARENA_MAX": "2"}, False),  # not a malloc tunable: glibc's end in an underscore
+        ({"MALLOC_TRIM_THRESHOLD_": "131072"}, True),
+        ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}, True),
+    ],
+)
+def test_the_allocator_is_left_to_a_user_who_tunes_it(environ, left_alone):
+    assert (runtime.malloc_left_to_user(environ) is not None) == left_alone
+    if left_alone:
+        assert runtime.keep_freed_memory(environ).startswith("left alone")
+
+
+def page_faults_of_a_fresh_tensor_op(**extra):
+    """Minor page faults per out-of-place op on a 19 MB tensor, in a fresh interpreter, steady state."""
+    code = (
+        "import ernievil2, paddle, resource\n"
+        "x = paddle.ones([8, 197, 3072])\n"
+        "for _ in range(10): y = x * 2\n"  # glibc's heap takes a few rounds to settle
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5): y = x * 2\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in MANAGED and k != runtime.KEEP_FREED_MEMORY}
+    env.update(extra)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_tensor_memory_is_reused_instead_of_faulted_in_again():
+    # 19 MB is 4,700 pages: with glibc's defaults every output is mapped and faulted in afresh.
+    assert page_faults_of_a_fresh_tensor_op(ERNIEVIL2_KEEP_FREED_MEMORY="0") > 4000
+    assert page_faults_of_a_fresh_tensor_op() < 100

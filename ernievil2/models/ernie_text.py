@@ -10,7 +10,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .layers import check_init, init_weights, merge_heads, run_block, scaled_dot_attention
+from .kernels import Linear, merge_heads, split_heads
+from .layers import check_init, init_weights, run_block, scaled_dot_attention
 from .tower import groups_by_prefix, norms_and_biases
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
@@ -28,17 +29,16 @@ class TextAttention(nn.Layer):
         if hidden % num_heads:
             raise ValueError(f"hidden_size {hidden} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.q = nn.Linear(hidden, hidden)
-        self.k = nn.Linear(hidden, hidden)
-        self.v = nn.Linear(hidden, hidden)
-        self.o = nn.Linear(hidden, hidden)
+        self.q = Linear(hidden, hidden)
+        self.k = Linear(hidden, hidden)
+        self.v = Linear(hidden, hidden)
+        self.o = Linear(hidden, hidden)
         self.attn_drop = attn_drop
 
     def forward(self, x, bias, cls_only=False):
         """Attention over every token; with ``cls_only``, the output of the first ([CLS]) token alone."""
-        shape = [0, 0, self.num_heads, x.shape[-1] // self.num_heads]
         q, k, v = (
-            proj(rows).reshape(shape).transpose([0, 2, 1, 3])
+            split_heads(proj(rows), self.num_heads)[0]
             for proj, rows in ((self.q, x[:, :1] if cls_only else x), (self.k, x), (self.v, x))
         )
         out = scaled_dot_attention(q, k, v, bias, self.attn_drop if self.training else 0.0)
@@ -48,8 +48,8 @@ class TextAttention(nn.Layer):
 class FeedForward(nn.Layer):
     def __init__(self, hidden, intermediate, act):
         super().__init__()
-        self.i = nn.Linear(hidden, intermediate)
-        self.o = nn.Linear(intermediate, hidden)
+        self.i = Linear(hidden, intermediate)
+        self.o = Linear(intermediate, hidden)
         self.act = ACTIVATIONS[act]
 
     def forward(self, x):
@@ -117,7 +117,7 @@ class ErnieTextEncoder(nn.Layer):
         )
         self.pooler_kind = pooler
         if pooler == "tanh":
-            self.pooler = nn.Linear(hidden_size, hidden_size)
+            self.pooler = Linear(hidden_size, hidden_size)
         init_weights(self, init)
 
     def no_weight_decay(self):

@@ -36,11 +36,6 @@ def scaled_dot_attention(q, k, v, bias=None, dropout=0.0):
     return paddle.matmul(probs, v)
 
 
-def merge_heads(x):
-    """``[batch, heads, seq, head_dim]`` -> ``[batch, seq, heads * head_dim]``."""
-    return x.transpose([0, 2, 1, 3]).reshape([0, 0, x.shape[1] * x.shape[3]])
-
-
 class DropPath(nn.Layer):
     """Stochastic depth: drops the residual branch per sample while training."""
 

@@ -11,7 +11,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .layers import DropPath, check_init, init_weights, merge_heads, run_block, scaled_dot_attention
+from .kernels import Linear, merge_heads, split_heads
+from .layers import DropPath, check_init, init_weights, run_block, scaled_dot_attention
 from .tower import groups_by_prefix, norms_and_biases
 
 
@@ -52,8 +53,8 @@ ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu, "relu": F.relu}
 class Mlp(nn.Layer):
     def __init__(self, dim, hidden, drop=0.0, act="quick_gelu"):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
         self.act = ACTIVATIONS[act]
 
@@ -67,19 +68,15 @@ class Attention(nn.Layer):
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
+        self.proj = Linear(dim, dim)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, cls_only=False):
         """Attention over every token; with ``cls_only``, the output of the first (class) token alone."""
-        seq, dim = x.shape[1], x.shape[2]
         # The fused qkv output is laid out (3, heads, head_dim) per token, as in the official layer.
-        # One transpose to [3, batch, heads, seq, head_dim] first: splitting the leading axis
-        # costs a fraction of unbinding the strided one in backward.
-        qkv = self.qkv(x).reshape([-1, seq, 3, self.num_heads, dim // self.num_heads]).transpose([2, 0, 3, 1, 4])
-        q, k, v = qkv.unbind(axis=0)
+        q, k, v = split_heads(self.qkv(x), self.num_heads, parts=3)
         if cls_only:
             q = q[:, :, :1]
         out = scaled_dot_attention(q, k, v, None, self.attn_drop if self.training else 0.0)
