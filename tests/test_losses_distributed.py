@@ -5,33 +5,14 @@ and compares what each rank wrote against the single-process reference.
 """
 
 import numpy as np
-import pytest
 
-from tests.dist.launcher import cpu_launcher_only, REPO, launched_ranks, load_module
+from tests.dist.launcher import cpu_launcher_only, REPO, module_fixtures, relative_error
 
 WORKER = REPO / "tests" / "dist" / "dist_loss_check.py"
-WORLD_SIZE = 2
 
 pytestmark = cpu_launcher_only
 
-
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    return launched_ranks(WORKER, tmp_path_factory.mktemp("dist_loss"), WORLD_SIZE)
-
-
-@pytest.fixture(scope="module")
-def worker():
-    return load_module(WORKER)
-
-
-@pytest.fixture(scope="module")
-def reference(worker):
-    return worker.single_process_reference(WORLD_SIZE)
-
-
-def relative_error(value, reference):
-    return np.linalg.norm(value - reference) / np.linalg.norm(reference)
+worker, ranks, reference = module_fixtures(WORKER)
 
 
 def param_names(reference):
@@ -58,7 +39,7 @@ def test_each_rank_holds_world_size_times_its_slice_of_the_input_gradient(ranks,
     for rank_index, rank in enumerate(ranks):
         rows = slice(rank_index * worker.LOCAL_BATCH, (rank_index + 1) * worker.LOCAL_BATCH)
         for view in worker.VIEW_TOWER:
-            expected = WORLD_SIZE * reference[f"global/input/{view}"][rows]
+            expected = worker.WORLD_SIZE * reference[f"global/input/{view}"][rows]
             error = relative_error(rank[f"exact/input/{view}"], expected)
             assert error < 1e-6, (rank_index, view, error)
 

@@ -7,37 +7,20 @@ ranks, the mean rank loss, the synced gradients and the EMA copies.
 """
 
 import numpy as np
-import pytest
 
-from tests.dist.launcher import cpu_launcher_only, REPO, launched_ranks, load_module
+from tests.dist.launcher import cpu_launcher_only, REPO, module_fixtures, relative_error
 
 WORKER = REPO / "tests" / "dist" / "dist_momentum_check.py"
 
 pytestmark = cpu_launcher_only
 
 
-@pytest.fixture(scope="module")
-def worker():
-    return load_module(WORKER)
-
-
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory, worker):
-    return launched_ranks(WORKER, tmp_path_factory.mktemp("dist_momentum"), worker.WORLD_SIZE)
-
-
-@pytest.fixture(scope="module")
-def reference(worker):
-    return worker.single_process_reference()
+worker, ranks, reference = module_fixtures(WORKER)
 
 
 def keys_of(record, step, kind):
     prefix = f"step{step}/{kind}/"
     return sorted(k for k in record if k.startswith(prefix))
-
-
-def relative_error(value, expected):
-    return np.linalg.norm(value - expected) / np.linalg.norm(expected)
 
 
 def test_the_queue_is_warmed_up_then_ramped_in(reference, worker):

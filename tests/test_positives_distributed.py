@@ -12,30 +12,14 @@ import paddle
 import pytest
 
 from ernievil2.losses import MultiViewContrastiveLoss
-from tests.dist.launcher import cpu_launcher_only, REPO, launched_ranks, load_module
+from tests.dist.launcher import cpu_launcher_only, REPO, module_fixtures, relative_error
 
 WORKER = REPO / "tests" / "dist" / "dist_positives_check.py"
 
 pytestmark = cpu_launcher_only
 
 
-@pytest.fixture(scope="module")
-def worker():
-    return load_module(WORKER)
-
-
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory, worker):
-    return launched_ranks(WORKER, tmp_path_factory.mktemp("dist_positives"), worker.WORLD_SIZE)
-
-
-@pytest.fixture(scope="module")
-def reference(worker):
-    return worker.single_process_reference()
-
-
-def relative_error(value, expected):
-    return np.linalg.norm(value - expected) / np.linalg.norm(expected)
+worker, ranks, reference = module_fixtures(WORKER)
 
 
 def test_positives_cross_the_ranks_and_change_the_loss(worker):

@@ -7,7 +7,7 @@ unnoticed; 3 ranks tell the directions apart.
 import numpy as np
 import pytest
 
-from tests.dist.launcher import REPO, cpu_launcher_only, launched_ranks, load_module
+from tests.dist.launcher import REPO, cpu_launcher_only, launched_ranks, load_module, relative_error
 
 WORKER = REPO / "tests" / "dist" / "dist_sigmoid_check.py"
 
@@ -24,10 +24,6 @@ def run(request, tmp_path_factory, worker):
     world_size = request.param
     ranks = launched_ranks(WORKER, tmp_path_factory.mktemp(f"dist_sigmoid{world_size}"), world_size)
     return world_size, ranks, worker.single_process_reference(world_size)
-
-
-def relative_error(value, reference):
-    return np.linalg.norm(value - reference) / np.linalg.norm(reference)
 
 
 def test_mean_of_rank_losses_is_the_global_loss(run):

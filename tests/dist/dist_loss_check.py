@@ -42,6 +42,7 @@ EMBED_DIM = 4
 LOCAL_BATCH = 3
 SEED = 20240917
 DTYPE = "float64"
+WORLD_SIZE = 2  # what the test launches; main() works on any number of ranks
 
 
 class LinearTower(paddle.nn.Layer):
@@ -120,7 +121,7 @@ def loss_and_gradients(model, loss_fn, inputs, prefix):
     return result
 
 
-def single_process_reference(world_size):
+def single_process_reference(world_size=WORLD_SIZE):
     """The global-batch loss and gradients, computed in one process."""
     loss_fn = MultiViewContrastiveLoss(PAIRS)
     return loss_and_gradients(build_model(), loss_fn, global_inputs(world_size), "global")

@@ -109,6 +109,34 @@ def launch_nodes(script, args, workdir, nnodes=2, timeout=TIMEOUT_SECONDS):
     return codes, report
 
 
+def relative_error(value, expected):
+    """How the distributed tests compare a rank's array with the single-process one."""
+    return np.linalg.norm(value - expected) / np.linalg.norm(expected)
+
+
+def module_fixtures(script):
+    """The ``worker``, ``ranks`` and ``reference`` fixtures of a test module that checks ``script``.
+
+    ``script`` is launched once per module on its ``WORLD_SIZE`` processes;
+    ``reference`` is its ``single_process_reference()`` in this process.
+    Unpack the result at module level so pytest finds the three names.
+    """
+
+    @pytest.fixture(scope="module")
+    def worker():
+        return load_module(script)
+
+    @pytest.fixture(scope="module")
+    def ranks(tmp_path_factory, worker):
+        return launched_ranks(script, tmp_path_factory.mktemp(Path(script).stem), worker.WORLD_SIZE)
+
+    @pytest.fixture(scope="module")
+    def reference(worker):
+        return worker.single_process_reference()
+
+    return worker, ranks, reference
+
+
 def load_module(path):
     """Import a worker script as a module, so the test can reuse its reference code."""
     spec = importlib.util.spec_from_file_location(Path(path).stem, path)
