@@ -199,6 +199,10 @@ def test_training_checkpoints_the_scale_and_bias_and_resumes_exactly(tmp_path):
     (tmp_path / "a").mkdir()
     log = run_train(write_train_config(tmp_path / "a", train, Loss=loss), *steps).stdout
     assert "sigmoid/image_v1-text_v1=" in log
+    # the console shows the scale and bias the term trains, not the frozen InfoNCE temperature
+    step_lines = [line for line in log.splitlines() if line.startswith("step ")]
+    assert step_lines and all("sigmoid_scale=" in line and "sigmoid_bias=" in line for line in step_lines)
+    assert not any(" scale=" in line for line in step_lines)
     straight = tmp_path / "a" / "out" / "checkpoints" / "step_000004"
     term_state = paddle.load(str(straight / "extra.pdparams"))["loss"]
     assert sorted(term_state) == ["term_layers.0.bias", "term_layers.0.logit_scale_b"]

@@ -28,6 +28,15 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# The learned scales a step reports, as the console shows them; a scale no term trains is not reported.
+SCALE_TERMS = {"logit_scale": "scale", "sigmoid/scale": "sigmoid_scale", "sigmoid/bias": "sigmoid_bias"}
+
+
+def scales_line(terms):
+    """``scale=14.85 sigmoid_scale=10.02 ...`` for the scales in ``terms``, with a trailing space."""
+    return "".join(f"{label}={terms[key]:.2f} " for key, label in SCALE_TERMS.items() if key in terms)
+
+
 def format_duration(seconds):
     seconds = int(max(0, seconds))
     hours, rest = divmod(seconds, 3600)
@@ -115,7 +124,8 @@ class Trainer:
             self.loss_fn.enqueue(loss_kwargs["keys"], **ids)
         self.step += 1
         out = {k: float(v) for k, v in terms.items()}
-        out["logit_scale"] = float(self.model.logit_scale())
+        if self.loss_fn.uses_logit_scale:
+            out["logit_scale"] = float(self.model.logit_scale())
         out["lr"] = self.optimizer.get_lr()
         out["tags_as_text"] = float(tags)
         return out
@@ -182,8 +192,8 @@ class Trainer:
         if self.step % cfg["log_every"] == 0 or self.step == cfg["max_steps"]:
             pairs = " ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in terms.items() if k.startswith("loss/"))
             self.log(
-                f"step {self.step}/{cfg['max_steps']} loss={terms['loss']:.4f} {pairs} "
-                f"scale={terms['logit_scale']:.2f} lr={terms['lr']:.2e} "
+                f"step {self.step}/{cfg['max_steps']} loss={terms['loss']:.4f} {pairs} {scales_line(terms)}"
+                f"lr={terms['lr']:.2e} "
                 f"{samples / step_time:.1f} samples/s eta {format_duration(remaining)}"
                 + (f" | {self.stream.counter.summary()}" if self.stream.counter.total else "")
             )
