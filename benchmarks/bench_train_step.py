@@ -35,13 +35,13 @@ run: ``*_stock`` configurations (named in ``--only``; ``ours_single_stock``,
 transposed attention heads), one or all at once; the report gives each one's
 step-time ratio to the configuration without the switch.
 
-Every configuration runs one warm-up step and ``--repeats`` timed steps, in
+Every configuration runs ``--warmup`` untimed steps (3) and ``--repeats`` timed steps, in
 ``--rounds`` rounds taken in rotation (fresh child processes each round);
 figures are medians over every timed step of every round: wall and CPU
 seconds per step, and the part of it spent in the AdamW step and
 ``clear_grad``. FLOPs are counted analytically (see ``vit_forward_flops`` and
 ``text_forward_flops``) and tripled for forward + backward. MFU divides the achieved FLOP/s (wall) by the fp32 GEMM ceiling
-(Paddle 2048-cubed matmul): the median of samples the same child process takes
+(the best 2048-cubed fp32 matmul of Paddle, numpy, oneDNN and ONNX Runtime, ``benchmarks/common.py``): the median of samples the same child process takes
 before the first timed step and after each one, so in the same time window.
 Ratios between configurations are given three ways, since other processes on
 the shared cores move each: wall time, CPU time, and wall time normalised by
@@ -315,25 +315,32 @@ def eval_probe(model, probe):
     return {"image": image.numpy().tolist(), "text": text.numpy().tolist()}
 
 
-def timed_steps(step, repeats):
-    """One warm-up step, then ``repeats`` timed ones, each followed by a GEMM ceiling sample.
+def timed_steps(step, repeats, warmup):
+    """``warmup`` untimed steps, then ``repeats`` timed ones, each followed by a GEMM ceiling sample.
 
-    Taking the ceiling between the steps puts it in the same time window as
-    they are, so MFU compares like with like while other processes come and
-    go on the shared cores. Returns (warm-up step's figures, per-step records,
-    ceiling samples in GFLOP/s).
+    Warm-up takes several steps: the allocator's heap grows to the step's working set over the
+    first three or so (the base single-view step page-faulted 690k, 380k and 44k times in its
+    first three steps, taking 14.1, 10.9 and 5.6 s, then none, in 5.0 s), and a training run
+    lives in the state after that. Taking the ceiling between the steps puts it in the same
+    time window as they are, so MFU compares like with like while other processes come and go
+    on the shared cores. Returns (warm-up steps' figures, per-step records, ceiling samples in
+    GFLOP/s).
     """
+    import resource
+
     from benchmarks.common import gemm_gflops
 
-    first = step()
+    warm = [step() for _ in range(warmup)]
     ceilings = [gemm_gflops(repeats=3)[0]]
     records = []
     for _ in range(repeats):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         wall, cpu = time.perf_counter(), time.process_time()
         figures = step()
-        records.append({**figures, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "load": load_average()})
+        records.append({**figures, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "load": load_average(),
+                        "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults})
         ceilings.append(gemm_gflops(repeats=3)[0])
-    return first, records, ceilings
+    return warm, records, ceilings
 
 
 def run_case(name, args):
@@ -366,12 +373,12 @@ def run_case(name, args):
         step, probe = our_setup(config, model, inputs, case)
     features = eval_probe(model, probe)
     load_start = load_average()
-    first, records, ceilings = timed_steps(step, args.repeats)
+    warm, records, ceilings = timed_steps(step, args.repeats, args.warmup)
     return {
         "case": name,
-        **{k: [r[k] for r in records] for k in ("wall", "cpu", "optimizer")},
+        **{k: [r[k] for r in records] for k in ("wall", "cpu", "optimizer", "faults")},
         "gemm": ceilings,
-        "losses": [first["loss"]] + [r["loss"] for r in records],
+        "losses": [w["loss"] for w in warm] + [r["loss"] for r in records],
         "load": [load_start] + [r["load"] for r in records],
         "peak_kib": vm_kib("VmHWM"),
         "baseline_kib": baseline_kib,
@@ -382,9 +389,9 @@ def run_case(name, args):
 # --- parent process: run the children and report ----------------------------------
 def pooled(runs):
     """One configuration's child runs (one per round) as medians over every timed step and ceiling sample."""
-    merged = {k: [x for run in runs for x in run[k]] for k in ("wall", "cpu", "optimizer", "gemm", "load")}
+    merged = {k: [x for run in runs for x in run[k]] for k in ("wall", "cpu", "optimizer", "gemm", "load", "faults")}
     return {
-        **{k: statistics.median(merged[k]) for k in ("wall", "cpu", "optimizer", "gemm")},
+        **{k: statistics.median(merged[k]) for k in ("wall", "cpu", "optimizer", "gemm", "faults")},
         "steps": len(merged["wall"]),
         "gemm_range": [min(merged["gemm"]), max(merged["gemm"])],
         "load": merged["load"],
@@ -398,7 +405,7 @@ def pooled(runs):
 def run_child(name, args):
     command = [
         sys.executable, __file__, "--child", name, "--arch", args.arch, "--batch", str(args.batch),
-        "--repeats", str(args.repeats), "--text-len", str(args.text_len), "--tag-len", str(args.tag_len), "--threads", str(args.threads),
+        "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--text-len", str(args.text_len), "--tag-len", str(args.tag_len), "--threads", str(args.threads),
     ]
     print(f"running {CASES[name].label} (load {load_average():.2f}) ...", flush=True)
     # glibc's allocator is set when the child imports ernievil2: the opt-out must be in its environment.
@@ -427,12 +434,12 @@ def print_results(results, arch, args):
         rows.append([
             CASES[name].label, f"{image_views}+{caption_views}" + (f"+{tag_views} tag" if tag_views else ""), f"{r['wall']:.2f}", f"{r['cpu']:.2f}",
             f"{r['optimizer']:.2f}", f"{flops / 1e9:,.1f}", f"{achieved:.1f}", f"{r['gemm']:.0f} ({low:.0f}-{high:.0f})",
-            f"{achieved / r['gemm']:.0%}", f"{r['peak_kib'] / 2**20:.2f} ({r['baseline_kib'] / 2**20:.2f})",
+            f"{achieved / r['gemm']:.0%}", f"{r['faults']:,.0f}", f"{r['peak_kib'] / 2**20:.2f} ({r['baseline_kib'] / 2**20:.2f})",
             " ".join(f"{x:.1f}" for x in r["load"]),
         ])
     print_table(
         ["configuration", "views img+txt", "step s", "step CPU s", "of which AdamW s", "GFLOP/step", "GFLOP/s",
-         "GEMM GFLOP/s median (range)", "MFU", "peak RSS GiB (after imports)", "load avg per step"],
+         "GEMM GFLOP/s median (range)", "MFU", "page faults per step", "peak RSS GiB (after imports)", "load avg per step"],
         rows,
     )
     print()
@@ -484,7 +491,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--text-len", type=int, default=48, help="caption ids per row, [CLS] and [SEP] included")
     parser.add_argument("--tag-len", type=int, default=16, help="tag-view ids per row (prompt + two or three tags)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the heap settles over about three)")
     parser.add_argument(
         "--rounds", type=int, default=1,
         help="run the configurations this many times in rotation; medians pool every round's steps",
@@ -515,7 +523,7 @@ def main(argv=None):
         raise SystemExit("every ratio is to 'ours_single': keep it in --only")
     print(
         f"arch {args.arch}, batch {args.batch}, text length {args.text_len} (tags {args.tag_len}), {args.threads} MKL threads, "
-        f"1 warm-up + {args.repeats} timed steps per configuration and round, {args.rounds} round(s) in rotation, medians"
+        f"{args.warmup} warm-up + {args.repeats} timed steps per configuration and round, {args.rounds} round(s) in rotation, medians"
     )
     # Rotation (A B C, A B C, ...) spreads a change in the machine's load over every configuration.
     runs = {name: [] for name in names}

@@ -9,8 +9,8 @@ initialises, so they must be in place before ``import paddle``.
 
 What is set, each only when the user has not set it already:
 - ``MKL_NUM_THREADS``: the cores this process may use (affinity and cgroup quota);
-- ``MKL_DEBUG_CPU_TYPE=5`` on AMD processors (the AVX2 kernels; MKL 2020 and older
-  honour it, newer ones ignore it);
+- ``MKL_DEBUG_CPU_TYPE`` on AMD processors: 7 (the AVX-512 kernels) where the CPU has
+  AVX-512, else 5 (the AVX2 kernels); MKL 2020 and older honour it, newer ones ignore it;
 - ``OMP_NUM_THREADS=1``: Paddle's own OpenMP loops (element-wise ops) run on a
   second OpenMP runtime beside MKL's; two runtimes both spinning on every core
   slowed the matmuls about 3x here, so Paddle's loops stay single-threaded.
@@ -36,6 +36,7 @@ import sys
 _CHOSEN = {}
 _USER_SET = {}
 _MALLOC = {}
+_MKL = {}
 
 # glibc's mallopt parameters, and mallopt's largest value (a C int): a trim threshold
 # beyond any step's working set.
@@ -74,22 +75,50 @@ def _cgroup_quota():
         return None
 
 
-def cpu_vendor():
+def _cpuinfo_field(name):
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown"
+    return None
 
 
-def cpu_environment(environ, cores, vendor):
+def cpu_vendor():
+    return _cpuinfo_field("vendor_id") or "unknown"
+
+
+def cpu_flags():
+    """The instruction-set flags of the first CPU (``/proc/cpuinfo``), empty where unknown."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
+
+
+# MKL's Skylake-server kernels use these; Zen 4 and later have them.
+AVX512_SKX = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"})
+# MKL_DEBUG_CPU_TYPE values: 5 selects the AVX2 kernels, 7 the AVX-512 (Skylake-server) ones.
+MKL_CPU_TYPE_AVX2, MKL_CPU_TYPE_AVX512 = "5", "7"
+
+
+def mkl_cpu_type(vendor, flags):
+    """The MKL kernels an AMD CPU can run, as ``MKL_DEBUG_CPU_TYPE``; None for other vendors.
+
+    On AMD, Paddle's MKL otherwise takes its generic path. With AVX-512 the Skylake-server
+    kernels ran a 2-core Zen 5 at 375-415 GFLOP/s against 200-215 with the AVX2 ones
+    (fp32, 2048 cubed and the base model's shapes; docs/benchmarks.md).
+    """
+    if vendor != "AuthenticAMD":
+        return None
+    return MKL_CPU_TYPE_AVX512 if AVX512_SKX <= flags else MKL_CPU_TYPE_AVX2
+
+
+def cpu_environment(environ, cores, vendor, flags=frozenset()):
     """The variables to add to ``environ`` (pure: what :func:`configure` would set)."""
     wanted = {"MKL_NUM_THREADS": str(cores), "OMP_NUM_THREADS": "1"}
-    if vendor == "AuthenticAMD":
-        wanted["MKL_DEBUG_CPU_TYPE"] = "5"
+    cpu_type = mkl_cpu_type(vendor, flags)
+    if cpu_type:
+        wanted["MKL_DEBUG_CPU_TYPE"] = cpu_type
     return {key: value for key, value in wanted.items() if key not in environ}
 
 
@@ -103,7 +132,7 @@ def configure(num_threads=None, environ=None):
         for key in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE"):
             if key in environ:
                 _USER_SET[key] = environ[key]
-        _CHOSEN.update(cpu_environment(environ, available_cores(), cpu_vendor()))
+        _CHOSEN.update(cpu_environment(environ, available_cores(), cpu_vendor(), cpu_flags()))
         environ.update(_CHOSEN)
         _MALLOC["keep_freed_memory"] = keep_freed_memory(environ)
     if num_threads is not None:
@@ -115,6 +144,40 @@ def configure(num_threads=None, environ=None):
             # MKL has read its variables already: tell it directly.
             sys.modules["paddle"].base.core.set_num_threads(num_threads)
     return settings()
+
+
+def matmul_threads():
+    """The matmul thread count in force: the user's ``MKL_NUM_THREADS``, else the one chosen here."""
+    value = _CHOSEN.get("MKL_NUM_THREADS") or _USER_SET.get("MKL_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")
+    return int(value) if value else available_cores()
+
+
+def _paddle_mkl():
+    """Paddle's bundled MKL (``libmklml_intel.so``) as loaded in this process, or None."""
+    paddle = sys.modules.get("paddle")
+    if "mkl" not in _MKL and paddle is not None:
+        path = os.path.join(os.path.dirname(paddle.__file__), "libs", "libmklml_intel.so")
+        try:
+            _MKL["mkl"] = ctypes.CDLL(path) if os.path.exists(path) else None
+        except OSError:
+            _MKL["mkl"] = None
+    return _MKL.get("mkl")
+
+
+def restore_matmul_threads():
+    """Give MKL back :func:`matmul_threads` threads; returns the count, or None without Paddle's MKL.
+
+    A Paddle Inference predictor leaves MKL on one thread once it has run: in the same
+    process, dygraph matmuls then ran at half speed (107 against 205 GFLOP/s on 2
+    cores). Only MKL's count is set back; Paddle's ``set_num_threads`` would also
+    raise its OpenMP threads, which this module keeps at one.
+    """
+    mkl = _paddle_mkl()
+    if mkl is None:
+        return None
+    threads = matmul_threads()
+    mkl.MKL_Set_Num_Threads(threads)
+    return threads
 
 
 def malloc_left_to_user(environ):

@@ -19,6 +19,7 @@ import numpy as np
 import paddle
 from paddle import inference as paddle_infer
 
+from .. import runtime
 from ..data.image_ops import EvalTransform
 from ..data.tokenizer import ErnieTokenizer, trim_padding
 from .deploy import model_id, read_deploy, runtime_of, verify_files
@@ -170,6 +171,7 @@ class TowerPredictor:
             self._input.reshape(list(array.shape))
             self._input.copy_from_cpu(np.ascontiguousarray(array))
             self._predictor.run()
+            runtime.restore_matmul_threads()
             return self._output.copy_to_cpu()
 
 
