@@ -83,7 +83,8 @@ PRESETS = {
     # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
     "sigmoid": [
         ("InfoNCE", {"pairs": SINGLE}, NO_AUGMENT),
-        ("sigmoid (SigLIP)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE}]}, NO_AUGMENT),
+        ("sigmoid (SigLIP)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE, "bias_init": -10.0}]}, NO_AUGMENT),
+        ("sigmoid, bias from -ln(batch)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE, "bias_init": "auto"}]}, NO_AUGMENT),
     ],
 }
 
@@ -93,8 +94,11 @@ def flow(value):
     return json.dumps(value, ensure_ascii=False)
 
 
-def train_once(name, loss, seed, steps, args, extra=None):
-    """Train one row with ``tools/train.py`` and evaluate it on the test split; ``extra``: more overrides."""
+def train_once(name, loss, seed, steps, args, extra=None, multi_gt=False):
+    """Train one row with ``tools/train.py`` and evaluate it on the test split; ``extra``: more overrides.
+
+    ``multi_gt``: also score the test split's Chinese-CLIP form (reads ``args.config`` and ``args.data``).
+    """
     out = os.path.join(args.work, re.sub(r"\W+", "_", name).strip("_"), f"seed{seed}_steps{steps}")
     overrides = {
         "Global.seed": seed,
@@ -138,7 +142,7 @@ def train_once(name, loss, seed, steps, args, extra=None):
         "peak_mib": round(summary["peak_mib"]),
         "wall_seconds": wall,
         "curve": curve,  # [step, training seconds, MeanRecall] at every evaluation (--eval-every)
-        **(multi_gt_metrics(out, args) if args.multi_gt else {}),
+        **(multi_gt_metrics(out, args) if multi_gt else {}),
     }
 
 
@@ -280,7 +284,7 @@ def main():
     common = {**({} if args.lr is None else {"Optimizer.lr": args.lr}), **({"Train.eval_every": args.eval_every} if args.eval_every else {}), **dict(args.set)}
     for seed in args.seeds:
         for name, loss, extra in rows:
-            runs.append(train_once(name, loss, seed, args.steps, args, {**common, **extra}))
+            runs.append(train_once(name, loss, seed, args.steps, args, {**common, **extra}, args.multi_gt))
             print(json.dumps(runs[-1]), flush=True)
     report = [table(runs, f"equal steps ({args.steps} steps, batch {args.batch}, seeds {args.seeds})")]
     if args.eval_every:
@@ -292,7 +296,7 @@ def main():
         for seed in args.seeds:
             for name, loss, extra in rows[1:]:
                 per_step = statistics.median(r["seconds_per_step"] for r in runs if r["row"] == name)
-                timed.append(train_once(name, loss, seed, max(1, round(budget / per_step)), args, {**common, **extra}))
+                timed.append(train_once(name, loss, seed, max(1, round(budget / per_step)), args, {**common, **extra}, args.multi_gt))
                 print(json.dumps(timed[-1]), flush=True)
         first = [r for r in runs if r["row"] == rows[0][0]]
         report.append(table(first + timed, f"equal wall-clock ({budget:.0f} s of training per run)"))

@@ -70,15 +70,24 @@ class Registry:
             )
         return self._builders[name]
 
-    def build(self, section, key):
-        """Build from ``{name: ..., **kwargs}``; kwargs are checked against the builder's signature."""
+    def build(self, section, key, context=None):
+        """Build from ``{name: ..., **kwargs}``; kwargs are checked against the builder's signature.
+
+        ``context``: keyword arguments the caller knows and the config does not set (the trainer's
+        global batch, say), passed to builders that take them.
+        """
         if not isinstance(section, dict) or "name" not in section:
             raise ConfigError(key, f"expected a mapping with a 'name' of a {self.kind}")
         kwargs = dict(section)
         name = kwargs.pop("name")
         builder = self.get(name, key=f"{key}.name")
+        context = context or {}
+        for option in kwargs:
+            if option in context:
+                raise ConfigError(f"{key}.{option}", "set by the trainer, not in the config")
         check_kwargs(builder, kwargs, key)
-        return builder(**kwargs)
+        taken = inspect.signature(builder).parameters
+        return builder(**kwargs, **{k: v for k, v in context.items() if k in taken})
 
 
 def check_kwargs(fn, kwargs, key):

@@ -170,6 +170,38 @@ def test_bad_options_are_config_errors_naming_the_key(options, key, message):
     assert key in str(err.value)
 
 
+@pytest.mark.parametrize("global_batch", [1, 16, 128, 32768])
+def test_auto_bias_starts_at_minus_log_of_the_global_batch(global_batch):
+    term = SigmoidPairs(PAIR, bias_init="auto", global_batch=global_batch)
+    assert float(term.bias) == pytest.approx(-math.log(global_batch), abs=1e-6)
+    # SigLIP's -10 is this start for its batch of 32k
+    if global_batch == 32768:
+        assert float(term.bias) == pytest.approx(-10.4, abs=0.01)
+
+
+def test_the_trainer_gives_the_auto_bias_its_global_batch_and_a_config_cannot():
+    section = sigmoid_loss_section([], bias_init="auto")
+    loss = build_loss(section, global_batch=64)
+    assert float(loss.term_layers[0].bias) == pytest.approx(-math.log(64), abs=1e-6)
+    check_loss_config(section)  # validates without the trainer's batch
+    with pytest.raises(ValueError, match="bias_init: auto needs the global batch size"):
+        SigmoidPairs(PAIR, bias_init="auto")
+    section["terms"][0]["global_batch"] = 8
+    with pytest.raises(ConfigError, match="set by the trainer") as err:
+        build_loss(section, global_batch=64)
+    assert "Loss.terms[0].global_batch" in str(err.value)
+
+
+def test_training_with_the_auto_bias_logs_the_bias_of_its_global_batch(tmp_path):
+    train = write_pairs_tsv(tmp_path / "train.tsv", 16)
+    loss = sigmoid_loss_section([], bias_init="auto")
+    log = run_train(write_train_config(tmp_path, train, Loss=loss), "Train.max_steps=1", "Train.log_every=1",
+                    "Train.batch_size=8", "Train.accum_steps=2").stdout
+    step = next(line for line in log.splitlines() if line.startswith("step 1/"))
+    # 8 rows x 2 micro-batches on one rank: the bias starts at -ln 16 = -2.77 and moves by about lr
+    assert "sigmoid_bias=-2.7" in step
+
+
 def test_registered_by_name():
     assert "sigmoid" in LOSS_TERMS
 

@@ -103,7 +103,9 @@ def build_trainer(config):
         load_pretrained(model, config["Global"]["pretrained"])
         log(f"loaded weights from {config['Global']['pretrained']}")
     paddle.seed(seed + rank)  # different dropout per rank
-    loss_fn = build_loss(config["Loss"], rank, world, model.embed_dim)
+    train = config["Train"]
+    global_batch = train["batch_size"] * train["accum_steps"] * world
+    loss_fn = build_loss(config["Loss"], rank, world, model.embed_dim, global_batch)
     if not loss_fn.uses_logit_scale:
         # No term reads it: untrained (DataParallel would wait for its gradient), kept in the weights.
         model.contrastive_loss_mm.temperature_b.stop_gradient = True
@@ -138,7 +140,7 @@ def build_trainer(config):
         num_workers=data["num_workers"],
         on_error=data["on_error"],
         # The gap is the step's batch: the micro-batches of one step are scored together.
-        one_caption_per_image=train["batch_size"] * train["accum_steps"] if data["one_caption_per_image"] else 0,
+        one_caption_per_image=global_batch // world if data["one_caption_per_image"] else 0,
     )
     writer = None
     if rank == 0:

@@ -34,8 +34,12 @@ def check_temperature(section):
     return merged
 
 
-def check_loss_config(section):
-    """Validate a ``Loss`` section without building anything; returns the parsed pairs."""
+def check_loss_config(section, global_batch=1):
+    """Validate a ``Loss`` section; returns the parsed pairs.
+
+    The terms are built once to check their options; ``global_batch`` stands in for the
+    trainer's (the config alone does not know the number of ranks).
+    """
     if not isinstance(section, dict):
         raise ConfigError("Loss", f"expected a mapping, got {section!r}")
     check_known_keys(section, LOSS_KEYS, "Loss")
@@ -43,7 +47,7 @@ def check_loss_config(section):
     if name not in LOSS_NAMES:
         raise ConfigError("Loss.name", f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}" + did_you_mean(name, LOSS_NAMES))
     check_temperature(section.get("temperature"))
-    terms = build_terms(section.get("terms"))
+    terms = build_terms(section.get("terms"), global_batch)
     try:
         positives = parse_positives(section.get("positives"))
         queue = None if section.get("momentum_queue") is None else parse_momentum_queue(section["momentum_queue"])
@@ -58,8 +62,11 @@ def check_loss_config(section):
         raise _located(err, "Loss") from None
 
 
-def build_terms(entries):
-    """The terms of ``Loss.terms``, a list of ``{name: <registered term>, **options}``."""
+def build_terms(entries, global_batch=None):
+    """The terms of ``Loss.terms``, a list of ``{name: <registered term>, **options}``.
+
+    ``global_batch`` (rows a step's loss sees, over micro-batches and ranks) goes to the terms that take it.
+    """
     if entries is None:
         return []
     if not isinstance(entries, list):
@@ -68,7 +75,7 @@ def build_terms(entries):
     for index, entry in enumerate(entries):
         key = f"Loss.terms[{index}]"
         try:
-            terms.append(LOSS_TERMS.build(entry, key))
+            terms.append(LOSS_TERMS.build(entry, key, context={"global_batch": global_batch} if global_batch else None))
         except ConfigError:
             raise
         except ValueError as err:
@@ -76,8 +83,11 @@ def build_terms(entries):
     return terms
 
 
-def build_loss(section, rank=0, world_size=1, embed_dim=None):
-    """The loss layer; ``embed_dim`` (the model's) sizes the momentum queue when one is configured."""
+def build_loss(section, rank=0, world_size=1, embed_dim=None, global_batch=None):
+    """The loss layer; ``embed_dim`` (the model's) sizes the momentum queue when one is configured.
+
+    ``global_batch``: the rows one step's loss sees (per-rank batch x micro-batches x ranks).
+    """
     section = copy.deepcopy(section)
     pairs = check_loss_config(section)
     queue = section.get("momentum_queue")
@@ -87,6 +97,6 @@ def build_loss(section, rank=0, world_size=1, embed_dim=None):
         world_size=world_size,
         momentum_queue=queue,
         embed_dim=embed_dim if queue is not None else None,
-        terms=build_terms(section.get("terms")),
+        terms=build_terms(section.get("terms"), global_batch),
         positives=section.get("positives"),
     )

@@ -161,6 +161,13 @@ def ring_sigmoid_loss(a, b, scale, bias):
     return total / a.shape[0]
 
 
+def auto_bias(global_batch):
+    """``-ln(global_batch)``: the sigmoid bias at which a row's one positive and its negatives start in balance."""
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise ValueError(f"bias_init: auto needs the global batch size (a positive integer), got {global_batch!r}")
+    return -math.log(global_batch)
+
+
 def _check_init(name, value, positive=False):
     if isinstance(value, bool) or not is_real_number(value) or (positive and value <= 0):
         raise ValueError(f"{name}: expected a {'positive ' if positive else ''}finite number, got {value!r}")
@@ -171,7 +178,10 @@ class SigmoidPairs(nn.Layer):
 
     A loss term (``terms.py``): ``{name: sigmoid, pairs: [[view_a, view_b,
     weight], ...], scale_init, bias_init, max_logit_scale}``. The pairs share
-    the term's scale and bias. ``view_a`` stays on its rank, ``view_b`` passes
+    the term's scale and bias. ``bias_init: auto`` starts the bias at
+    ``-ln(global_batch)``, the log-odds of one positive among the global batch
+    (``global_batch`` comes from the trainer: rows per rank and micro-batch x
+    micro-batches x ranks); SigLIP's -10 is that value for its batch of 32k. ``view_a`` stays on its rank, ``view_b`` passes
     round the ring (the loss is symmetric in the two). Logs
     ``loss/sigmoid/<a>-<b>``, ``sigmoid/scale`` and ``sigmoid/bias``.
     It reads only local rows: no view is gathered for it.
@@ -180,10 +190,12 @@ class SigmoidPairs(nn.Layer):
     gathered_views = frozenset()
     uses_logit_scale = False  # the model's InfoNCE temperature: this term has its own scale
 
-    def __init__(self, pairs, scale_init=10.0, bias_init=-10.0, max_logit_scale=100.0):
+    def __init__(self, pairs, scale_init=10.0, bias_init=-10.0, max_logit_scale=100.0, global_batch=None):
         super().__init__()
         self.pairs = parse_view_pairs(pairs)
         self.views = views_of(self.pairs)
+        if bias_init == "auto":
+            bias_init = auto_bias(global_batch)
         _check_init("scale_init", scale_init, positive=True)
         _check_init("bias_init", bias_init)
         _check_init("max_logit_scale", max_logit_scale, positive=True)
