@@ -94,8 +94,8 @@ def test_own_chunk_outside_the_chunks_is_rejected():
         chunked_sigmoid_loss(x, [x, x], 1.0, 0.0, own=2)
 
 
-def test_term_starts_as_siglip_and_scores_normalised_features():
-    term = SigmoidPairs(PAIR)
+def test_term_started_as_siglip_scores_normalised_features():
+    term = SigmoidPairs(PAIR, bias_init=-10.0)
     assert math.isclose(float(term.scale()), 10.0, rel_tol=1e-6) and float(term.bias) == -10.0
     loss_fn = MultiViewContrastiveLoss([], terms=[term])
     rng = np.random.default_rng(2)
@@ -128,7 +128,7 @@ def test_weighted_pairs_share_one_scale_and_bias_and_add_to_info_nce():
 
 
 def test_scale_is_clamped_and_stops_its_gradient_at_the_bound():
-    term = SigmoidPairs(PAIR, scale_init=4.0, max_logit_scale=4.0)
+    term = SigmoidPairs(PAIR, scale_init=4.0, max_logit_scale=4.0, global_batch=3)
     with paddle.no_grad():
         term.logit_scale_b.set_value(paddle.to_tensor([math.log(50.0)], dtype="float32"))
     rng = np.random.default_rng(4)
@@ -185,7 +185,7 @@ def test_the_trainer_gives_the_auto_bias_its_global_batch_and_a_config_cannot():
     assert float(loss.term_layers[0].bias) == pytest.approx(-math.log(64), abs=1e-6)
     check_loss_config(section)  # validates without the trainer's batch
     with pytest.raises(ValueError, match="bias_init: auto needs the global batch size"):
-        SigmoidPairs(PAIR, bias_init="auto")
+        SigmoidPairs(PAIR)  # auto is the default
     section["terms"][0]["global_batch"] = 8
     with pytest.raises(ConfigError, match="set by the trainer") as err:
         build_loss(section, global_batch=64)
@@ -209,7 +209,7 @@ def test_registered_by_name():
 def test_optimizer_trains_the_scale_and_bias_and_checkpoints_hold_them():
     paddle.seed(0)
     model = build_model(TINY_ARCH)
-    loss_fn = build_loss(sigmoid_loss_section([]), embed_dim=None)
+    loss_fn = build_loss(sigmoid_loss_section([], bias_init=-10.0), embed_dim=None)
     section = {**DEFAULTS["Optimizer"], "lr": 0.1, "weight_decay": 0.5, "grad_clip": None, "freeze": [], "image": None, "text": None}
     optimizer = build_optimizer(model, section, loss_fn)
     term = loss_fn.term_layers[0]
@@ -258,10 +258,10 @@ def test_training_checkpoints_the_scale_and_bias_and_resumes_exactly(tmp_path):
 def test_the_model_temperature_counts_as_used_unless_the_sigmoid_term_is_alone():
     from ernievil2.losses import pairwise_term
 
-    assert not MultiViewContrastiveLoss([], terms=[SigmoidPairs(PAIR)]).uses_logit_scale
-    assert MultiViewContrastiveLoss(PAIR, terms=[SigmoidPairs(PAIR)]).uses_logit_scale
+    assert not MultiViewContrastiveLoss([], terms=[SigmoidPairs(PAIR, global_batch=8)]).uses_logit_scale
+    assert MultiViewContrastiveLoss(PAIR, terms=[SigmoidPairs(PAIR, global_batch=8)]).uses_logit_scale
     other = pairwise_term("other", lambda a, b, logit_scale, a_all, b_all, rank: logit_scale)(PAIR)
-    assert MultiViewContrastiveLoss([], terms=[SigmoidPairs(PAIR), other]).uses_logit_scale
+    assert MultiViewContrastiveLoss([], terms=[SigmoidPairs(PAIR, global_batch=8), other]).uses_logit_scale
     brivl = {"size": 8, "mode": "brivl"}
     assert MultiViewContrastiveLoss([], momentum_queue=brivl, embed_dim=4).uses_logit_scale
     fixed = {**brivl, "temperature": {"init": 0.07}}
