@@ -104,9 +104,8 @@ def _onednn_runner(a, b):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "matmul")
         paddle.jit.save(MatMul(), path, input_spec=[paddle.static.InputSpec(list(a.shape), "float32")])
-        model_file = path + (".json" if os.path.exists(path + ".json") else ".pdmodel")
         options = PredictorOptions(cpu_threads=runtime.available_cores())
-        predictor = paddle.inference.create_predictor(inference_config(model_file, path + ".pdiparams", options))
+        predictor = paddle.inference.create_predictor(inference_config(path + ".json", path + ".pdiparams", options))
     predictor.get_input_handle(predictor.get_input_names()[0]).copy_from_cpu(a)
 
     def run():

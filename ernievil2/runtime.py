@@ -147,8 +147,8 @@ def configure(num_threads=None, environ=None):
 
 
 def matmul_threads():
-    """The matmul thread count in force: the user's ``MKL_NUM_THREADS``, else the one chosen here."""
-    value = _CHOSEN.get("MKL_NUM_THREADS") or _USER_SET.get("MKL_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")
+    """The matmul thread count in force: ``MKL_NUM_THREADS``, as the user or :func:`configure` set it."""
+    value = os.environ.get("MKL_NUM_THREADS")
     return int(value) if value else available_cores()
 
 

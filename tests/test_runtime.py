@@ -126,7 +126,7 @@ mkl = runtime._paddle_mkl()
 with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "linear")
     paddle.jit.save(paddle.nn.Linear(8, 4), path, input_spec=[paddle.static.InputSpec([None, 8], "float32")])
-    model_file = path + (".json" if os.path.exists(path + ".json") else ".pdmodel")
+    model_file = path + ".json"  # Paddle 3's program format
     options = PredictorOptions(cpu_threads=2)
     raw = paddle.inference.create_predictor(inference_config(model_file, path + ".pdiparams", options))
     raw.get_input_handle(raw.get_input_names()[0]).copy_from_cpu(paddle.ones([2, 8]).numpy())

@@ -123,7 +123,7 @@ def build_trainer(config):
 
     tokenizer = build_tokenizer(config)
     views = loss_fn.required_views
-    data, train = config["Data"], config["Train"]
+    data = config["Data"]
     stream = TrainStream(
         data["train"],
         tokenizer,

@@ -182,8 +182,9 @@ class SigmoidPairs(nn.Layer):
     at ``-ln(global_batch)``, the log-odds of one positive among the global batch
     (``global_batch`` comes from the trainer: rows per rank and micro-batch x
     micro-batches x ranks); SigLIP's -10 is that value for its batch of 32k. On
-    the demo -10 fell 8-17 MeanRecall behind it at batches 16-128 (docs/ablation.md). ``view_a`` stays on its rank, ``view_b`` passes
-    round the ring (the loss is symmetric in the two). Logs
+    the demo -10 fell 8-17 MeanRecall behind it at batches 16-128 (docs/ablation.md).
+    ``view_a`` stays on its rank, ``view_b`` passes round the ring (the loss is
+    symmetric in the two). Logs
     ``loss/sigmoid/<a>-<b>``, ``sigmoid/scale`` and ``sigmoid/bias``.
     It reads only local rows: no view is gathered for it.
     """
