@@ -4,11 +4,16 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: demo test install
+.PHONY: demo demo-noisy test install
 
 demo:
 	bash scripts/install.sh --demo
 	bash scripts/run_demo.sh
+
+# Optional: the same demo with 40% wrong captions, single-view beside the tag view (docs/ablation.md).
+demo-noisy:
+	bash scripts/install.sh --demo
+	bash scripts/run_demo_noisy.sh
 
 test:
 	bash scripts/install.sh --demo --browser

@@ -10,6 +10,8 @@
         --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0
     python benchmarks/ablation.py --preset patchdrop --rows 1 --seeds 0 --out runs/r1s0.json ...
     python benchmarks/ablation.py --preset patchdrop --report runs/*.json ...
+    python benchmarks/ablation.py --preset noisy --data demo_data/noisy40 --rows 0 1 --seeds 0 1 2 --steps 152 \
+        --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0 --eval-every 38
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
 batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
@@ -17,7 +19,8 @@ batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split
 adds a second pass where each row gets the wall-clock time the single-view row
 took, converted to steps with the row's own measured step time. ``--eval-every N``
 evaluates during training and prints learning curves, and every row read off its
-curve at the first row's training time (no second pass). ``--multi-gt`` also
+curve at the first row's training time (no second pass), each row's time being its
+steps times its median seconds per step over the runs. ``--multi-gt`` also
 extracts the test split in its Chinese-CLIP form (two captions per image) and
 scores it with the multi-ground-truth protocol. Results are added to ``--out``
 (JSON: a run of the same row, seed and steps replaces the old one, the others
@@ -79,6 +82,18 @@ PRESETS = {
         ("baseline", {"pairs": SINGLE}, {}),
         ("masked", {"pairs": SINGLE, "positives": {"mode": "masked", **SAME}}, {}),
         ("multi_positive", {"pairs": SINGLE, "positives": {"mode": "multi_positive", **SAME}}, {}),
+    ],
+    # Noisy web pairs (tools/make_demo_data.py --caption-* --tag-*; run with --data on such a corpus):
+    # the tag view is a second, independent description of the image when the caption is wrong.
+    # The single-view and tag rows see the canvas as it is; the rows with image_v2 use base.yaml's views.
+    "noisy": [
+        ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
+        ("+ tag view (0.5)", {"pairs": SINGLE + [["image_v1", "tag", 0.5]]}, NO_AUGMENT),
+        ("+ tag view (1.0)", {"pairs": SINGLE + [["image_v1", "tag", 1.0]]}, NO_AUGMENT),
+        ("+ image-image, text-text", {"pairs": INTRA}, {}),
+        ("full table", {"pairs": FULL}, {}),
+        # The tags in place of the caption on half of the steps (Train.tag_as_text_prob): no second text batch.
+        ("single-view, tags as text on 50% of steps", {"pairs": SINGLE}, {**NO_AUGMENT, "Train.tag_as_text_prob": 0.5}),
     ],
     # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
     "sigmoid": [
@@ -220,27 +235,47 @@ def at_time(curve, seconds):
     return curve[-1][2] if curve and curve[-1][1] <= seconds <= 1.05 * curve[-1][1] else None
 
 
-def curve_tables(runs, rows):
-    """MeanRecall by step for every row, and every row read at the first row's training time."""
+def row_costs(runs):
+    """Each row's median seconds per step over its runs: a run slowed by other jobs on a shared
+    machine does not move it, as it would move that run's own clock."""
+    names = dict.fromkeys(r["row"] for r in runs)
+    return {name: statistics.median(r["seconds_per_step"] for r in runs if r["row"] == name) for name in names}
+
+
+def on_row_clock(run, seconds_per_step):
+    """``run``'s curve with each evaluation's time taken as its step times the row's cost."""
+    return [[step, step * seconds_per_step, recall] for step, _, recall in run["curve"]]
+
+
+def curve_tables(runs, rows, cost_runs=None):
+    """MeanRecall by step for every row, and every row read at the first row's training time
+    (on each row's median clock, ``row_costs``, of ``cost_runs`` if given: short runs of the
+    rows in turn time them more evenly than long runs at different hours of a shared machine)."""
     steps = sorted({point[0] for r in runs for point in r["curve"]})
     lines = ["### learning curves (MeanRecall, mean ± std over seeds, at each evaluation)", "",
              "| row | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for name, _, _ in rows:
         mine = [r for r in runs if r["row"] == name]
+        if not mine:
+            continue
         cells = []
         for step in steps:
             values = [point[2] for r in mine for point in r["curve"] if point[0] == step]
             cells.append(mean_std(values) if len(values) == len(mine) else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    budget = statistics.median(r["train_seconds"] for r in runs if r["row"] == rows[0][0])
+    costs = row_costs(cost_runs or runs)
+    first = rows[0][0]
+    budget = costs[first] * statistics.median(r["steps"] for r in runs if r["row"] == first)
     lines += ["", f"### equal training time ({budget:.0f} s, the first row's median), read off each run's curve", "",
-              "| row | MeanRecall | steps reached (median) |", "|---|---|---|"]
+              "| row | MeanRecall | s/step (median) | steps reached |", "|---|---|---|---|"]
     for name, _, _ in rows:
         mine = [r for r in runs if r["row"] == name]
-        values = [at_time(r["curve"], budget) for r in mine]
-        reached = statistics.median(budget / r["seconds_per_step"] for r in mine)
+        if not mine:
+            continue
+        values = [at_time(on_row_clock(r, costs[name]), budget) for r in mine]
         shown = mean_std(values) if None not in values else "beyond the runs' end"
-        lines.append(f"| {name} | {shown} | {min(reached, max(r['steps'] for r in mine)):.0f} |")
+        reached = min(budget / costs[name], max(r["steps"] for r in mine))
+        lines.append(f"| {name} | {shown} | {costs[name]:.2f} | {reached:.0f} |")
     return "\n".join(lines)
 
 
@@ -265,6 +300,9 @@ def main():
     parser.add_argument("--work", default=os.path.join(REPO, "output", "ablation"))
     parser.add_argument("--out", default=None, help="JSON of every run (default WORK/PRESET.json)")
     parser.add_argument("--report", nargs="+", metavar="JSON", help="train nothing: the tables of the runs in these files")
+    parser.add_argument(
+        "--step-costs", metavar="JSON", help="with --report: each row's seconds per step from these runs (e.g. short runs of the rows in turn)"
+    )
     args = parser.parse_args()
     out = args.out or os.path.join(args.work, f"{args.preset}.json")
     rows = PRESETS[args.preset]
@@ -272,7 +310,8 @@ def main():
         runs = [run for path in args.report for run in json.load(open(path, encoding="utf-8"))]
         report = [table(runs, f"equal steps ({args.steps} steps, batch {args.batch}, seeds {sorted({r['seed'] for r in runs})})")]
         if args.eval_every:
-            report.append(curve_tables(runs, rows))
+            cost_runs = json.load(open(args.step_costs, encoding="utf-8")) if args.step_costs else None
+            report.append(curve_tables(runs, rows, cost_runs))
         print("\n\n".join(report))
         return
     if args.rows is not None:

@@ -53,3 +53,35 @@ def test_query_choice_and_caption_wrapping():
     wrapped = wrap_caption("一条很长很长的说明" * 20, font, 200)
     assert wrapped.count("\n") == 1 and wrapped.endswith("…")
     assert all(font.getlength(line) <= 200 for line in wrapped.split("\n"))
+
+
+def write_run(folder, t2i, i2t, steps, seconds):
+    folder.mkdir(parents=True)
+    directions = {"text2image": {"r1": t2i, "mean_recall": t2i}, "image2text": {"r1": i2t, "mean_recall": i2t}}
+    metrics = {"official": {**directions, "mean": {"mean_recall": (t2i + i2t) / 2}}}
+    (folder / "eval_metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (folder / "train_summary.json").write_text(json.dumps({"steps": steps, "step_seconds": seconds}), encoding="utf-8")
+    return folder
+
+
+def test_compare_tables_trained_runs_against_the_first(tmp_path):
+    from ernievil2.commands import demo_report as command
+
+    single = write_run(tmp_path / "single", 0.30, 0.20, 200, 100.0)
+    multi = write_run(tmp_path / "multi", 0.45, 0.30, 160, 101.4)
+    lines = []
+    command.print = lines.append  # the command's output, without a subprocess
+    try:
+        assert command.main(["--compare", f"single-view={single}", f"multi-view={multi}"]) == 0
+    finally:
+        del command.print
+    table = lines[0].splitlines()
+    assert table[2] == "| single-view | 200 | 100 | 30.00 | 20.00 | 25.00 | 1.00x |"
+    assert table[3] == "| multi-view | 160 | 101 | 45.00 | 30.00 | 37.50 | 1.50x |"
+
+
+def test_compare_names_a_folder_that_was_not_trained_with_evaluation(tmp_path):
+    from ernievil2.demo.report import load_trained_run
+
+    with pytest.raises(ValueError, match="no eval_metrics.json .*Data.val"):
+        load_trained_run(str(tmp_path))

@@ -524,3 +524,105 @@ def test_zeroshot_set_is_single_garments_labelled_by_garment_and_by_tag(source, 
             assert classes.names[classes.index["红色T恤"]] == "一件红色的T恤"
     templates = read_templates(out_dir / fs.ZEROSHOT_TEMPLATES)
     assert "图中有{}" in templates and all(t.count("{}") == 1 for t in templates)
+
+
+# ----------------------------------------------------------------------------- web noise
+
+NOISY = dict(
+    caption_mismatch_rate=0.25, caption_attribute_rate=0.10, caption_partial_rate=0.15, tag_missing_rate=0.10, tag_wrong_rate=0.20
+)
+
+
+def tag_set(tags):
+    return Counter(tags.split(","))
+
+
+def within_binomial(count, trials, rate):
+    """``count`` of ``trials`` is a plausible draw at ``rate`` (4 standard deviations)."""
+    return abs(count - rate * trials) <= 4 * (rate * (1 - rate) * trials) ** 0.5 + 1
+
+
+def test_web_noise_has_the_rates_asked_for_and_each_kind_does_what_it_says(source):
+    spec = fs.DemoSpec(num_train=3000, num_test=0, canvas_size=16, num_zeroshot=0, **NOISY)
+    clean = {r.image_id: r for r in fs.iter_split(source, "train", fs.DemoSpec(**{**vars(spec), **dict.fromkeys(NOISY, 0.0)}))}
+    records = list(fs.iter_split(source, "train", spec))
+    kinds = Counter(kind for r in records for kind in r.noise)
+    multi = sum(len(r.scene.items) > 1 for r in records)
+    assert within_binomial(kinds["mismatched"], len(records), 0.25)
+    assert within_binomial(kinds["wrong_attribute"], len(records), 0.10)
+    assert within_binomial(kinds["partial"], multi, 0.15)
+    assert within_binomial(kinds["tag_missing"], multi, 0.10)
+    assert within_binomial(kinds["wrong_tag"], len(records), 0.20)
+    still_fitting = 0
+    for record in records:
+        # The images and the scenes are the clean corpus's: only texts change.
+        assert record.image == clean[record.image_id].image and record.scene == clean[record.image_id].scene
+        caption, scene, true_tags = record.captions[0], record.scene, fs.scene_tags(record.scene)
+        mentions, _ = parse_caption(caption)
+        shown, _ = scene_contents(scene)
+        if "mismatched" in record.noise:
+            still_fitting += caption_fits(caption, scene)
+        elif "wrong_attribute" in record.noise:
+            assert sum(mentions.values()) == len(scene.items) and sum((mentions - shown).values()) == 1, caption
+        elif "partial" in record.noise:
+            assert 0 < sum(mentions.values()) < len(scene.items) and not mentions - shown, caption
+        else:
+            assert caption == clean[record.image_id].captions[0]
+        if "tag_missing" in record.noise:
+            assert tag_set(true_tags) - tag_set(record.tags) and not tag_set(record.tags) - tag_set(true_tags)
+            assert len(record.tags.split(",")) == len(scene.items) - 1
+        elif "wrong_tag" in record.noise:
+            assert sum((tag_set(record.tags) - tag_set(true_tags)).values()) == 1, record.tags
+            assert len(record.tags.split(",")) == len(scene.items)
+        else:
+            assert record.tags == true_tags
+    # Another scene's caption fits this image only by the odd coincidence.
+    assert still_fitting <= 0.02 * kinds["mismatched"]
+
+
+def test_web_noise_leaves_the_eval_splits_and_the_clean_pairs_byte_identical(source, built, tmp_path):
+    clean_dir, _ = built
+    noisy_dir = tmp_path / "noisy"
+    meta = fs.build_demo_dataset(source, fs.DemoSpec(**{**vars(SMALL), **NOISY}), noisy_dir)
+    clean_files, noisy_files = folder_bytes(clean_dir), folder_bytes(noisy_dir)
+    for name in set(clean_files) - {"train.tsv", "meta.json"}:
+        assert noisy_files[name] == clean_files[name], name
+    listed = dict(line.split("\t") for line in (noisy_dir / fs.NOISE_FILE).read_text(encoding="utf-8").splitlines())
+    clean_rows, noisy_rows = read_tsv(clean_dir / "train.tsv"), read_tsv(noisy_dir / "train.tsv")
+    assert [r[1:3] for r in noisy_rows] == [r[1:3] for r in clean_rows]  # ids and images
+    for clean_row, noisy_row in zip(clean_rows, noisy_rows):
+        kinds = set(listed.get(noisy_row[1], "").split(",")) - {""}
+        if not kinds & set(fs.CAPTION_NOISE.values()):
+            assert noisy_row[0] == clean_row[0]
+        if not kinds:
+            assert noisy_row == clean_row
+    counted = {kind: n for kind, n in meta["splits"]["train"]["noise"].items() if n}
+    assert counted == Counter(kind for kinds in listed.values() for kind in kinds.split(","))
+    assert meta["spec"]["caption_mismatch_rate"] == 0.25
+    assert not any(meta["splits"]["test"]["noise"].values())
+    assert not (clean_dir / fs.NOISE_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "rates, message",
+    [
+        ({"tag_wrong_rate": 1.5}, "tag_wrong_rate must be in"),
+        ({"caption_partial_rate": -0.1}, "caption_partial_rate must be in"),
+        ({"caption_mismatch_rate": 0.7, "caption_attribute_rate": 0.4}, "must be at most 1, got 1.1"),
+    ],
+)
+def test_web_noise_rates_are_checked_by_name(rates, message):
+    with pytest.raises(ValueError, match=message):
+        fs.validate_spec(fs.DemoSpec(**rates))
+
+
+def test_cli_writes_the_noise_it_is_asked_for(synthetic_dir, tmp_path):
+    out = tmp_path / "noisy"
+    cmd = [sys.executable, str(REPO / "tools" / "make_demo_data.py"), "--output", str(out), "--source-dir", str(synthetic_dir)]
+    cmd += ["--num-train", "40", "--num-test", "10", "--num-zeroshot", "0", "--canvas-size", "16", "--caption-mismatch", "0.5"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert meta["spec"]["caption_mismatch_rate"] == 0.5
+    assert f"{meta['splits']['train']['noise']['mismatched']} mismatched" in result.stdout
+    assert meta["splits"]["train"]["noise"]["mismatched"] > 0

@@ -3,6 +3,7 @@
     apt-get install -y dataset-fashion-mnist        # the image source (or pass --source-dir)
     python tools/make_demo_data.py --output demo_data/fashion_scenes_cn
     python tools/make_demo_data.py --output /tmp/tiny --num-train 500 --num-test 100 --canvas-size 32
+    python tools/make_demo_data.py --output demo_data/noisy40 --num-train 10000 --caption-mismatch 0.4 --tag-wrong 0.1
 
 Writes train.tsv / test.tsv (and val.tsv with --num-val) in the official ERNIE-ViL layout
 ``caption \\t image_id \\t base64 image \\t tags``, the eval splits again in the Chinese-CLIP
@@ -58,6 +59,14 @@ def parse_args(argv=None):
         help="longest caption (characters = tokens here); the default fits text length 48",
     )
     parser.add_argument("--no-cn-clip", action="store_true", help="skip the Chinese-CLIP layout of val/test")
+    noise = parser.add_argument_group("web noise (train split only; the val and test splits stay clean)")
+    noise.add_argument("--caption-mismatch", type=float, default=0.0, metavar="RATE", help="share of captions taken from another scene")
+    noise.add_argument("--caption-attribute", type=float, default=0.0, metavar="RATE", help="share of captions with one colour or garment wrong")
+    noise.add_argument(
+        "--caption-partial", type=float, default=0.0, metavar="RATE", help="share of multi-item scenes whose caption names only some items"
+    )
+    noise.add_argument("--tag-missing", type=float, default=0.0, metavar="RATE", help="share of multi-item scenes missing one tag")
+    noise.add_argument("--tag-wrong", type=float, default=0.0, metavar="RATE", help="share of scenes with one tag's colour or garment wrong")
     parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
     return parser.parse_args(argv)
 
@@ -75,6 +84,11 @@ def spec_from_args(args):
         eval_captions_per_image=args.eval_captions_per_image,
         cn_clip_eval=not args.no_cn_clip,
         max_caption_chars=args.max_caption_chars,
+        caption_mismatch_rate=args.caption_mismatch,
+        caption_attribute_rate=args.caption_attribute,
+        caption_partial_rate=args.caption_partial,
+        tag_missing_rate=args.tag_missing,
+        tag_wrong_rate=args.tag_wrong,
     )
 
 
@@ -104,6 +118,9 @@ def main(argv=None):
             f"{stats['all_captions_fitting_several_images']} fitting several images, "
             f"{stats['redrawn_scenes']} scenes redrawn"
         )
+        noisy = {kind: n for kind, n in stats["noise"].items() if n}
+        if noisy:
+            print(f"  {split} web noise: " + ", ".join(f"{n} {kind}" for kind, n in noisy.items()))
     if "zeroshot" in meta:
         print(f"  zeroshot: {meta['zeroshot']['num_samples']} single garments (zeroshot_imgs.tsv, labels and classes per task)")
     for name, info in meta["files"].items():

@@ -22,7 +22,7 @@ import urllib.request
 import zlib
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -147,6 +147,15 @@ MAX_SCENES_PER_SPLIT = 10_000_000
 # An eval scene with an ambiguous caption is redrawn, at most this many times; beyond that
 # the ambiguity is kept and shows in meta.json.
 MAX_REDRAWS = 50
+# Noise kinds, in the order one uniform draw tests them (DemoSpec's rates of the same names).
+CAPTION_NOISE = {"caption_mismatch_rate": "mismatched", "caption_attribute_rate": "wrong_attribute", "caption_partial_rate": "partial"}
+TAG_NOISE = {"tag_missing_rate": "tag_missing", "tag_wrong_rate": "wrong_tag"}
+CAPTION_NOISE_RATES, TAG_NOISE_RATES = tuple(CAPTION_NOISE), tuple(TAG_NOISE)
+# Kinds that need a scene of two or more items; a one-item scene drawn for them stays clean.
+MULTI_ITEM_NOISE = ("partial", "tag_missing")
+NOISE_SEED_CODE = 4  # after ZEROSHOT_SEED_CODE: the noise never moves a clean draw
+# ``image_id \t kinds`` of every noisy train pair: the ground truth a noise-robust method is judged on.
+NOISE_FILE = "train_noise.tsv"
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,16 @@ class DemoSpec:
     min_item_scale: float = 0.75
     # Single-garment images for zero-shot classification (and for checking generated tags).
     num_zeroshot: int = 1000
+    # The noise of a web corpus, in the train split only (docs/demo_data.md, "Noisy corpora").
+    # Caption noise: a share of all captions describes another scene, names one item with a
+    # wrong colour or garment, or (a share of the scenes with two or more items) names only
+    # some of the items. Tag noise, independent of it: a share of the multi-item scenes lose
+    # one tag, a share of all scenes has one tag with a wrong colour or garment.
+    caption_mismatch_rate: float = 0.0
+    caption_attribute_rate: float = 0.0
+    caption_partial_rate: float = 0.0
+    tag_missing_rate: float = 0.0
+    tag_wrong_rate: float = 0.0
 
     def num_scenes(self, split):
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
@@ -201,6 +220,13 @@ def validate_spec(spec):
             )
     if not 0 < spec.min_item_scale <= 1:
         raise ValueError(f"min_item_scale must be in (0, 1], got {spec.min_item_scale}")
+    for name in CAPTION_NOISE_RATES + TAG_NOISE_RATES:
+        if not 0 <= getattr(spec, name) <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(spec, name)}")
+    # One draw decides a pair's caption noise (and one its tag noise): the kinds exclude each other.
+    for group in (CAPTION_NOISE_RATES, TAG_NOISE_RATES):
+        if sum(getattr(spec, name) for name in group) > 1:
+            raise ValueError(f"{' + '.join(group)} must be at most 1, got {sum(getattr(spec, name) for name in group):g}")
 
 
 # ----------------------------------------------------------------------------- source files
@@ -497,6 +523,60 @@ def scene_tags(scene):
     return ",".join(COLOURS[item.colour_id].name + CLASSES[item.class_id].noun for item in items)
 
 
+# ----------------------------------------------------------------------------- web noise
+
+
+def noise_kind(rng, scene, spec, kinds):
+    """One uniform draw picks at most one of ``kinds`` ({DemoSpec rate name: kind}) with its
+    rate; a kind that needs several items (MULTI_ITEM_NOISE) picks nothing on a one-item scene."""
+    draw = rng.random()
+    for rate_name, kind in kinds.items():
+        rate = getattr(spec, rate_name)
+        if draw < rate:
+            return None if kind in MULTI_ITEM_NOISE and len(scene.items) < 2 else kind
+        draw -= rate
+    return None
+
+
+def with_wrong_attribute(rng, scene):
+    """``scene`` with one item's colour or garment changed to one no item of the scene has:
+    the half-right caption of a web corpus, or a detector's misread tag."""
+    index = int(rng.integers(len(scene.items)))
+    item = scene.items[index]
+    taken = {(i.class_id, i.colour_id) for i in scene.items}
+    if rng.integers(2):
+        choices = [c for c in range(len(COLOURS)) if (item.class_id, c) not in taken]
+        changed = replace(item, colour_id=int(choices[rng.integers(len(choices))]))
+    else:
+        choices = [c for c in range(len(CLASSES)) if (c, item.colour_id) not in taken]
+        changed = replace(item, class_id=int(choices[rng.integers(len(choices))]))
+    return replace(scene, items=scene.items[:index] + (changed,) + scene.items[index + 1 :])
+
+
+def with_some_items(rng, scene, keep):
+    """``scene`` with only ``keep`` of its items, drawn at random (their order kept)."""
+    kept = sorted(rng.choice(len(scene.items), size=keep, replace=False))
+    return replace(scene, items=tuple(scene.items[i] for i in kept))
+
+
+def noisy_caption(rng, scene, kind, pools, spec):
+    """The caption a web corpus pairs with ``scene`` under ``kind`` of caption noise."""
+    if kind == "mismatched":
+        described = sample_scene(rng, pools, spec)
+    elif kind == "wrong_attribute":
+        described = with_wrong_attribute(rng, scene)
+    else:  # partial
+        described = with_some_items(rng, scene, int(rng.integers(1, len(scene.items))))
+    return draw_captions(rng, described, 1, spec.max_caption_chars)[0]
+
+
+def noisy_tags(rng, scene, kind):
+    """The tags a fallible detector gives ``scene`` under ``kind`` of tag noise."""
+    if kind == "tag_missing":
+        return scene_tags(with_some_items(rng, scene, len(scene.items) - 1))
+    return scene_tags(with_wrong_attribute(rng, scene))
+
+
 # ----------------------------------------------------------------------------- splits
 
 
@@ -510,6 +590,7 @@ class SceneRecord:
     image: bytes  # encoded JPEG or PNG
     templates: tuple  # CAPTION_TEMPLATES name of each caption
     redraws: int  # how often this eval scene was redrawn to keep every caption unambiguous
+    noise: tuple = ()  # the web-noise kinds of this train pair (CAPTION_NOISE, TAG_NOISE values)
 
 
 def split_rng(seed, split):
@@ -521,7 +602,8 @@ def iter_split(source, split, spec):
     """Yield the SceneRecords of one split. Eval splits redraw a scene when one of its
     captions would also fit an earlier image, or an earlier caption would fit it (e.g. two
     scenes holding the same items, described by a template without positions), so that
-    every eval caption has exactly one correct image."""
+    every eval caption has exactly one correct image. The train split carries the spec's web
+    noise, drawn from a generator of its own so that a clean draw never moves."""
     source_split, rows = split_source(split, source)
     pools = class_pools(source.labels[source_split], rows)
     images = source.images[source_split]
@@ -529,6 +611,7 @@ def iter_split(source, split, spec):
     is_eval = split in EVAL_SPLITS
     num_captions = spec.eval_captions_per_image if is_eval else 1
     fitted, claimed = set(), set()  # meanings earlier scenes fit / earlier captions state
+    noise_rng = np.random.default_rng([spec.seed, NOISE_SEED_CODE]) if split == "train" else None
     for index in range(spec.num_scenes(split)):
         for redraws in range(MAX_REDRAWS + 1):
             scene = sample_scene(rng, pools, spec)
@@ -539,16 +622,25 @@ def iter_split(source, split, spec):
                 break
         fitted |= fits
         claimed |= claims
+        tags, noise = scene_tags(scene), ()
+        if noise_rng is not None:
+            caption_noise, tag_noise = (noise_kind(noise_rng, scene, spec, kinds) for kinds in (CAPTION_NOISE, TAG_NOISE))
+            if caption_noise:
+                captions = (noisy_caption(noise_rng, scene, caption_noise, pools, spec),)
+            if tag_noise:
+                tags = noisy_tags(noise_rng, scene, tag_noise)
+            noise = tuple(kind for kind in (caption_noise, tag_noise) if kind)
         rgb = render_scene(scene, images, spec.canvas_size)
         yield SceneRecord(
             split=split,
             image_id=IMAGE_ID_BASE[split] + index,
             scene=scene,
             captions=tuple(text for _, text in captions),
-            tags=scene_tags(scene),
+            tags=tags,
             image=encode_image(rgb, spec.image_format, spec.jpeg_quality),
             templates=tuple(template.name for template, _ in captions),
             redraws=redraws,
+            noise=noise,
         )
 
 
@@ -595,6 +687,7 @@ class SplitStats:
         self.claims = []  # the meaning of every caption, first caption of each scene first
         self.redrawn_scenes = 0
         self.image_bytes = 0
+        self.noise = Counter()
 
     def add(self, record):
         items = record.scene.items
@@ -610,6 +703,7 @@ class SplitStats:
         self.claims.extend(scene_meaning(record.scene, TEMPLATES_BY_NAME[name].per_item) for name in record.templates)
         self.redrawn_scenes += record.redraws > 0
         self.image_bytes += len(record.image)
+        self.noise.update(record.noise)
 
     def as_dict(self):
         return {
@@ -627,6 +721,9 @@ class SplitStats:
             # captions that fit more than one image of the split, whatever their wording
             "all_captions_fitting_several_images": sum(self.fits[claim] > 1 for claim in self.claims),
             "redrawn_scenes": self.redrawn_scenes,
+            # pairs of each web-noise kind; the multi-item kinds' rates are of the multi-item scenes
+            "noise": {kind: self.noise[kind] for kind in (*CAPTION_NOISE.values(), *TAG_NOISE.values())},
+            "multi_item_scenes": sum(n for k, n in self.items_per_scene.items() if k > 1),
         }
 
 
@@ -773,18 +870,26 @@ def write_split(source, split, spec, out_dir, on_progress):
     names = [f"{split}.tsv"]
     if spec.cn_clip_eval and split in EVAL_SPLITS:
         names += [f"{split}_imgs.tsv", f"{split}_texts.jsonl"]
+    noise_file = NOISE_FILE if split == "train" and has_noise(spec) else None
     total = spec.num_scenes(split)
     with ExitStack() as stack:
         tsv, *cn_clip = (stack.enter_context(atomic_text_file(out_dir / name)) for name in names)
+        noise_list = stack.enter_context(atomic_text_file(out_dir / noise_file)) if noise_file else None
         for done, record in enumerate(iter_split(source, split, spec), start=1):
             image_base64 = base64.b64encode(record.image).decode("ascii")
             tsv.write(official_tsv_line(record, image_base64))
+            if noise_list and record.noise:
+                noise_list.write(f"{record.image_id}\t{','.join(record.noise)}\n")
             if cn_clip:
                 cn_clip[0].write(cn_clip_image_line(record, image_base64))
                 cn_clip[1].write(cn_clip_text_lines(record, len(stats.all_captions)))
             stats.add(record)
             on_progress(split, done, total)
-    return stats.as_dict(), names
+    return stats.as_dict(), names + ([noise_file] if noise_file else [])
+
+
+def has_noise(spec):
+    return any(getattr(spec, name) for name in CAPTION_NOISE_RATES + TAG_NOISE_RATES)
 
 
 def build_demo_dataset(source, spec, out_dir, on_progress=lambda split, done, total: None):

@@ -6,6 +6,7 @@ exported text tower, and each query's top-k images are listed with their
 scores and drawn in a grid (one row per query; a green frame marks an image
 the query describes).
 """
+import json
 import os
 
 import cv2
@@ -118,3 +119,35 @@ def demo_report(model, root, split, out_dir, queries=5, k=5):
     os.makedirs(out_dir, exist_ok=True)
     png = render_grid(results, dict(zip(ids, images)), os.path.join(out_dir, "examples.png"))
     return format_examples(results), png
+
+
+def load_trained_run(folder):
+    """(eval_metrics.json, train_summary.json) of a training output folder trained with ``Data.val``."""
+    loaded = []
+    for name in ("eval_metrics.json", "train_summary.json"):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise ValueError(f"{folder}: no {name} (a training output folder, trained with Data.val set, was expected)")
+        with open(path, encoding="utf-8") as f:
+            loaded.append(json.load(f))
+    return tuple(loaded)
+
+
+def compare_trained(runs):
+    """A table of trained runs side by side: ``runs`` is [(label, eval metrics, train summary)];
+    the last column is each run's MeanRecall over the first run's (official protocol)."""
+    def recall(metrics, direction, key):
+        return metrics["official"][direction][key] * 100
+
+    first = recall(runs[0][1], "mean", "mean_recall")
+    lines = [
+        "| run | steps | training s | T2I R@1 | I2T R@1 | MeanRecall | x first |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, metrics, summary in runs:
+        mean = recall(metrics, "mean", "mean_recall")
+        lines.append(
+            f"| {label} | {summary['steps']} | {summary['step_seconds']:.0f} | {recall(metrics, 'text2image', 'r1'):.2f} | "
+            f"{recall(metrics, 'image2text', 'r1'):.2f} | {mean:.2f} | {mean / max(first, 1e-9):.2f}x |"
+        )
+    return "\n".join(lines)
