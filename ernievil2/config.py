@@ -271,6 +271,11 @@ def _schema_defaults(schema):
     }
 
 
+def default_config():
+    """Every section at its defaults (the official preprocessing and tokenizer), unvalidated."""
+    return _schema_defaults(DEFAULTS)
+
+
 def _load_file(path, schema, seen=()):
     path = os.path.abspath(path)
     if path in seen:
