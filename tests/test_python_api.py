@@ -214,3 +214,16 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_an_onnx_export_gives_the_dygraph_embeddings(tmp_path, shared_dir):
+    weights = str(shared_dir / "fixtures" / "official_ernievil2_tiny" / "model.pdparams")
+    config = load_config(str(TINY_FIXTURE_CONFIG))
+    export_model(load_model(config, weights), config, weights, str(tmp_path / "onnx"), fmt="onnx")
+    exported = ernievil2.load(tmp_path / "onnx")
+    dygraph = ernievil2.load(weights, config=config)
+    assert exported.kind == "export" and dygraph.kind == "dygraph" and exported.device == "cpu"
+    texts, images = ["一辆摩托车", "一只橘色的猫在沙发上"], [scene("红色", "方块", 48), scene("蓝色", "圆形", 60)]
+    np.testing.assert_allclose(exported.encode_text(texts).numpy(), dygraph.encode_text(texts).numpy(), atol=1e-5)
+    np.testing.assert_allclose(exported.encode_image(images).numpy(), dygraph.encode_image(images).numpy(), atol=1e-5)
+    assert exported.logit_scale == pytest.approx(dygraph.logit_scale, rel=1e-6)
