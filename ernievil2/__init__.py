@@ -7,6 +7,7 @@ from . import runtime
 
 # Before anything imports Paddle: MKL reads its thread count and code path once, at load.
 runtime.configure()
+runtime.quiet_start()
 
 _API = ("Hit", "Model", "ModelSourceError", "build_gallery", "load", "load_gallery", "search")
 
