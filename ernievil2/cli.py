@@ -61,6 +61,7 @@ def command(name):
 
 
 build_index = command("build_index")
+check_data = command("check_data")
 build_vocab = command("build_vocab")
 convert_checkpoint = command("convert_checkpoint")
 demo_report = command("demo_report")
