@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from ..iters import batched
-from .errors import DataError, SkipCounter
+from .errors import DataError, SkipCounter, split_where
 from .parallel import OrderedPool
 from .pipeline import expand_sources
 from .readers import decode_image_bytes, open_pairs
@@ -43,6 +43,11 @@ def percentiles(values, points=PERCENTILES):
     return {p: ordered[min(len(ordered) - 1, max(0, int(np.ceil(p / 100 * len(ordered))) - 1))].item() for p in points}
 
 
+def _file_order(where):
+    path, line = split_where(where)
+    return path, line or 0
+
+
 @dataclasses.dataclass
 class CorpusReport:
     """What one pass over a corpus found."""
@@ -69,7 +74,8 @@ class CorpusReport:
         if self.bad:
             out.append(f"bad records: {self.bad}")
             out += [f"  {reason}: {n}" for reason, n in self.counter.by_reason.most_common()]
-            out += [f"  {where}: {reason}" for where, reason in list(self.counter.skipped.items())[:10]]
+            located = sorted(self.counter.skipped.items(), key=lambda item: _file_order(item[0]))
+            out += [f"  {where}: {reason}" for where, reason in located[:10]]
             if self.bad > 10:
                 out.append(f"  ... {self.bad - 10} more (--report FILE lists them all)")
         else:
