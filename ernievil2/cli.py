@@ -16,12 +16,13 @@ def user_errors():
     from .checkpoint.state import CheckpointMismatchError, CheckpointReadError
     from .data.errors import DataError
     from .data.parallel import WorkerCrashError
+    from .data.sources import DataFormatError
     from .evaluation.retrieval import RetrievalInputError
     from .inference.errors import DeviceUnavailableError, ExportError, GalleryError, OptionsError
     from .registry import ConfigError
 
     return (
-        ConfigError, DataError, CheckpointMismatchError, CheckpointReadError, RetrievalInputError, WorkerCrashError,
+        ConfigError, DataError, DataFormatError, CheckpointMismatchError, CheckpointReadError, RetrievalInputError, WorkerCrashError,
         ExportError, GalleryError, OptionsError, DeviceUnavailableError, FileNotFoundError, IsADirectoryError,
         NotADirectoryError, PermissionError,
     )

@@ -2,8 +2,8 @@
 
     python tools/check_data.py -c configs/my_train.yaml                   # Data.train (and Data.val)
     python tools/check_data.py --data pairs.tsv                           # official TSV
-    python tools/check_data.py --data pairs.jsonl --format jsonl_folder
-    python tools/check_data.py --data datasets/MUGE --format chinese_clip --split train
+    python tools/check_data.py --data pairs.jsonl                         # JSONL + image files
+    python tools/check_data.py --data datasets/MUGE --split train         # Chinese-CLIP folder
 
 Prints the records read, the bad ones by reason with file:line, caption lengths in tokens
 against Tokenizer.max_len (and how many would be cut), images whose bytes repeat under another
@@ -12,15 +12,7 @@ id, repeated captions, and image sizes. Exit code 0 only when no record is bad.
 import argparse
 import time
 
-from ernievil2.data.readers import DATA_FORMATS
-
-
-def data_spec(args):
-    if args.format == "chinese_clip":
-        return {"format": "chinese_clip", "root": args.data, "split": args.split}
-    if args.format == "jsonl_folder" and args.image_root:
-        return {"format": "jsonl_folder", "path": args.data, "image_root": args.image_root}
-    return {"format": args.format, "path": args.data}
+from ernievil2.data.sources import add_data_arguments, spec_from_args
 
 
 def main(argv=None):
@@ -28,10 +20,7 @@ def main(argv=None):
     parser.add_argument("-c", "--config", help="training config: its Data.train/val, Tokenizer and Data.num_workers "
                         "(default: the official tokenizer, and --data)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
-    parser.add_argument("--data", help="a data file (or a Chinese-CLIP folder) instead of the config's Data.train/val")
-    parser.add_argument("--format", default="official_tsv", choices=DATA_FORMATS.names())
-    parser.add_argument("--split", default="train", help="split name for --format chinese_clip")
-    parser.add_argument("--image-root", help="image folder for --format jsonl_folder (default: the JSONL's folder)")
+    add_data_arguments(parser, required=False, split="train")
     parser.add_argument("--num-workers", type=int, help="decode processes (default: the config's Data.num_workers)")
     parser.add_argument("--report", help="write every bad record (where <TAB> reason) to this file")
     args = parser.parse_args(argv)
@@ -44,7 +33,7 @@ def main(argv=None):
 
     config = load_config(args.config, args.override) if args.config else default_config()
     if args.data:
-        specs = [data_spec(args)]
+        specs = [spec_from_args(args)]
     else:
         specs = [spec for spec in (config["Data"]["train"], config["Data"]["val"]) if spec is not None]
     workers = config["Data"]["num_workers"] if args.num_workers is None else args.num_workers
