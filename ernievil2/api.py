@@ -25,19 +25,18 @@ from .config import default_config, load_config
 from .data.errors import SkipCounter
 from .data.image_ops import EvalTransform
 from .data.readers import decode_image_bytes
+from .data.sources import DESCRIPTIONS, data_spec, seen_format
 from .data.tokenizer import build_tokenizer, trim_padding
 from .inference.build import build_galleries, save_galleries
 from .inference.deploy import DEPLOY_FILE
 from .inference.errors import DeviceUnavailableError
 from .inference.index import load_gallery
-from .inference.inputs import iter_image_files, iter_tsv_images
+from .inference.inputs import IMAGE_EXTENSIONS, iter_image_files, iter_pair_images
 from .inference.predictor import ExportedModel, PredictorOptions, length_sorted_batches
 from .models import build_model
 
 # A training output folder keeps the config it was trained with under this name.
 TRAIN_CONFIG = "config.yaml"
-# Suffixes of an official-format data file (text, image_id, base64) among gallery sources.
-TSV_SUFFIXES = (".tsv", ".data")
 
 
 class ModelSourceError(ValueError):
@@ -331,17 +330,19 @@ def _export_format(folder):
 
 
 def _gallery_items(images, counter):
-    """Image items from a folder, image files, or an official TSV (``text \\t image_id \\t base64``)."""
+    """Image items from a folder of images, image files, or one pair file or folder of any format (captioned)."""
     paths = [os.fspath(images)] if isinstance(images, (str, os.PathLike)) else [os.fspath(p) for p in images]
-    if len(paths) == 1 and os.path.isfile(paths[0]) and paths[0].lower().endswith(TSV_SUFFIXES):
-        return iter_tsv_images(paths[0], counter)
+    if len(paths) == 1 and not paths[0].lower().endswith(IMAGE_EXTENSIONS) and os.path.exists(paths[0]):
+        if seen_format(paths[0], "test") in DESCRIPTIONS:
+            return iter_pair_images(data_spec(paths[0]), counter)
     return iter_image_files(paths)
 
 
 def build_gallery(model, images, output=None, batch_size=None, on_error="raise"):
-    """An image :class:`~ernievil2.inference.index.Gallery` of ``images`` (a folder, image files, or an official TSV).
+    """An image :class:`~ernievil2.inference.index.Gallery` of ``images``: a folder of images, image files,
+    or pairs in any format (an official TSV, a JSONL, a Chinese-CLIP folder's ``test`` split).
 
-    Ids are the file paths (a TSV's image ids); a TSV's first caption of each image is kept as its text.
+    Ids are the file paths (the pairs' image ids); the first caption of each image is kept as its text.
     ``output``: also save it there, with the captions' own gallery (``texts/``), as ``tools/build_index.py``
     does, for ``tools/serve.py``. ``on_error="skip"`` leaves out what does not decode.
     """

@@ -227,3 +227,14 @@ def test_an_onnx_export_gives_the_dygraph_embeddings(tmp_path, shared_dir):
     np.testing.assert_allclose(exported.encode_text(texts).numpy(), dygraph.encode_text(texts).numpy(), atol=1e-5)
     np.testing.assert_allclose(exported.encode_image(images).numpy(), dygraph.encode_image(images).numpy(), atol=1e-5)
     assert exported.logit_scale == pytest.approx(dygraph.logit_scale, rel=1e-6)
+
+
+def test_a_gallery_from_pairs_keeps_their_captions(tiny, tmp_path):
+    model, _ = tiny
+    from tests.helpers import write_pairs_tsv
+
+    tsv = write_pairs_tsv(tmp_path / "pairs.tsv", 5)
+    gallery = ernievil2.build_gallery(model, tsv, output=tmp_path / "g")
+    assert gallery.ids == [f"img{i}" for i in range(5)]
+    assert all(text.startswith("一个") for text in gallery.texts)
+    assert ernievil2.load_gallery(tmp_path / "g" / "texts").size == 5

@@ -14,8 +14,7 @@ import shutil
 import sys
 
 from ernievil2.data.errors import ON_ERROR_CHOICES, SkipCounter, skip_report_path
-from ernievil2.data.readers import DATA_FORMATS
-from ernievil2.data.sources import AUTO, spec_from_args
+from ernievil2.data.sources import add_data_arguments, spec_from_args
 from ernievil2.inference.build import build_galleries, save_galleries
 from ernievil2.inference.cli import add_predictor_arguments, predictor_options
 from ernievil2.inference.errors import USER_ERRORS
@@ -30,11 +29,7 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--tsv", help="official TSV: text, image_id, base64")
     source.add_argument("--images", nargs="+", help="image files and/or folders (ids are the paths)")
-    source.add_argument("--data", help="pairs in any format (official TSV, JSONL + images, Chinese-CLIP folder)")
-    parser.add_argument("--format", default=AUTO, choices=(AUTO, *DATA_FORMATS.names()),
-                        help="the format of --data (default: recognised from it)")
-    parser.add_argument("--split", default="test", help="split name for a Chinese-CLIP folder (default: %(default)s)")
-    parser.add_argument("--image-root", help="image folder for a JSONL (default: the JSONL's folder)")
+    add_data_arguments(parser, data_group=source)
     parser.add_argument("--output", required=True, help="gallery folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing gallery folder")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -23,8 +23,12 @@ class DataFormatError(ValueError):
     """``--data`` is not what ``--format`` reads, or its format cannot be told; the message names both."""
 
 
-def add_data_arguments(parser, required=True, split="test"):
-    parser.add_argument("--data", required=required, help="pairs: an official TSV, a JSONL, or a Chinese-CLIP folder")
+def add_data_arguments(parser, required=True, split="test", data_group=None):
+    """``--data``, ``--format``, ``--split``, ``--image-root``; ``--data`` goes in ``data_group`` when given
+    (a mutually exclusive group of the tool's other sources)."""
+    (data_group or parser).add_argument(
+        "--data", required=required and data_group is None, help="pairs: an official TSV, a JSONL, or a Chinese-CLIP folder"
+    )
     parser.add_argument("--format", default=AUTO, choices=(AUTO, *DATA_FORMATS.names()),
                         help="the format of --data (default: recognised from it)")
     parser.add_argument("--split", default=split, help="split name for a Chinese-CLIP folder (default: %(default)s)")
