@@ -238,3 +238,18 @@ def test_a_gallery_from_pairs_keeps_their_captions(tiny, tmp_path):
     assert gallery.ids == [f"img{i}" for i in range(5)]
     assert all(text.startswith("一个") for text in gallery.texts)
     assert ernievil2.load_gallery(tmp_path / "g" / "texts").size == 5
+
+
+def test_a_paddlenlp_folder_loads_with_the_official_preprocessing_and_vocabulary(tmp_path, shared_dir):
+    from ernievil2.checkpoint import read_model_state
+    from ernievil2.checkpoint.paddlenlp import write_paddlenlp_dir
+
+    weights = str(shared_dir / "fixtures" / "official_ernievil2_tiny" / "model.pdparams")
+    config = load_config(str(TINY_FIXTURE_CONFIG))
+    write_paddlenlp_dir(str(tmp_path / "nlp"), config["Arch"], read_model_state(weights))
+    from_folder = ernievil2.load(tmp_path / "nlp")
+    from_weights = ernievil2.load(weights, config=config)
+    texts = ["一辆摩托车", "一只橘色的猫"]
+    np.testing.assert_allclose(from_folder.encode_text(texts).numpy(), from_weights.encode_text(texts).numpy(), atol=1e-6)
+    image = scene("黄色", "圆形", 240)
+    np.testing.assert_allclose(from_folder.encode_image(image).numpy(), from_weights.encode_image(image).numpy(), atol=1e-6)
