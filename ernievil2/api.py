@@ -24,14 +24,14 @@ from .checkpoint.paddlenlp import PADDLENLP_WEIGHTS, read_paddlenlp_dir
 from .config import default_config, load_config
 from .data.errors import SkipCounter
 from .data.image_ops import EvalTransform
-from .data.readers import decode_image_bytes
+from .data.readers import IMAGE_EXTENSIONS, decode_image_bytes
 from .data.sources import DESCRIPTIONS, data_spec, seen_format
 from .data.tokenizer import build_tokenizer, trim_padding
 from .inference.build import build_galleries, save_galleries
 from .inference.deploy import DEPLOY_FILE
 from .inference.errors import DeviceUnavailableError
 from .inference.index import load_gallery
-from .inference.inputs import IMAGE_EXTENSIONS, iter_image_files, iter_pair_images
+from .inference.inputs import iter_image_files, iter_pair_images
 from .inference.predictor import ExportedModel, PredictorOptions, length_sorted_batches
 from .models import build_model
 

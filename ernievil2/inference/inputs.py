@@ -4,10 +4,8 @@ import os
 from typing import Iterable, Iterator, List, Optional
 
 from ..data.errors import DataError, SkipCounter
-from ..data.readers import decode_image_bytes, iter_official_tsv, open_pairs
+from ..data.readers import IMAGE_EXTENSIONS, decode_image_bytes, iter_official_tsv, open_pairs
 from ..iters import batched, first_of_each
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclasses.dataclass(frozen=True)
