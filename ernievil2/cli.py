@@ -16,12 +16,13 @@ def user_errors():
     from .checkpoint.state import CheckpointMismatchError, CheckpointReadError
     from .data.errors import DataError
     from .data.parallel import WorkerCrashError
+    from .data.sources import DataFormatError
     from .evaluation.retrieval import RetrievalInputError
     from .inference.errors import DeviceUnavailableError, ExportError, GalleryError, OptionsError
     from .registry import ConfigError
 
     return (
-        ConfigError, DataError, CheckpointMismatchError, CheckpointReadError, RetrievalInputError, WorkerCrashError,
+        ConfigError, DataError, DataFormatError, CheckpointMismatchError, CheckpointReadError, RetrievalInputError, WorkerCrashError,
         ExportError, GalleryError, OptionsError, DeviceUnavailableError, FileNotFoundError, IsADirectoryError,
         NotADirectoryError, PermissionError,
     )
@@ -61,6 +62,7 @@ def command(name):
 
 
 build_index = command("build_index")
+check_data = command("check_data")
 build_vocab = command("build_vocab")
 convert_checkpoint = command("convert_checkpoint")
 demo_report = command("demo_report")

@@ -271,6 +271,17 @@ def _schema_defaults(schema):
     }
 
 
+# The official tokenizer's vocabulary, bundled with the package (ernievil2/resources/vocab).
+BUNDLED_VOCAB = "ernie-3.0-base-zh/vocab.txt"
+
+
+def default_config():
+    """Every section at its defaults, with the official preprocessing and the bundled official vocabulary; unvalidated."""
+    config = _schema_defaults(DEFAULTS)
+    config["Tokenizer"]["vocab_file"] = BUNDLED_VOCAB
+    return config
+
+
 def _load_file(path, schema, seen=()):
     path = os.path.abspath(path)
     if path in seen:

@@ -223,4 +223,30 @@ def describe():
     return f"cpu runtime: {available_cores()} cores, {cpu_vendor()}; " + ", ".join(parts) + f"; malloc: {malloc}" + late
 
 
+VERBOSE_START = "ERNIEVIL2_VERBOSE_START"
+# Start-up lines that say nothing about the user's work: Paddle's warning that ccache (a C++
+# compiler cache, for building custom operators) is missing, and faiss's INFO lines on which
+# instruction set it loaded.
+STARTUP_WARNINGS = (r"No ccache found",)
+STARTUP_LOGGERS = ("faiss.loader", "faiss")
+
+
+def quiet_start(environ=None):
+    """Silence the start-up noise of Paddle and faiss, unless ``ERNIEVIL2_VERBOSE_START=1``; returns whether it did.
+
+    Filters, not redirection: a real warning or error from either still shows.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(VERBOSE_START, "0") == "1":
+        return False
+    import logging
+    import warnings
+
+    for message in STARTUP_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    for name in STARTUP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return True
+
+
 _PADDLE_FIRST = "paddle" in sys.modules

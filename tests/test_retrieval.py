@@ -379,3 +379,37 @@ def test_cli_multi_gt_without_ids_exits_2(tmp_path):
     result = run_cli("--text-emb", text, "--image-emb", image, "--protocol", "multi_gt")
     assert result.returncode == 2
     assert "needs image ids" in result.stderr
+
+
+def test_cli_both_runs_what_the_set_allows_and_says_why_it_skipped_the_other(tmp_path):
+    f = hand_made_features()
+    assert len(f.text_emb) != len(f.image_emb)  # a caption names several images: no official pairing
+    features = tmp_path / "features.npz"
+    save_features(features, f.text_emb, f.image_emb, f.image_ids, f.text_ids, f.text_pos_indptr, f.text_pos_ids)
+    out = tmp_path / "metrics.json"
+    result = run_cli(features, "--protocol", "both", "--json", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert official_table(report["multi_gt"]) in result.stdout
+    reason = f"{len(f.text_emb)} texts for {len(f.image_emb)} images"
+    assert f"official protocol skipped: it pairs text i with image i, and this set has {reason}" in result.stdout
+    assert reason in report["official"]["skipped"]
+
+    rng = np.random.default_rng(4)
+    text, image = tmp_path / "t.npy", tmp_path / "i.npy"
+    np.save(text, unit_rows(rng, 4, 8))
+    np.save(image, unit_rows(rng, 4, 8))
+    result = run_cli("--text-emb", text, "--image-emb", image, "--protocol", "both")
+    assert result.returncode == 0, result.stderr
+    assert "multi_gt protocol skipped: it needs image ids" in result.stdout
+    assert "official protocol: 4 text-image pairs" in result.stdout
+
+
+def test_cli_a_protocol_the_set_does_not_allow_is_one_error_line(tmp_path):
+    f = hand_made_features()
+    features = tmp_path / "features.npz"
+    save_features(features, f.text_emb, f.image_emb, f.image_ids, f.text_ids, f.text_pos_indptr, f.text_pos_ids)
+    result = run_cli(features, "--protocol", "official")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the official protocol cannot score this set: it pairs text i with image i")
+    assert result.stderr.count("\n") == 1

@@ -575,3 +575,21 @@ def test_infer_search_prints_captions_where_the_gallery_has_them(capsys):
     assert lines[1].split()[2:] == ["c.jpg", "蓝裤子"]
     assert lines[2].split()[2:] == ["b.jpg"]  # no caption: nothing printed, not "None"
     assert lines[3].split()[2:] == ["a.jpg", "红色的外套"]
+
+
+@pytest.mark.parametrize("path", ["/embed/text", "/search", "/embed/image"])
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", None])
+def test_a_json_endpoint_sent_another_content_type_gets_415_naming_the_one_it_wants(client, path, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(path, content='{"text": "猫", "texts": ["猫"]}'.encode(), headers=headers)
+    assert response.status_code == 415
+    detail = response.json()["detail"]
+    assert "Content-Type: application/json" in detail
+    assert (repr(content_type) if content_type else "no Content-Type") in detail
+    assert_still_serving(client)
+
+
+def test_json_with_a_charset_is_json(client):
+    response = client.post("/search", content='{"text": "猫", "k": 2}'.encode(),
+                           headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200 and len(response.json()["results"]) == 2

@@ -145,15 +145,43 @@ def arch_from_paddlenlp_config(config):
             "attention_dropout": text.get("attention_probs_dropout_prob", 0.1),
             "act": text.get("hidden_act", "gelu"),
             "epsilon": text.get("layer_norm_eps", 1e-5),
+            "pad_id": text.get("pad_token_id", 0),
         },
     }
 
 
-def paddlenlp_config_from_arch(arch):
-    """A PaddleNLP ``ErnieViLConfig`` dict for a ViT + ERNIE ``Arch`` section."""
+def paddlenlp_refusals(arch):
+    """Why PaddleNLP's ``ErnieViLModel`` cannot compute what ``arch`` computes; empty when it can, exactly.
+
+    Everything else converts to the same weights and maths, except the text LayerNorm epsilon,
+    which PaddleNLP resets to :data:`PADDLENLP_TEXT_EPSILON` whatever its config says.
+    """
     image, text = arch["image_tower"], arch["text_tower"]
     if image.get("name") != "ViT" or text.get("name") != "ErnieText":
-        raise ValueError("PaddleNLP's ErnieViLModel has a ViT image tower and an ERNIE text tower only")
+        return ["PaddleNLP's ErnieViLModel has a ViT image tower and an ERNIE text tower only, "
+                f"this model has {image.get('name')} and {text.get('name')}"]
+    reasons = []
+    if text.get("pooler", "tanh") != "tanh":
+        reasons.append(
+            f"text_tower.pooler is {text['pooler']!r}: PaddleNLP's text features are always tanh(pooler([CLS])), "
+            "and no pooler weights give back the [CLS] output itself (PaddleNLP would start a random pooler)"
+        )
+    if not image.get("qkv_bias", True):
+        reasons.append("image_tower.qkv_bias is false: PaddleNLP's ViT attention always has q/k/v biases")
+    if image.get("act", "quick_gelu") != "quick_gelu":
+        reasons.append(f"image_tower.act is {image['act']!r}: PaddleNLP's ViT blocks use quick_gelu")
+    if image.get("in_chans", 3) != 3:
+        reasons.append(f"image_tower.in_chans is {image['in_chans']}: PaddleNLP's ViT takes 3 channels")
+    return reasons
+
+
+def paddlenlp_config_from_arch(arch):
+    """A PaddleNLP ``ErnieViLConfig`` dict for a ViT + ERNIE ``Arch`` section; a ValueError with every
+    reason when PaddleNLP cannot represent it (:func:`paddlenlp_refusals`)."""
+    reasons = paddlenlp_refusals(arch)
+    if reasons:
+        raise ValueError("PaddleNLP's ErnieViLModel cannot represent this model: " + "; ".join(reasons))
+    image, text = arch["image_tower"], arch["text_tower"]
     return {
         "architectures": ["ErnieViLModel"],
         "model_type": "ernie_vil",
@@ -181,7 +209,7 @@ def paddlenlp_config_from_arch(arch):
             "hidden_dropout_prob": text.get("hidden_dropout", 0.1),
             "attention_probs_dropout_prob": text.get("attention_dropout", 0.1),
             "layer_norm_eps": text.get("epsilon", 1e-5),
-            "pad_token_id": 0,
+            "pad_token_id": text.get("pad_id", 0),
             "type_vocab_size": 0,
             "use_task_id": False,
         },
@@ -189,6 +217,9 @@ def paddlenlp_config_from_arch(arch):
 
 
 PADDLENLP_WEIGHTS = "model_state.pdparams"
+# ErnieModel's weight initialisation sets every LayerNorm of PaddleNLP's text tower to this,
+# after ErnieViL applied config.json's layer_norm_eps: no config reaches it.
+PADDLENLP_TEXT_EPSILON = 1e-12
 
 
 def read_paddlenlp_dir(folder):
@@ -206,14 +237,80 @@ def read_paddlenlp_dir(folder):
     return arch_from_paddlenlp_config(config), paddlenlp_to_official(paddle.load(weights_path))
 
 
-def write_paddlenlp_dir(folder, arch, state):
-    """Write ``config.json`` + weights that ``ErnieViLModel.from_pretrained(folder)`` loads."""
+def paddlenlp_vocab_text(vocab_file):
+    """PaddleNLP's ``vocab.txt`` (one token a line, the line number its id) from ours (``token`` or ``token\tid`` lines).
+
+    Line for line, duplicates included: both readers give a repeated token its last line's id.
+    """
+    lines = []
+    with open(vocab_file, encoding="utf-8") as f:
+        for number, line in enumerate(f):
+            token, _, given = line.rstrip("\n").partition("\t")
+            if given and int(given) != number:
+                raise ValueError(f"{vocab_file}:{number + 1}: id {given} is not the line's (PaddleNLP numbers tokens by line)")
+            lines.append(token + "\n")
+    return "".join(lines)
+
+
+def paddlenlp_tokenizer_files(tokenizer, vocab_file):
+    """``{file name: text}`` that PaddleNLP's ``AutoTokenizer`` / ``ErnieViLTokenizer.from_pretrained`` read."""
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    config = {
+        "tokenizer_class": "ErnieViLTokenizer",
+        "do_lower_case": bool(tokenizer["do_lower_case"]),
+        "model_max_length": int(tokenizer["max_len"]),
+        **special,
+    }
+    return {
+        "vocab.txt": paddlenlp_vocab_text(vocab_file),
+        "tokenizer_config.json": json.dumps(config, indent=2),
+        "special_tokens_map.json": json.dumps(special, indent=2),
+    }
+
+
+def paddlenlp_image_processor(preprocess):
+    """PaddleNLP's ``ErnieViLImageProcessor`` settings for our evaluation preprocessing.
+
+    The sizes, mean and std are ours; PaddleNLP resizes with PIL's bicubic filter where we use
+    OpenCV's bilinear one, so its pixels differ slightly (the weights and the towers do not).
+    """
+    return {
+        "image_processor_type": "ErnieViLImageProcessor",
+        "processor_class": "ErnieViLProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": int(preprocess["resize_short"])},
+        "do_center_crop": True,
+        "crop_size": {"height": int(preprocess["image_size"]), "width": int(preprocess["image_size"])},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [float(v) for v in preprocess["mean"]],
+        "image_std": [float(v) for v in preprocess["std"]],
+        "do_convert_rgb": True,
+    }
+
+
+def write_paddlenlp_dir(folder, arch, state, tokenizer=None, vocab_file=None, preprocess=None):
+    """Write ``config.json`` + weights that ``ErnieViLModel.from_pretrained(folder)`` loads.
+
+    With ``tokenizer`` (a ``Tokenizer`` config section) and ``vocab_file``, also the tokenizer files,
+    and with ``preprocess`` (a ``Preprocess`` section) the image processor's, so that PaddleNLP's
+    ``ErnieViLProcessor.from_pretrained(folder)`` loads too. A model PaddleNLP cannot represent
+    is refused (ValueError naming why) before anything is written.
+    """
     import paddle
 
     from .state import atomic_save
 
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(paddlenlp_config_from_arch(arch), f, indent=2)
+    config = paddlenlp_config_from_arch(arch)
     converted = {k: paddle.to_tensor(v) for k, v in official_to_paddlenlp(state).items()}
+    os.makedirs(folder, exist_ok=True)
+    files = {"config.json": json.dumps(config, indent=2)}
+    if tokenizer is not None:
+        files.update(paddlenlp_tokenizer_files(tokenizer, vocab_file))
+    if preprocess is not None:
+        files["preprocessor_config.json"] = json.dumps(paddlenlp_image_processor(preprocess), indent=2)
+    for name, text in files.items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            f.write(text)
     atomic_save(converted, os.path.join(folder, PADDLENLP_WEIGHTS))

@@ -2,6 +2,7 @@
 
     python tools/build_index.py --model EXPORT --tsv test.coco_cn.data --output INDEX_DIR
     python tools/build_index.py --model EXPORT --images photos/ --output INDEX_DIR
+    python tools/build_index.py --model EXPORT --data pairs.jsonl --output INDEX_DIR    # or a Chinese-CLIP folder
 
 From an official TSV (text, image_id, base64) every image id is encoded once and every caption of a
 decodable image goes into INDEX_DIR/texts, which serves image -> text search (--no-texts skips it).
@@ -13,11 +14,12 @@ import shutil
 import sys
 
 from ernievil2.data.errors import ON_ERROR_CHOICES, SkipCounter, skip_report_path
+from ernievil2.data.sources import add_data_arguments, spec_from_args
 from ernievil2.inference.build import build_galleries, save_galleries
 from ernievil2.inference.cli import add_predictor_arguments, predictor_options
 from ernievil2.inference.errors import USER_ERRORS
 from ernievil2.inference.index import THUMBNAIL_SIZE
-from ernievil2.inference.inputs import iter_image_files, iter_tsv_images
+from ernievil2.inference.inputs import iter_image_files, iter_pair_images, iter_tsv_images
 from ernievil2.inference.predictor import ExportedModel
 
 
@@ -27,6 +29,7 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--tsv", help="official TSV: text, image_id, base64")
     source.add_argument("--images", nargs="+", help="image files and/or folders (ids are the paths)")
+    add_data_arguments(parser, data_group=source)
     parser.add_argument("--output", required=True, help="gallery folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing gallery folder")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -45,7 +48,10 @@ def build(args):
         shutil.rmtree(args.output)
     model = ExportedModel(args.model, predictor_options(args), max_len=args.max_len)
     counter = SkipCounter(args.on_error)
-    items = iter_tsv_images(args.tsv, counter) if args.tsv else iter_image_files(args.images)
+    if args.data:
+        items = iter_pair_images(spec_from_args(args), counter)
+    else:
+        items = iter_tsv_images(args.tsv, counter) if args.tsv else iter_image_files(args.images)
     images, texts = build_galleries(
         model, items, args.batch_size, counter, args.thumbnail_size, with_texts=not args.no_texts
     )

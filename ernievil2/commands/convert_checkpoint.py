@@ -15,10 +15,11 @@ import yaml
 
 import paddle
 from ernievil2.checkpoint import load_pretrained, read_model_state
-from ernievil2.checkpoint.paddlenlp import read_paddlenlp_dir, write_paddlenlp_dir
+from ernievil2.checkpoint.paddlenlp import PADDLENLP_TEXT_EPSILON, paddlenlp_config_from_arch, read_paddlenlp_dir, write_paddlenlp_dir
 from ernievil2.checkpoint.state import atomic_save
 from ernievil2.config import load_config
 from ernievil2.models import build_model
+from ernievil2.resource_files import resolve_resource
 
 
 # A ValueError here means a checkpoint or folder that is not what the command expects: a one-line error too (ernievil2.cli.run).
@@ -37,11 +38,27 @@ def to_ours(args):
 
 
 def to_paddlenlp(args):
-    arch = load_config(args.config)["Arch"]
+    config = load_config(args.config)
+    arch = config["Arch"]
+    # Refused before any weight is read: PaddleNLP would load such a folder with a part left random.
+    paddlenlp_config_from_arch(arch)
     model = build_model(arch)
     load_pretrained(model, args.source)
-    write_paddlenlp_dir(args.target, arch, read_model_state(args.source))
-    print(f"PaddleNLP folder -> {args.target} (load with ErnieViLModel.from_pretrained)")
+    tokenizer = config["Tokenizer"]
+    write_paddlenlp_dir(
+        args.target, arch, read_model_state(args.source), tokenizer,
+        resolve_resource(tokenizer["vocab_file"], config), config["Preprocess"],
+    )
+    print(
+        f"PaddleNLP folder -> {args.target}: the same weights and towers (load with ErnieViLModel.from_pretrained; "
+        "its tokenizer and ErnieViLProcessor with from_pretrained too)"
+    )
+    epsilon = arch["text_tower"].get("epsilon", 1e-5)
+    if epsilon != PADDLENLP_TEXT_EPSILON:
+        print(
+            f"note: PaddleNLP runs the text tower's LayerNorms at epsilon {PADDLENLP_TEXT_EPSILON:g} whatever config.json "
+            f"says (this model: {epsilon:g}); its unit text embeddings differ from ours by about 1e-5"
+        )
 
 
 def main(argv=None):

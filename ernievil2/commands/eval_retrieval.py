@@ -75,9 +75,13 @@ def load_inputs(paths):
 def run(parser, args):
     paths = input_paths(parser, args)
     text_emb, image_emb, features = load_inputs(paths)
-    protocols = ["official", "multi_gt"] if args.protocol == "both" else [args.protocol]
-    if "multi_gt" in protocols and features is None:
-        parser.error("--protocol multi_gt needs image ids: give a features .npz from tools/extract_features.py")
+    wanted = ["official", "multi_gt"] if args.protocol == "both" else [args.protocol]
+    obstacles = {p: retrieval.protocol_obstacle(p, len(text_emb), len(image_emb), features is not None) for p in wanted}
+    protocols = [p for p in wanted if obstacles[p] is None]
+    if not protocols:
+        raise retrieval.RetrievalInputError(
+            "; ".join(f"the {p} protocol cannot score this set: {obstacles[p]}" for p in wanted)
+        )
     if args.normalize:
         retrieval.normalize_rows_(text_emb)
         retrieval.normalize_rows_(image_emb)
@@ -91,6 +95,11 @@ def run(parser, args):
             )
 
     report = {}
+    for protocol in wanted:
+        if obstacles[protocol] is not None:
+            print(f"{protocol} protocol skipped: {obstacles[protocol]}")
+            print()
+            report[protocol] = {"skipped": obstacles[protocol]}
     for protocol in protocols:
         if protocol == "official":
             metrics = retrieval.evaluate_official(text_emb, image_emb, args.block_size)

@@ -6,6 +6,8 @@
         --classes demo_data/fashion_scenes_cn/zeroshot_garment_classes.txt \
         --templates demo_data/fashion_scenes_cn/zeroshot_templates.txt --json zeroshot.json
 
+    python tools/eval_zeroshot.py -c CONFIG --weights CKPT --data photos_by_class/   # a folder per class
+
 IMAGES is an ``image_id \\t base64`` TSV (the Chinese-CLIP image file), LABELS an
 ``image_id \\t label`` TSV, CLASSES one class a line (``name`` or ``id \\t name``),
 TEMPLATES one prompt a line with ``{}`` for the name (default: a Chinese set shipped
@@ -66,26 +68,38 @@ def batch_settings(args, config):
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
-    parser.add_argument("--images", required=True, help="image_id<TAB>base64 TSV")
-    parser.add_argument("--labels", required=True, help="image_id<TAB>label TSV (a label is a class id, or its name when the classes have no ids)")
-    parser.add_argument("--classes", required=True, help="class names, one a line: name, or id<TAB>name")
+    parser.add_argument("--data", help="a folder per class: each sub-folder's name is a class name, its images that class's "
+                        "(instead of --images, --labels and --classes)")
+    parser.add_argument("--images", help="image_id<TAB>base64 TSV")
+    parser.add_argument("--labels", help="image_id<TAB>label TSV (a label is a class id, or its name when the classes have no ids)")
+    parser.add_argument("--classes", help="class names, one a line: name, or id<TAB>name")
     parser.add_argument("--top-confused", type=positive_int, default=10, help="most confused pairs to list (default %(default)s)")
     parser.add_argument("--json", help="write the report here")
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    files = (args.images, args.labels, args.classes)
+    if bool(args.data) == any(files) or not (args.data or all(files)):
+        parser.error("give --data FOLDER (a folder per class), or --images, --labels and --classes")
     from ernievil2.data.errors import skip_report_path
     from ernievil2.evaluation.classify import evaluate_zeroshot
     from ernievil2.evaluation.zeroshot import format_report
 
-    for path in (args.images, args.labels, args.classes, args.templates):
+    for path in (*files, args.templates):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"file not found: {path}")
+    if args.data and not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data}: expected a folder holding a sub-folder of images per class, "
+                         "got a file (an image TSV goes with --images, --labels and --classes)")
     config, model, tokenizer, transform = load_model(args)
     batch, workers = batch_settings(args, config)
-    spec = {"images": args.images, "labels": args.labels, "classes": args.classes, "templates": args.templates}
+    if args.data:
+        spec = {"folder": args.data, "templates": args.templates}
+    else:
+        spec = {"images": args.images, "labels": args.labels, "classes": args.classes, "templates": args.templates}
     started = time.time()
     report, counter = evaluate_zeroshot(model, tokenizer, transform, spec, batch, workers, args.on_error, n_confused=args.top_confused)
     report["seconds"] = round(time.time() - started, 2)

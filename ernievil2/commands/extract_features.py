@@ -19,7 +19,7 @@ from ernievil2.checkpoint import load_pretrained
 from ernievil2.config import load_config
 from ernievil2.data.errors import skip_report_path
 from ernievil2.data.image_ops import EvalTransform
-from ernievil2.data.readers import DATA_FORMATS
+from ernievil2.data.sources import add_data_arguments, spec_from_args
 from ernievil2.data.tokenizer import build_tokenizer
 from ernievil2.evaluation.embed import embed_split
 from ernievil2.evaluation.retrieval import save_features
@@ -28,12 +28,6 @@ from ernievil2.models import build_model
 
 # A ValueError here means a bad data file or spec: a one-line error too (ernievil2.cli.run).
 USER_ERRORS = (ValueError,)
-
-
-def data_spec(args):
-    if args.format == "chinese_clip":
-        return {"format": "chinese_clip", "root": args.data, "split": args.split}
-    return {"format": args.format, "path": args.data}
 
 
 def write_official_txt(path, features):
@@ -48,9 +42,7 @@ def main(argv=None):
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
     parser.add_argument("--weights", required=True, help="official .pdparams, PaddleNLP folder, or our checkpoint")
-    parser.add_argument("--data", required=True, help="data file (or Chinese-CLIP folder)")
-    parser.add_argument("--format", default="official_tsv", choices=DATA_FORMATS.names())
-    parser.add_argument("--split", default="test", help="split name for --format chinese_clip")
+    add_data_arguments(parser)
     parser.add_argument("--output", required=True, help="features .npz")
     parser.add_argument("--official-txt", help="also write the official embedding text format here")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -64,7 +56,7 @@ def main(argv=None):
     started = time.time()
     features, counter = embed_split(
         model,
-        data_spec(args),
+        spec_from_args(args),
         build_tokenizer(config),
         EvalTransform.from_config(config["Preprocess"]),
         args.batch_size or config["Eval"]["batch_size"],

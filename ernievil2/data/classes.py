@@ -8,15 +8,17 @@ the name goes. Blank lines are ignored in both. Errors are :class:`DataError`
 naming the file and line. Formats: docs/data_format.md.
 """
 import dataclasses
+import os
 from typing import Dict, Tuple
 
 from ..resource_files import resolve_resource
 from .errors import DataError
-from .readers import UTF8_BOM
+from .readers import IMAGE_EXTENSIONS, UTF8_BOM, LabelledImage
 
 SLOT = "{}"
-# What a zero-shot set is made of (Eval.zeroshot, tools/eval_zeroshot.py); templates may be left out.
-ZEROSHOT_KEYS = ("images", "labels", "classes", "templates")
+# What a zero-shot set is made of (Eval.zeroshot, tools/eval_zeroshot.py): three files, or a folder
+# holding a sub-folder of images per class; templates may be left out.
+ZEROSHOT_KEYS = ("images", "labels", "classes", "folder", "templates")
 REQUIRED_ZEROSHOT_KEYS = ("images", "labels", "classes")
 DEFAULT_TEMPLATES = "templates_zh.txt"
 
@@ -78,6 +80,27 @@ def read_class_names(path) -> ClassList:
     return ClassList(str(path), tuple(names), tuple(labels), tuple(first_line.values()))
 
 
+def read_class_folders(root) -> ClassList:
+    """The classes of a folder per class: each sub-folder's name is a class name (sorted)."""
+    if not os.path.isdir(root):
+        raise DataError(root, None, "not a folder: a zero-shot folder holds one sub-folder of images per class")
+    names = tuple(sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
+    if not names:
+        raise DataError(root, None, "no class folders: a zero-shot folder holds one sub-folder of images per class")
+    return ClassList(str(root), names, names, tuple(0 for _ in names))
+
+
+def iter_class_folder_images(root, classes: ClassList):
+    """Labelled images of a folder per class, class by class, files sorted (searched recursively)."""
+    for name in classes.names:
+        for folder, dirs, files in os.walk(os.path.join(root, name)):
+            dirs.sort()
+            for file in sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)):
+                path = os.path.join(folder, file)
+                with open(path, "rb") as f:
+                    yield LabelledImage(path, f.read(), name, path, path)
+
+
 def read_templates(path=None):
     """Prompt templates of ``path``, or the default Chinese set shipped in ernievil2/resources/zeroshot/."""
     if path is None:
@@ -100,9 +123,13 @@ def check_zeroshot_spec(spec):
     for key in spec:
         if key not in ZEROSHOT_KEYS:
             raise ValueError(f"unknown key {key!r}; allowed keys: {', '.join(ZEROSHOT_KEYS)}")
-    for key in REQUIRED_ZEROSHOT_KEYS:
+    if "folder" in spec:
+        mixed = [key for key in REQUIRED_ZEROSHOT_KEYS if key in spec]
+        if mixed:
+            raise ValueError(f"give 'folder' (a folder per class) or images, labels and classes, not both (also: {', '.join(mixed)})")
+    for key in () if "folder" in spec else REQUIRED_ZEROSHOT_KEYS:
         if key not in spec:
-            raise ValueError(f"missing key {key!r} (the {key} file)")
+            raise ValueError(f"missing key {key!r} (the {key} file; or 'folder', a folder per class)")
     for key, value in spec.items():
         if not (isinstance(value, str) and value) and not (key == "templates" and value is None):
             raise ValueError(f"{key!r} must be a file path, got {value!r}")

@@ -43,6 +43,8 @@ BASE64_FIELD = re.compile(r"[A-Za-z0-9+/\-_]+={0,2}")
 MIN_IMAGE_SIDE = 2
 # The smallest valid JPEG or PNG takes well over this many base64 characters.
 MIN_IMAGE_BASE64 = 64
+# Image files a folder is searched for (galleries, zero-shot folders per class).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ does), and scores them. Used by ``tools/eval_zeroshot.py``,
 import numpy as np
 import paddle
 
-from ..data.classes import check_zeroshot_spec, read_class_names, read_templates
+from ..data.classes import check_zeroshot_spec, iter_class_folder_images, read_class_folders, read_class_names, read_templates
 from ..data.errors import DataError, SkipCounter, split_where
 from ..data.parallel import OrderedPool
 from ..data.readers import iter_labelled_images
@@ -62,11 +62,14 @@ def _known_labels(records, classes, counter):
 def evaluate_zeroshot(model, tokenizer, transform, spec, batch_size=64, num_workers=0, on_error="raise", printer=print, n_confused=10):
     """The zero-shot report (:func:`zeroshot.zeroshot_report`) of the labelled image set ``spec``, and its SkipCounter."""
     check_zeroshot_spec(spec)
-    classes = read_class_names(spec["classes"])
+    classes = read_class_folders(spec["folder"]) if "folder" in spec else read_class_names(spec["classes"])
     templates = read_templates(spec.get("templates"))
     class_emb = encode_classes(model, tokenizer, classes.names, templates)
     counter = SkipCounter(on_error)
-    records = _known_labels(iter_labelled_images(spec["images"], spec["labels"], counter), classes, counter)
+    if "folder" in spec:
+        records = iter_class_folder_images(spec["folder"], classes)
+    else:
+        records = _known_labels(iter_labelled_images(spec["images"], spec["labels"], counter), classes, counter)
     index = classes.index
     embeddings, labels = [], []
     progress = Progress("zero-shot images", printer=printer)
@@ -80,7 +83,8 @@ def evaluate_zeroshot(model, tokenizer, transform, spec, batch_size=64, num_work
     finally:
         pool.close()
     if not labels:
-        raise DataError(spec["labels"], None, "no image to evaluate: every record was skipped or the file is empty")
+        source = spec.get("labels") or spec["folder"]
+        raise DataError(source, None, "no image to evaluate: every record was skipped, or there is none")
     scores = np.concatenate(embeddings) @ class_emb.T
     report = zeroshot_report(scores, labels, classes.labels, n_confused)
     report.update(templates=len(templates), skipped=counter.total)

@@ -348,6 +348,18 @@ def evaluate_official(text_emb, image_emb, block_size=DEFAULT_BLOCK_SIZE):
     return evaluate_pairs(text_emb, image_emb, one_to_one_pairs(len(text_emb)), block_size)
 
 
+def protocol_obstacle(protocol, n_texts, n_images, has_ids):
+    """Why ``protocol`` cannot score this set (None when it can)."""
+    if protocol == "official" and n_texts != n_images:
+        return (
+            f"it pairs text i with image i, and this set has {n_texts} texts for {n_images} images "
+            "(a caption names several images, or the images are listed once each)"
+        )
+    if protocol == "multi_gt" and not has_ids:
+        return "it needs image ids: give a features .npz from tools/extract_features.py"
+    return None
+
+
 def evaluate_multi_gt(features, block_size=DEFAULT_BLOCK_SIZE):
     """Multi-ground-truth protocol over images deduplicated by id."""
     gallery_rows, pairs = dedup_gallery(

@@ -4,10 +4,8 @@ import os
 from typing import Iterable, Iterator, List, Optional
 
 from ..data.errors import DataError, SkipCounter
-from ..data.readers import decode_image_bytes, iter_official_tsv
+from ..data.readers import IMAGE_EXTENSIONS, decode_image_bytes, iter_official_tsv, open_pairs
 from ..iters import batched, first_of_each
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +49,12 @@ def iter_image_files(paths) -> Iterator[ImageItem]:
 def iter_tsv_images(path, counter: Optional[SkipCounter] = None) -> Iterator[ImageItem]:
     """One item per line of an official ``text \\t image_id \\t base64`` TSV (images may repeat)."""
     for record in iter_official_tsv(path, counter or SkipCounter("raise")):
+        yield ImageItem(record.image_id, record.image, record.image_where, record.text)
+
+
+def iter_pair_images(spec, counter: Optional[SkipCounter] = None) -> Iterator[ImageItem]:
+    """One item per pair of any data format (a reader spec, :mod:`ernievil2.data.sources`), captioned."""
+    for record in open_pairs(spec, counter or SkipCounter("raise")):
         yield ImageItem(record.image_id, record.image, record.image_where, record.text)
 
 

@@ -189,6 +189,23 @@ def json_error_message(error):
     return f"malformed JSON at character {error['loc'][-1]}: {error.get('ctx', {}).get('error', error['msg'])}"
 
 
+def is_json_media_type(content_type):
+    """``application/json`` or a ``+json`` type, parameters (``; charset=utf-8``) aside."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def json_body_refusal(content_type):
+    """The 415 reason for a JSON endpoint's request sent as another content type; None for JSON."""
+    if is_json_media_type(content_type):
+        return None
+    seen = f"got {content_type!r}" if content_type else "the request has no Content-Type"
+    return (
+        f"this endpoint takes a JSON body with Content-Type: application/json ({seen}); "
+        "with curl: -H 'Content-Type: application/json' -d '{...}'"
+    )
+
+
 def validation_message(errors):
     """A one-line reason from pydantic errors: ``body.texts.0: Input should be a valid string``."""
     return "; ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in errors[:5])
@@ -353,6 +370,11 @@ def create_app(model, image_gallery, text_gallery=None, settings=None):
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError):
         errors = err.errors()
+        if any(e["loc"][:1] == ("body",) for e in errors):
+            # FastAPI reads a body as JSON only when it is declared so: curl -d alone sends a form.
+            refusal = json_body_refusal(request.headers.get("content-type", ""))
+            if refusal:
+                return JSONResponse({"detail": refusal}, status_code=415)
         invalid_json = [e for e in errors if e["type"] == "json_invalid"]
         if invalid_json:
             return JSONResponse({"detail": json_error_message(invalid_json[0])}, status_code=400)
