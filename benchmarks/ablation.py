@@ -49,42 +49,49 @@ NO_AUGMENT = {"Augment": {"image_size": 64, "resize_short": 64, "blur": None}}
 # Same-caption rows of one batch are each other's positives, not negatives: the demo's
 # train images are all distinct, but 348 of its captions repeat exactly.
 SAME = {"same_caption": True}
+
+
+def terms(pairs, *others, **loss):
+    """A ``Loss`` section but its temperature: an info_nce term over ``pairs`` (none when empty), then ``others``."""
+    return {**loss, "terms": ([{"name": "info_nce", "pairs": pairs}] if pairs else []) + list(others)}
+
+
 PRESETS = {
     "multiview": [
-        ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
-        ("+ image-image, text-text", {"pairs": INTRA}, {}),
-        ("+ tag view", {"pairs": TAG}, {}),
-        ("full table", {"pairs": FULL}, {}),
+        ("single-view image-text", terms(SINGLE), NO_AUGMENT),
+        ("+ image-image, text-text", terms(INTRA), {}),
+        ("+ tag view", terms(TAG), {}),
+        ("full table", terms(FULL), {}),
     ],
     # The first and last rows of "multiview" over a longer horizon (with --eval-every: curves).
     "horizon": [
-        ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
-        ("full table", {"pairs": FULL}, {}),
+        ("single-view image-text", terms(SINGLE), NO_AUGMENT),
+        ("full table", terms(FULL), {}),
     ],
     # The full table with half of each image view's patches against every patch. The faster row first:
     # with --eval-every, the slower one is read at its training time.
     "patchdrop": [
-        ("full table, 50% of patches", {"pairs": FULL}, KEEP_HALF),
-        ("full table, every patch", {"pairs": FULL}, {}),
+        ("full table, 50% of patches", terms(FULL), KEEP_HALF),
+        ("full table, every patch", terms(FULL), {}),
     ],
     # On the intra-modal table: single-view image-text training at batch 16 stays
     # near chance at these budgets, which would leave nothing to compare.
     "queue": [
-        ("in-batch negatives", {"pairs": INTRA}, {}),
-        ("+ queue as extra negatives (K=4096)", {"pairs": INTRA, "momentum_queue": {**QUEUE, "mode": "extra_negatives"}}, {}),
-        ("+ BriVL queue term (K=4096)", {"pairs": INTRA, "momentum_queue": {**QUEUE, "mode": "brivl"}}, {}),
+        ("in-batch negatives", terms(INTRA), {}),
+        ("+ queue as extra negatives (K=4096)", terms(INTRA, {"name": "momentum_queue", **QUEUE, "mode": "extra_negatives"}), {}),
+        ("+ BriVL queue term (K=4096)", terms(INTRA, {"name": "momentum_queue", **QUEUE, "mode": "brivl"}), {}),
     ],
     # Loss.positives on the single-view table; run with --config configs/demo/single_view.yaml.
     "positives": [
-        ("baseline", {"pairs": SINGLE}, {}),
-        ("masked", {"pairs": SINGLE, "positives": {"mode": "masked", **SAME}}, {}),
-        ("multi_positive", {"pairs": SINGLE, "positives": {"mode": "multi_positive", **SAME}}, {}),
+        ("baseline", terms(SINGLE), {}),
+        ("masked", terms(SINGLE, positives={"mode": "masked", **SAME}), {}),
+        ("multi_positive", terms(SINGLE, positives={"mode": "multi_positive", **SAME}), {}),
     ],
     # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
     "sigmoid": [
-        ("InfoNCE", {"pairs": SINGLE}, NO_AUGMENT),
-        ("sigmoid (SigLIP)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE, "bias_init": -10.0}]}, NO_AUGMENT),
-        ("sigmoid, bias from -ln(batch)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE, "bias_init": "auto"}]}, NO_AUGMENT),
+        ("InfoNCE", terms(SINGLE), NO_AUGMENT),
+        ("sigmoid (SigLIP)", terms([], {"name": "sigmoid", "pairs": SINGLE, "bias_init": -10.0}), NO_AUGMENT),
+        ("sigmoid, bias from -ln(batch)", terms([], {"name": "sigmoid", "pairs": SINGLE, "bias_init": "auto"}), NO_AUGMENT),
     ],
 }
 
@@ -111,7 +118,7 @@ def train_once(name, loss, seed, steps, args, extra=None, multi_gt=False):
         "Tokenizer.vocab_file": os.path.join(args.data, "vocab.txt"),
         "Data.train": {"format": "official_tsv", "path": os.path.join(args.data, "train.tsv")},
         "Data.val": {"format": "official_tsv", "path": os.path.join(args.data, "test.tsv")},
-        "Loss": {"name": "MultiViewContrastive", "temperature": {"init": 0.07, "learnable": True, "max_logit_scale": 100}, **loss},
+        "Loss": {"temperature": {"init": 0.07, "learnable": True, "max_logit_scale": 100}, **loss},
         **(extra or {}),
     }
     cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), "-c", args.config]

@@ -34,7 +34,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import ernievil2  # noqa: E402,F401  (CPU runtime before Paddle loads)
-from ablation import SINGLE, mean_std, override, train_once  # noqa: E402
+from ablation import SINGLE, mean_std, override, terms, train_once  # noqa: E402
 
 DATA = os.path.join(REPO, "demo_data", "fashion_scenes_cn")
 
@@ -131,7 +131,7 @@ def compare(args):
             result["equal_time"].append(plain)
         for name in (r for r in args.rows if r in ROWS):
             args.config = os.path.join(REPO, args.table_config if name == "table" else ROWS[name])
-            loss = {"pairs": SINGLE} if name == "single-view" else load_loss(args.config)
+            loss = terms(SINGLE) if name == "single-view" else load_loss(args.config)
             ours = train_once(f"ours {name}", loss, seed, args.steps, args, extra)
             print(json.dumps(ours), flush=True)
             result["equal_samples"].append(ours)
@@ -187,7 +187,6 @@ def load_loss(config_path):
     from ernievil2.config import load_config
 
     loss = dict(load_config(config_path)["Loss"])
-    loss.pop("name", None)
     loss.pop("temperature", None)
     return loss
 

@@ -11,7 +11,7 @@ its own high-water mark), on the same random batch (images ~ N(0, 1), ids =
 full text length):
 
 - ``ours, single-view``: ``train_step`` on one image view and one text view
-  with a one-pair ``MultiViewContrastiveLoss`` (= the CLIP loss), then the
+  with a one-pair ``info_nce`` loss term (= the CLIP loss), then the
   AdamW step of ``build_optimizer``.
 - ``PaddleNLP, CLIP loss``: ``ErnieViLModel`` (same architecture, our initial
   weights converted with ``official_to_paddlenlp``), symmetric cross-entropy
@@ -223,14 +223,14 @@ def our_setup(config, model, inputs, case):
 
     from ernievil2.engine.optim import build_optimizer
     from ernievil2.engine.steps import batch_to_tensors, train_step
-    from ernievil2.losses.multiview import MultiViewContrastiveLoss
+    from ernievil2.losses import build_loss
 
-    loss_fn = MultiViewContrastiveLoss(case.pairs)
+    loss_fn = build_loss({"terms": [{"name": "info_nce", "pairs": case.pairs}]})
     optimizer = build_optimizer(model, config["Optimizer"])
     batch = batch_to_tensors(inputs)
 
     def step():
-        terms = train_step(model, loss_fn, batch, loss_fn.required_views, patch_keep=case.patch_keep)
+        terms = train_step(model, loss_fn, batch, loss_fn.needs.views, patch_keep=case.patch_keep)
         middle = time.perf_counter()
         optimizer.step()
         optimizer.clear_grad()

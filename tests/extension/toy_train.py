@@ -8,6 +8,7 @@ import argparse
 import sys
 
 import paddle.nn as nn
+from own_scale_term import OwnScaleInfoNCE  # this script's folder: the project's own module
 
 from ernievil2 import cli
 from ernievil2.losses import LOSS_TERMS, pairwise_term
@@ -33,6 +34,7 @@ def cosine_distance(a, b, logit_scale, a_all, b_all, rank):
 
 IMAGE_TOWERS.register("ToyImage", ToyImageTower)
 LOSS_TERMS.register("cosine_distance", pairwise_term("cosine_distance", cosine_distance))
+LOSS_TERMS.register("own_scale_info_nce", OwnScaleInfoNCE)
 
 
 def main(argv=None):
