@@ -1,15 +1,15 @@
 """The multi-view ablation (and the momentum-queue comparison) on FashionScenes-CN.
 
-    python benchmarks/ablation.py --preset multiview --seeds 0 1 2 --steps 100 --equal-time
-    python benchmarks/ablation.py --preset queue --seeds 0 1 2 --steps 800 --batch 16
-    python benchmarks/ablation.py --preset horizon --steps 304 --batch 128 --lr 1e-3 \
+    python -m benchmarks.ablation --preset multiview --seeds 0 1 2 --steps 100 --equal-time
+    python -m benchmarks.ablation --preset queue --seeds 0 1 2 --steps 800 --batch 16
+    python -m benchmarks.ablation --preset horizon --steps 304 --batch 128 --lr 1e-3 \
         --set Optimizer.min_lr_ratio=1.0 --eval-every 38
-    python benchmarks/ablation.py --preset positives --config configs/demo/single_view.yaml \
+    python -m benchmarks.ablation --preset positives --config configs/demo/single_view.yaml \
         --rows 1 --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0 --multi-gt
-    python benchmarks/ablation.py --preset sigmoid --config configs/demo/single_view.yaml --rows 1 \
+    python -m benchmarks.ablation --preset sigmoid --config configs/demo/single_view.yaml --rows 1 \
         --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0
-    python benchmarks/ablation.py --preset patchdrop --rows 1 --seeds 0 --out runs/r1s0.json ...
-    python benchmarks/ablation.py --preset patchdrop --report runs/*.json ...
+    python -m benchmarks.ablation --preset patchdrop --rows 1 --seeds 0 --out runs/r1s0.json ...
+    python -m benchmarks.ablation --preset patchdrop --report runs/*.json ...
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
 batch, steps and seeds; only ``Loss`` differs), then evaluates on the test split

@@ -1,9 +1,9 @@
 """Training step time on CPU: our single- and multi-view steps against PaddleNLP's ErnieViLModel, with MFU.
 
-    python benchmarks/bench_train_step.py                         # base, batch 8: several minutes; run it alone
-    python benchmarks/bench_train_step.py --arch tiny --repeats 2 # quick check of the whole chain
-    python benchmarks/bench_train_step.py --only ours_single paddlenlp_single --rounds 3  # settle one ratio
-    python benchmarks/bench_train_step.py --only ours_single ours_multiview ours_multiview_keep50 --repeats 2  # patch dropout
+    python -m benchmarks.bench_train_step                         # base, batch 8: several minutes; run it alone
+    python -m benchmarks.bench_train_step --arch tiny --repeats 2 # quick check of the whole chain
+    python -m benchmarks.bench_train_step --only ours_single paddlenlp_single --rounds 3  # settle one ratio
+    python -m benchmarks.bench_train_step --only ours_single ours_multiview ours_multiview_keep50 --repeats 2  # patch dropout
 
 Configurations, each in a fresh child process (so every peak-memory figure is
 its own high-water mark), on the same random batch (images ~ N(0, 1), ids =
@@ -67,7 +67,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from benchmarks.common import load_average, print_table  # noqa: E402
 
@@ -404,7 +403,7 @@ def pooled(runs):
 
 def run_child(name, args):
     command = [
-        sys.executable, __file__, "--child", name, "--arch", args.arch, "--batch", str(args.batch),
+        sys.executable, "-m", "benchmarks.bench_train_step", "--child", name, "--arch", args.arch, "--batch", str(args.batch),
         "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--text-len", str(args.text_len), "--tag-len", str(args.tag_len), "--threads", str(args.threads),
     ]
     print(f"running {CASES[name].label} (load {load_average():.2f}) ...", flush=True)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from ernievil2.commands.eval_zeroshot import add_model_arguments, batch_settings, load_model
+from ernievil2.commands import add_model_arguments, batch_settings, data_spec, positive_int, trained_model
 
 # Bad files or arguments: one line and exit code 2 (ernievil2.cli.run).
 USER_ERRORS = (ValueError,)
@@ -40,7 +40,6 @@ def probability(text):
 
 
 def build_parser():
-    from ernievil2.commands.eval_zeroshot import positive_int
     from ernievil2.data.readers import DATA_FORMATS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,12 +58,6 @@ def build_parser():
     parser.add_argument("--evaluate", action="store_true", help="score the tags against the input's own tags")
     parser.add_argument("--json", help="write the run's summary (and --evaluate's scores) here")
     return parser
-
-
-def data_spec(args):
-    if args.format == "chinese_clip":
-        return {"format": "chinese_clip", "root": args.data, "split": args.split}
-    return {"format": args.format, "path": args.data}
 
 
 def check_vocab(vocab):
@@ -128,7 +121,7 @@ def main(argv=None):
         batch, workers = args.batch_size or 64, args.num_workers or 0
     else:
         templates = read_templates(args.templates)
-        config, model, tokenizer, transform = load_model(args)
+        config, model, tokenizer, transform = trained_model(args)
         batch, workers = batch_settings(args, config)
         probabilities = zeroshot_tagger(model, tokenizer, vocab, templates)
     counter = SkipCounter(args.on_error)
