@@ -1,8 +1,9 @@
-"""A tower and a loss term from outside the package, through the registries alone, train a step."""
+"""A tower, loss terms and a data format from outside the package, through the registries alone, train."""
 import math
 import subprocess
 import sys
 
+import cv2
 import paddle
 import pytest
 import yaml
@@ -10,7 +11,7 @@ import yaml
 from ernievil2.config import load_config
 from ernievil2.registry import ConfigError
 from tests.conftest import REPO
-from tests.helpers import write_pairs_tsv, write_train_config
+from tests.helpers import COLOURS, SHAPES, scene, write_pairs_tsv, write_train_config
 
 TOY_TOWER = {"name": "ToyImage", "img_size": 32, "out_dim": 32}
 TOY_TERM = {"name": "cosine_distance", "pairs": [["image_v1", "text_v1", 0.5]]}
@@ -75,3 +76,26 @@ def test_a_term_with_its_own_parameter_keys_and_log_line_is_one_file_and_one_reg
         result = run_toy_train(write_train_config(tmp_path, train, Loss=bad))
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_a_registered_data_format_feeds_training_and_its_spec_is_checked_at_load(tmp_path):
+    """toy_train.py's caption_folder: the spec's keys are checked against its signature, a bad record is skipped and counted."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i in range(9):
+        colour, shape = list(COLOURS)[i % 4], SHAPES[i % 2]
+        cv2.imwrite(str(folder / f"p{i}.jpg"), cv2.cvtColor(scene(colour, shape), cv2.COLOR_RGB2BGR))
+        if i != 4:
+            (folder / f"p{i}.txt").write_text(f"一个{colour}的{shape}\n", encoding="utf-8")
+    data = {"train": {"format": "caption_folder", "folder": str(folder)}, "on_error": "skip", "num_workers": 0, "shuffle_buffer": 0}
+    config = write_train_config(tmp_path, tmp_path / "unused.tsv", Data=data, Train={"max_steps": 2, "save_every": 0})
+    result = run_toy_train(config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step 2/2" in (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
+    skipped = (tmp_path / "out" / "skipped.tsv").read_text(encoding="utf-8")
+    assert "p4.jpg" in skipped and "no caption file p4.txt beside it" in skipped
+
+    data["train"] = {"format": "caption_folder", "foldr": str(folder)}
+    result = run_toy_train(write_train_config(tmp_path, tmp_path / "unused.tsv", Data=data))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "Data.train: unknown key 'foldr' in 'caption_folder' data spec; allowed keys: folder; did you mean 'folder'?" in result.stderr
