@@ -1,16 +1,16 @@
 """The multi-view ablation (and the momentum-queue comparison) on FashionScenes-CN.
 
-    python benchmarks/ablation.py --preset multiview --seeds 0 1 2 --steps 100 --equal-time
-    python benchmarks/ablation.py --preset queue --seeds 0 1 2 --steps 800 --batch 16
-    python benchmarks/ablation.py --preset horizon --steps 304 --batch 128 --lr 1e-3 \
+    python -m benchmarks.ablation --preset multiview --seeds 0 1 2 --steps 100 --equal-time
+    python -m benchmarks.ablation --preset queue --seeds 0 1 2 --steps 800 --batch 16
+    python -m benchmarks.ablation --preset horizon --steps 304 --batch 128 --lr 1e-3 \
         --set Optimizer.min_lr_ratio=1.0 --eval-every 38
-    python benchmarks/ablation.py --preset positives --config configs/demo/single_view.yaml \
+    python -m benchmarks.ablation --preset positives --config configs/demo/single_view.yaml \
         --rows 1 --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0 --multi-gt
-    python benchmarks/ablation.py --preset sigmoid --config configs/demo/single_view.yaml --rows 1 \
+    python -m benchmarks.ablation --preset sigmoid --config configs/demo/single_view.yaml --rows 1 \
         --seeds 0 --steps 152 --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0
-    python benchmarks/ablation.py --preset patchdrop --rows 1 --seeds 0 --out runs/r1s0.json ...
-    python benchmarks/ablation.py --preset patchdrop --report runs/*.json ...
-    python benchmarks/ablation.py --preset noisy --data demo_data/noisy40 --rows 0 1 --seeds 0 1 2 --steps 152 \
+    python -m benchmarks.ablation --preset patchdrop --rows 1 --seeds 0 --out runs/r1s0.json ...
+    python -m benchmarks.ablation --preset patchdrop --report runs/*.json ...
+    python -m benchmarks.ablation --preset noisy --data demo_data/noisy40 --rows 0 1 --seeds 0 1 2 --steps 152 \
         --batch 128 --lr 1e-3 --set Optimizer.min_lr_ratio=1.0 --eval-every 38
 
 Every row trains the demo model from scratch with ``tools/train.py`` (same data,
@@ -52,54 +52,61 @@ NO_AUGMENT = {"Augment": {"image_size": 64, "resize_short": 64, "blur": None}}
 # Same-caption rows of one batch are each other's positives, not negatives: the demo's
 # train images are all distinct, but 348 of its captions repeat exactly.
 SAME = {"same_caption": True}
+
+
+def terms(pairs, *others, **loss):
+    """A ``Loss`` section but its temperature: an info_nce term over ``pairs`` (none when empty), then ``others``."""
+    return {**loss, "terms": ([{"name": "info_nce", "pairs": pairs}] if pairs else []) + list(others)}
+
+
 PRESETS = {
     "multiview": [
-        ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
-        ("+ image-image, text-text", {"pairs": INTRA}, {}),
-        ("+ tag view", {"pairs": TAG}, {}),
-        ("full table", {"pairs": FULL}, {}),
+        ("single-view image-text", terms(SINGLE), NO_AUGMENT),
+        ("+ image-image, text-text", terms(INTRA), {}),
+        ("+ tag view", terms(TAG), {}),
+        ("full table", terms(FULL), {}),
     ],
     # The first and last rows of "multiview" over a longer horizon (with --eval-every: curves).
     "horizon": [
-        ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
-        ("full table", {"pairs": FULL}, {}),
+        ("single-view image-text", terms(SINGLE), NO_AUGMENT),
+        ("full table", terms(FULL), {}),
     ],
     # The full table with half of each image view's patches against every patch. The faster row first:
     # with --eval-every, the slower one is read at its training time.
     "patchdrop": [
-        ("full table, 50% of patches", {"pairs": FULL}, KEEP_HALF),
-        ("full table, every patch", {"pairs": FULL}, {}),
+        ("full table, 50% of patches", terms(FULL), KEEP_HALF),
+        ("full table, every patch", terms(FULL), {}),
     ],
     # On the intra-modal table: single-view image-text training at batch 16 stays
     # near chance at these budgets, which would leave nothing to compare.
     "queue": [
-        ("in-batch negatives", {"pairs": INTRA}, {}),
-        ("+ queue as extra negatives (K=4096)", {"pairs": INTRA, "momentum_queue": {**QUEUE, "mode": "extra_negatives"}}, {}),
-        ("+ BriVL queue term (K=4096)", {"pairs": INTRA, "momentum_queue": {**QUEUE, "mode": "brivl"}}, {}),
+        ("in-batch negatives", terms(INTRA), {}),
+        ("+ queue as extra negatives (K=4096)", terms(INTRA, {"name": "momentum_queue", **QUEUE, "mode": "extra_negatives"}), {}),
+        ("+ BriVL queue term (K=4096)", terms(INTRA, {"name": "momentum_queue", **QUEUE, "mode": "brivl"}), {}),
     ],
     # Loss.positives on the single-view table; run with --config configs/demo/single_view.yaml.
     "positives": [
-        ("baseline", {"pairs": SINGLE}, {}),
-        ("masked", {"pairs": SINGLE, "positives": {"mode": "masked", **SAME}}, {}),
-        ("multi_positive", {"pairs": SINGLE, "positives": {"mode": "multi_positive", **SAME}}, {}),
+        ("baseline", terms(SINGLE), {}),
+        ("masked", terms(SINGLE, positives={"mode": "masked", **SAME}), {}),
+        ("multi_positive", terms(SINGLE, positives={"mode": "multi_positive", **SAME}), {}),
     ],
     # Noisy web pairs (tools/make_demo_data.py --caption-* --tag-*; run with --data on such a corpus):
     # the tag view is a second, independent description of the image when the caption is wrong.
     # The single-view and tag rows see the canvas as it is; the rows with image_v2 use base.yaml's views.
     "noisy": [
-        ("single-view image-text", {"pairs": SINGLE}, NO_AUGMENT),
-        ("+ tag view (0.5)", {"pairs": SINGLE + [["image_v1", "tag", 0.5]]}, NO_AUGMENT),
-        ("+ tag view (1.0)", {"pairs": SINGLE + [["image_v1", "tag", 1.0]]}, NO_AUGMENT),
-        ("+ image-image, text-text", {"pairs": INTRA}, {}),
-        ("full table", {"pairs": FULL}, {}),
+        ("single-view image-text", terms(SINGLE), NO_AUGMENT),
+        ("+ tag view (0.5)", terms(SINGLE + [["image_v1", "tag", 0.5]]), NO_AUGMENT),
+        ("+ tag view (1.0)", terms(SINGLE + [["image_v1", "tag", 1.0]]), NO_AUGMENT),
+        ("+ image-image, text-text", terms(INTRA), {}),
+        ("full table", terms(FULL), {}),
         # The tags in place of the caption on half of the steps (Train.tag_as_text_prob): no second text batch.
-        ("single-view, tags as text on 50% of steps", {"pairs": SINGLE}, {**NO_AUGMENT, "Train.tag_as_text_prob": 0.5}),
+        ("single-view, tags as text on 50% of steps", terms(SINGLE), {**NO_AUGMENT, "Train.tag_as_text_prob": 0.5}),
     ],
     # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
     "sigmoid": [
-        ("InfoNCE", {"pairs": SINGLE}, NO_AUGMENT),
-        ("sigmoid (SigLIP)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE, "bias_init": -10.0}]}, NO_AUGMENT),
-        ("sigmoid, bias from -ln(batch)", {"pairs": [], "terms": [{"name": "sigmoid", "pairs": SINGLE, "bias_init": "auto"}]}, NO_AUGMENT),
+        ("InfoNCE", terms(SINGLE), NO_AUGMENT),
+        ("sigmoid (SigLIP)", terms([], {"name": "sigmoid", "pairs": SINGLE, "bias_init": -10.0}), NO_AUGMENT),
+        ("sigmoid, bias from -ln(batch)", terms([], {"name": "sigmoid", "pairs": SINGLE, "bias_init": "auto"}), NO_AUGMENT),
     ],
 }
 
@@ -126,7 +133,7 @@ def train_once(name, loss, seed, steps, args, extra=None, multi_gt=False):
         "Tokenizer.vocab_file": os.path.join(args.data, "vocab.txt"),
         "Data.train": {"format": "official_tsv", "path": os.path.join(args.data, "train.tsv")},
         "Data.val": {"format": "official_tsv", "path": os.path.join(args.data, "test.tsv")},
-        "Loss": {"name": "MultiViewContrastive", "temperature": {"init": 0.07, "learnable": True, "max_logit_scale": 100}, **loss},
+        "Loss": {"temperature": {"init": 0.07, "learnable": True, "max_logit_scale": 100}, **loss},
         **(extra or {}),
     }
     cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), "-c", args.config]

@@ -1,7 +1,7 @@
 """Data pipeline throughput on ONE core: JPEG decode + two augmented views per image.
 
-    python benchmarks/bench_data_pipeline.py
-    python benchmarks/bench_data_pipeline.py --images 200 --repeats 9
+    python -m benchmarks.bench_data_pipeline
+    python -m benchmarks.bench_data_pipeline --images 200 --repeats 9
 
 OpenCV is pinned to one thread (``cv2.setNumThreads(1)``) so the figures are
 per dataloader worker; a machine with N free cores runs about N workers.

@@ -1,7 +1,7 @@
 """Time and memory of blocked retrieval evaluation against the bare score product.
 
-    python benchmarks/bench_eval_retrieval.py                 # 50k x 50k, 768-d, 3 repeats
-    python benchmarks/bench_eval_retrieval.py --n 5000 --repeats 1
+    python -m benchmarks.bench_eval_retrieval                 # 50k x 50k, 768-d, 3 repeats
+    python -m benchmarks.bench_eval_retrieval --n 5000 --repeats 1
 
 Every measurement runs in a fresh child process that generates random unit
 embeddings (float32, no full-size temporaries), reads its RSS high-water mark

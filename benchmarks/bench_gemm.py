@@ -1,7 +1,7 @@
 """The machine's fp32 GEMM ceiling, and what Paddle reaches as run by default and as ernievil2 sets it up.
 
-    python benchmarks/bench_gemm.py [--size 2048] [--repeats 5] [--rounds 3]
-    python benchmarks/bench_gemm.py --mkl-cpu-types 5 6 7 --rounds 4 --repeats 9   # MKL's kernels on an AMD CPU
+    python -m benchmarks.bench_gemm [--size 2048] [--repeats 5] [--rounds 3]
+    python -m benchmarks.bench_gemm --mkl-cpu-types 5 6 7 --rounds 4 --repeats 9   # MKL's kernels on an AMD CPU
 
 Each setting runs in its own child process, because MKL reads its variables once, when
 Paddle loads. Settings, in rotation over ``--rounds`` (medians pooled):
@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # (the parent only counts; each setting's child sets up its own runtime)
 from benchmarks.common import gemm_flop, gemm_shape  # noqa: E402

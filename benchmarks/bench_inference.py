@@ -1,7 +1,7 @@
 """Exported predictors (Paddle Inference) against the dygraph towers, per tower and batch size, on CPU.
 
-    python benchmarks/bench_inference.py --arch base --batches 1,16 --repeats 3      # the realistic figure
-    python benchmarks/bench_inference.py --arch tiny --batches 1,16,64 --repeats 5   # quick
+    python -m benchmarks.bench_inference --arch base --batches 1,16 --repeats 3      # the realistic figure
+    python -m benchmarks.bench_inference --arch tiny --batches 1,16,64 --repeats 5   # quick
 
 The model is built from the architecture's config with random weights (timing does not depend on
 them) and exported to a temporary folder. For each tower and batch, dygraph and the two predictor

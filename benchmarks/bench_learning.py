@@ -1,15 +1,15 @@
 """How much our trainer learns, against a plain CLIP loop on the same demo data.
 
     # our trainer beside the plain loop: equal samples and equal training time, 3 seeds
-    python benchmarks/bench_learning.py compare --seeds 0 1 2 --steps 152 --batch 128 --rows single-view demo
+    python -m benchmarks.bench_learning compare --seeds 0 1 2 --steps 152 --batch 128 --rows single-view demo
     # the diagnosis: the plain loop with one of our towers swapped in, options varied
-    python benchmarks/bench_learning.py towers --text ours --text-init bert --text-pooler tanh
+    python -m benchmarks.bench_learning towers --text ours --text-init bert --text-pooler tanh
     # the plain loop alone for a training time (e.g. the demo's), 3 seeds
-    python benchmarks/bench_learning.py towers --seconds 280
+    python -m benchmarks.bench_learning towers --seconds 280
     # seeds run side by side (one MKL thread each), then one report
-    MKL_NUM_THREADS=1 python benchmarks/bench_learning.py compare --seeds 0 --out a.json &
-    MKL_NUM_THREADS=1 python benchmarks/bench_learning.py compare --seeds 1 --out b.json; wait
-    python benchmarks/bench_learning.py report a.json b.json
+    MKL_NUM_THREADS=1 python -m benchmarks.bench_learning compare --seeds 0 --out a.json &
+    MKL_NUM_THREADS=1 python -m benchmarks.bench_learning compare --seeds 1 --out b.json; wait
+    python -m benchmarks.bench_learning report a.json b.json
 
 ``compare`` rows (``--rows``), all evaluated on the demo's 2,000 test pairs (official protocol):
 - ``single-view`` / ``table``: the plain loop (``reference_clip.py``) for ``--steps`` steps of
@@ -25,16 +25,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import ernievil2  # noqa: E402,F401  (CPU runtime before Paddle loads)
-from ablation import SINGLE, mean_std, override, train_once  # noqa: E402
+from benchmarks.ablation import SINGLE, mean_std, override, terms, train_once  # noqa: E402
 
 DATA = os.path.join(REPO, "demo_data", "fashion_scenes_cn")
 
@@ -131,7 +127,7 @@ def compare(args):
             result["equal_time"].append(plain)
         for name in (r for r in args.rows if r in ROWS):
             args.config = os.path.join(REPO, args.table_config if name == "table" else ROWS[name])
-            loss = {"pairs": SINGLE} if name == "single-view" else load_loss(args.config)
+            loss = terms(SINGLE) if name == "single-view" else load_loss(args.config)
             ours = train_once(f"ours {name}", loss, seed, args.steps, args, extra)
             print(json.dumps(ours), flush=True)
             result["equal_samples"].append(ours)
@@ -187,7 +183,6 @@ def load_loss(config_path):
     from ernievil2.config import load_config
 
     loss = dict(load_config(config_path)["Loss"])
-    loss.pop("name", None)
     loss.pop("temperature", None)
     return loss
 

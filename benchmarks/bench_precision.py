@@ -1,11 +1,11 @@
 """Exported predictors side by side: Paddle fp32 and bf16 (oneDNN), ONNX Runtime fp32 and int8, and dygraph.
 
     # speed at the demo size with a trained demo model, and its recall on the demo test split:
-    python benchmarks/bench_precision.py -c configs/demo/single_view.yaml \\
+    python -m benchmarks.bench_precision -c configs/demo/single_view.yaml \\
         -o Tokenizer.vocab_file=demo_data/fashion_scenes_cn/vocab.txt --weights output/demo/train \\
         --eval-data demo_data/fashion_scenes_cn/test.tsv
     # speed alone at the base size (random weights; int8 calibrated on the demo images all the same):
-    python benchmarks/bench_precision.py -c configs/ernievil2_base_vit16.yaml --batches 1,16 --repeats 3
+    python -m benchmarks.bench_precision -c configs/ernievil2_base_vit16.yaml --batches 1,16 --repeats 3
 
 One process exports the model in each format and precision, then for each tower and batch
 times every predictor in turn (interleaved, one warm-up each, median of ``--repeats``), so a
@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import ernievil2  # noqa: E402,F401  (CPU runtime set-up before Paddle loads)
 from benchmarks.bench_inference import interleaved_medians  # noqa: E402

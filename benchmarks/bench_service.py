@@ -1,7 +1,7 @@
 """Latency and throughput of the retrieval service under a bounded load, over loopback.
 
-    python benchmarks/bench_service.py --arch tiny --concurrency 1,8,32 --requests 400
-    python benchmarks/bench_service.py --arch base --concurrency 1,8 --requests 100 --max-seconds 120
+    python -m benchmarks.bench_service --arch tiny --concurrency 1,8,32 --requests 400
+    python -m benchmarks.bench_service --arch base --concurrency 1,8 --requests 100 --max-seconds 120
 
 The model (random weights) is exported to a temporary folder, a gallery of ``--gallery-size``
 random unit vectors is saved for it, and ``tools/serve.py`` is started as its own process on

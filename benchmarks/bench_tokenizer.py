@@ -1,7 +1,7 @@
 """Tokenizer throughput: our ErnieTokenizer (fast backend) against the official algorithm and PaddleNLP.
 
-    python benchmarks/bench_tokenizer.py                          # 20,000 captions, 5 timed passes
-    python benchmarks/bench_tokenizer.py --texts 2000 --repeats 3 # quick
+    python -m benchmarks.bench_tokenizer                          # 20,000 captions, 5 timed passes
+    python -m benchmarks.bench_tokenizer --texts 2000 --repeats 3 # quick
 
 Every row turns the whole corpus into ``[N, 48]`` ids ([CLS] + pieces + [SEP],
 padded with 0). Rows:
@@ -38,13 +38,10 @@ moves less with the load of other processes on this shared machine.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import unicodedata
 
 import numpy as np
-
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from benchmarks.common import load_average, measure, print_table  # noqa: E402
 from ernievil2.data.tokenizer import ErnieTokenizer  # noqa: E402

@@ -1,9 +1,9 @@
 """Training step time on CPU: our single- and multi-view steps against PaddleNLP's ErnieViLModel, with MFU.
 
-    python benchmarks/bench_train_step.py                         # base, batch 8: several minutes; run it alone
-    python benchmarks/bench_train_step.py --arch tiny --repeats 2 # quick check of the whole chain
-    python benchmarks/bench_train_step.py --only ours_single paddlenlp_single --rounds 3  # settle one ratio
-    python benchmarks/bench_train_step.py --only ours_single ours_multiview ours_multiview_keep50 --repeats 2  # patch dropout
+    python -m benchmarks.bench_train_step                         # base, batch 8: several minutes; run it alone
+    python -m benchmarks.bench_train_step --arch tiny --repeats 2 # quick check of the whole chain
+    python -m benchmarks.bench_train_step --only ours_single paddlenlp_single --rounds 3  # settle one ratio
+    python -m benchmarks.bench_train_step --only ours_single ours_multiview ours_multiview_keep50 --repeats 2  # patch dropout
 
 Configurations, each in a fresh child process (so every peak-memory figure is
 its own high-water mark), on the same random batch (images ~ N(0, 1), ids =
@@ -11,7 +11,7 @@ its own high-water mark), on the same random batch (images ~ N(0, 1), ids =
 full text length):
 
 - ``ours, single-view``: ``train_step`` on one image view and one text view
-  with a one-pair ``MultiViewContrastiveLoss`` (= the CLIP loss), then the
+  with a one-pair ``info_nce`` loss term (= the CLIP loss), then the
   AdamW step of ``build_optimizer``.
 - ``PaddleNLP, CLIP loss``: ``ErnieViLModel`` (same architecture, our initial
   weights converted with ``official_to_paddlenlp``), symmetric cross-entropy
@@ -67,7 +67,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from benchmarks.common import load_average, print_table  # noqa: E402
 
@@ -223,14 +222,14 @@ def our_setup(config, model, inputs, case):
 
     from ernievil2.engine.optim import build_optimizer
     from ernievil2.engine.steps import batch_to_tensors, train_step
-    from ernievil2.losses.multiview import MultiViewContrastiveLoss
+    from ernievil2.losses import build_loss
 
-    loss_fn = MultiViewContrastiveLoss(case.pairs)
+    loss_fn = build_loss({"terms": [{"name": "info_nce", "pairs": case.pairs}]})
     optimizer = build_optimizer(model, config["Optimizer"])
     batch = batch_to_tensors(inputs)
 
     def step():
-        terms = train_step(model, loss_fn, batch, loss_fn.required_views, patch_keep=case.patch_keep)
+        terms = train_step(model, loss_fn, batch, loss_fn.needs.views, patch_keep=case.patch_keep)
         middle = time.perf_counter()
         optimizer.step()
         optimizer.clear_grad()
@@ -404,7 +403,7 @@ def pooled(runs):
 
 def run_child(name, args):
     command = [
-        sys.executable, __file__, "--child", name, "--arch", args.arch, "--batch", str(args.batch),
+        sys.executable, "-m", "benchmarks.bench_train_step", "--child", name, "--arch", args.arch, "--batch", str(args.batch),
         "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--text-len", str(args.text_len), "--tag-len", str(args.tag_len), "--threads", str(args.threads),
     ]
     print(f"running {CASES[name].label} (load {load_average():.2f}) ...", flush=True)

@@ -120,7 +120,7 @@ def _onnxruntime_runner(a, b):
     from onnx import TensorProto, helper, numpy_helper
 
     from ernievil2 import runtime
-    from ernievil2.inference.onnx_export import import_onnxruntime
+    from ernievil2.inference.onnx_runtime import import_onnxruntime
 
     ort = import_onnxruntime()
     graph = helper.make_graph(

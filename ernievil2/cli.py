@@ -51,6 +51,12 @@ def run_command(name, argv=None):
     return run(module.main, argv, getattr(module, "USER_ERRORS", ()))
 
 
+def run_as_script(module_name, name):
+    """What ``tools/<name>.py`` does: run the command when executed, nothing when imported."""
+    if module_name == "__main__":
+        sys.exit(run_command(name))
+
+
 def command(name):
     """The console-script function of a command (``setup.py`` names one per module of ``commands/``)."""
 

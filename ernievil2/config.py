@@ -65,7 +65,7 @@ DEFAULTS = {
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
     },
-    "Loss": ANY,  # validated by the loss builder
+    "Loss": ANY,  # validated by losses.loss.check_loss_section
     "Augment": ANY,  # validated by ernievil2.data.augment.augment_settings
     "Data": {
         "train": ANY,  # {format: official_tsv|chinese_clip|jsonl_folder, path/root/...}
@@ -440,10 +440,10 @@ def check_augment(config):
 
 
 def check_loss(config):
-    from .losses.build import check_loss_config
+    from .losses.loss import check_loss_section
 
     if config.get("Loss") is not None:
-        check_loss_config(config["Loss"])
+        check_loss_section(config["Loss"])
 
 
 def dump_config(config, path):

@@ -31,6 +31,10 @@ class ConfigError(ValueError):
         """The same error, attributed to ``source`` (a file or an override)."""
         return ConfigError(self.key, self.message, source)
 
+    def under(self, prefix):
+        """The same error, its key read inside the section at ``prefix`` (``pairs[0]`` -> ``Loss.terms[1].pairs[0]``)."""
+        return ConfigError(f"{prefix}.{self.key}" if self.key else prefix, self.message, self.source)
+
 
 def closest(name, choices):
     """The choice most like ``name`` (a likely typo of it), or None."""
@@ -70,24 +74,53 @@ class Registry:
             )
         return self._builders[name]
 
-    def build(self, section, key, context=None):
-        """Build from ``{name: ..., **kwargs}``; kwargs are checked against the builder's signature.
+    def resolve(self, section, key, context_keys=()):
+        """The builder and keyword arguments of ``{name: ..., **kwargs}``, the keys checked against its signature.
 
-        ``context``: keyword arguments the caller knows and the config does not set (the trainer's
-        global batch, say), passed to builders that take them.
+        ``context_keys``: arguments the caller gives (the trainer's global batch, say), never the config.
         """
         if not isinstance(section, dict) or "name" not in section:
             raise ConfigError(key, f"expected a mapping with a 'name' of a {self.kind}")
         kwargs = dict(section)
-        name = kwargs.pop("name")
-        builder = self.get(name, key=f"{key}.name")
-        context = context or {}
+        builder = self.get(kwargs.pop("name"), key=f"{key}.name")
         for option in kwargs:
-            if option in context:
+            if option in context_keys:
                 raise ConfigError(f"{key}.{option}", "set by the trainer, not in the config")
         check_kwargs(builder, kwargs, key)
-        taken = inspect.signature(builder).parameters
-        return builder(**kwargs, **{k: v for k, v in context.items() if k in taken})
+        return builder, kwargs
+
+    def check(self, section, key, context=None):
+        """Check a section without building it (at config load): names and keys as :meth:`resolve` does, and the
+        values too when the builder has a ``check(**kwargs)``: a static method raising :class:`ConfigError`
+        keyed inside the section (its constructor calls it too), given the ``context`` it takes. Returns what
+        that ``check`` returns (None without one)."""
+        context = context or {}
+        builder, kwargs = self.resolve(section, key, tuple(context))
+        if not hasattr(builder, "check"):
+            return None
+        try:
+            return builder.check(**kwargs, **_taken(builder.check, context))
+        except ConfigError as err:
+            raise err.under(key) from None
+
+    def build(self, section, key, context=None):
+        """Build from ``{name: ..., **kwargs}``; a :class:`ConfigError` of the builder is keyed inside ``key``.
+
+        ``context``: keyword arguments the caller knows and the config does not set, passed
+        to builders that take them.
+        """
+        context = context or {}
+        builder, kwargs = self.resolve(section, key, tuple(context))
+        try:
+            return builder(**kwargs, **_taken(builder, context))
+        except ConfigError as err:
+            raise err.under(key) from None
+
+
+def _taken(fn, context):
+    """The entries of ``context`` that ``fn`` has a parameter for."""
+    taken = inspect.signature(fn).parameters
+    return {k: v for k, v in context.items() if k in taken}
 
 
 def check_kwargs(fn, kwargs, key):

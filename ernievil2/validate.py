@@ -39,6 +39,13 @@ def number_in(value, key, low, high=math.inf):
     return number
 
 
+def probability(value, key):
+    number = real_number(value, key)
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(key, f"a probability must be in [0, 1], got {value!r}")
+    return number
+
+
 def positive_number(value, key):
     number = real_number(value, key)
     if number <= 0:

@@ -1,6 +1,6 @@
 """Screenshots of the search page of a running tools/serve.py, as in docs/export_and_serving.md.
 
-    python scripts/search_page_screenshot.py --url http://127.0.0.1:8000 --query 红色的外套 \
+    python -m scripts.search_page_screenshot --url http://127.0.0.1:8000 --query 红色的外套 \
         --image query.jpg --output docs/images/search_page.png
 
 Drives headless Chromium through chromedriver (the client of tests/webdriver.py): types the query,
@@ -16,8 +16,7 @@ import tempfile
 
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tests.webdriver import ChromeDriver, Session  # noqa: E402 - the repository root goes on the path first
+from tests.webdriver import ChromeDriver, Session
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync")

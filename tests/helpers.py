@@ -60,7 +60,7 @@ def write_train_config(tmp_path, train_tsv, val_spec=None, **sections):
         "Data": {"train": {"format": "official_tsv", "path": str(train_tsv)}, "val": val_spec, "num_workers": 0, "shuffle_buffer": 16},
         "Train": {"max_steps": 4, "batch_size": 4, "log_every": 1, "save_every": 2},
         "Optimizer": {"lr": 1.0e-3, "warmup_steps": 1},
-        "Loss": {"name": "MultiViewContrastive", "pairs": [["image_v1", "text_v1", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5]]},
+        "Loss": {"terms": [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5]]}]},
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
@@ -82,3 +82,31 @@ def processes_tagged(variable, value):
         except OSError:
             pass
     return found
+
+
+def table_loss(pairs, rank=0, world_size=1, gather=True, terms=(), positives=None):
+    """A :class:`~ernievil2.losses.Loss` of an info_nce term over ``pairs`` (none when empty and ``terms`` carry the loss), then ``terms``."""
+    from ernievil2.losses import InfoNCEPairs, Loss
+    from ernievil2.losses.positives import parse_positives
+
+    built = ([InfoNCEPairs(pairs)] if pairs or not terms else []) + list(terms)
+    return Loss(built, rank=rank, world_size=world_size, gather=gather, positives=parse_positives(positives))
+
+
+def queue_loss(pairs, queue, embed_dim, rank=0, world_size=1, positives=None, model=None):
+    """``(loss, momentum)``: :func:`table_loss` with a momentum_queue term of the ``queue`` options (``weight``
+    among them), and the :class:`~ernievil2.losses.MomentumQueue` for it around ``model`` (an empty layer where a
+    test gives the keys itself)."""
+    import paddle
+
+    from ernievil2.losses import InfoNCEPairs, Loss, MomentumQueue, MomentumQueueTerm
+    from ernievil2.losses.positives import parse_positives
+
+    options = dict(queue)
+    weight = options.pop("weight", 1.0)
+    parsed = parse_positives(positives)
+    table = [InfoNCEPairs(pairs)] if pairs else []
+    term = MomentumQueueTerm(**options, positives=parsed)
+    loss = Loss([*table, term], [1.0] * len(table) + [weight], rank, world_size, positives=parsed)
+    momentum = MomentumQueue(model or paddle.nn.Layer(), term.momentum, embed_dim, loss.needs.ids, world_size)
+    return loss, momentum

@@ -24,11 +24,11 @@ def test_shipped_configs_load(name):
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs" / "demo").glob("*.yaml")))
 def test_demo_configs_load_and_their_losses_build(path):
-    from ernievil2.losses.build import build_loss
+    from ernievil2.losses import build_loss
 
     config = load_config(str(REPO / path))
-    loss = build_loss(config["Loss"], embed_dim=config["Arch"]["image_tower"]["embed_dim"])
-    assert {"image_v1", "text_v1"} <= set(loss.required_views)
+    loss = build_loss(config["Loss"], global_batch=config["Train"]["batch_size"])
+    assert {"image_v1", "text_v1"} <= set(loss.needs.views)
 
 
 def test_large_config_inherits_and_overrides():

@@ -16,12 +16,11 @@ import pytest
 from ernievil2.config import DEFAULTS
 from ernievil2.engine.optim import freeze_towers, lr_at, param_groups, param_settings
 from ernievil2.engine.steps import accumulated_step, train_step, use_tags_as_text
-from ernievil2.losses import MultiViewContrastiveLoss
 from ernievil2.models import build_model
 from ernievil2.models.tower import layer_scales
 from ernievil2.registry import ConfigError
 from tests.conftest import REPO
-from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config
+from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config, table_loss
 
 PAIRS = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5], ["image_v1", "tag", 0.5]]
 
@@ -98,13 +97,13 @@ def test_tag_choice_is_deterministic_and_rate_respected():
 
 
 def test_accumulated_step_equals_one_full_batch_step():
-    loss = MultiViewContrastiveLoss(PAIRS)
+    loss = table_loss(PAIRS)
     batch = random_batch(8, 0)
     model = tiny_model(0.0)
-    full = train_step(model, loss, batch, loss.required_views)
+    full = train_step(model, loss, batch, loss.needs.views)
     expected = grads(model)
     model.clear_gradients()
-    accumulated = accumulated_step(model, loss, split(batch, 2), loss.required_views)
+    accumulated = accumulated_step(model, loss, split(batch, 2), loss.needs.views)
     got = grads(model)
     assert float(accumulated["loss"]) == pytest.approx(float(full["loss"]), rel=1e-6)
     assert sorted(got) == sorted(expected)
@@ -114,19 +113,19 @@ def test_accumulated_step_equals_one_full_batch_step():
 
 def test_accumulated_step_replays_dropout_exactly():
     """With dropout on, the cached and the re-encoded features must be the same draw."""
-    loss = MultiViewContrastiveLoss(PAIRS)
+    loss = table_loss(PAIRS)
     parts = split(random_batch(8, 1), 2)
     model = tiny_model(0.2)
     model.train()
     state = paddle.get_rng_state()
-    accumulated_step(model, loss, parts, loss.required_views)
+    accumulated_step(model, loss, parts, loss.needs.views)
     got = grads(model)
     model.clear_gradients()
     # Reference: the same micro-batch forwards in one graph, from the same RNG state.
     paddle.set_rng_state(state)
     from ernievil2.engine.steps import encode_views
 
-    features = [encode_views(model, p, loss.required_views)[0] for p in parts]
+    features = [encode_views(model, p, loss.needs.views)[0] for p in parts]
     stacked = {v: paddle.concat([f[v] for f in features]) for v in features[0]}
     loss(stacked, model.logit_scale())["loss"].backward()
     expected = grads(model)
@@ -135,7 +134,7 @@ def test_accumulated_step_replays_dropout_exactly():
     # and dropout really was on: a different RNG state gives different gradients
     model.clear_gradients()
     paddle.seed(12345)
-    accumulated_step(model, loss, parts, loss.required_views)
+    accumulated_step(model, loss, parts, loss.needs.views)
     assert any(not np.allclose(grads(model)[n], expected[n]) for n in expected)
 
 
@@ -241,33 +240,33 @@ def test_bad_records_are_skipped_and_counted_or_raised(tmp_path, train_data):
 
 
 def test_recompute_gives_the_same_gradients():
-    loss = MultiViewContrastiveLoss(PAIRS)
+    loss = table_loss(PAIRS)
     batch = random_batch(4, 3)
     model = tiny_model(0.0)
-    train_step(model, loss, batch, loss.required_views)
+    train_step(model, loss, batch, loss.needs.views)
     expected = grads(model)
     model.clear_gradients()
     model.set_grad_checkpointing()
-    train_step(model, loss, batch, loss.required_views)
+    train_step(model, loss, batch, loss.needs.views)
     for name, value in expected.items():
         np.testing.assert_allclose(grads(model)[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_bfloat16_autocast_step_runs_with_fp32_loss():
-    loss = MultiViewContrastiveLoss(PAIRS[:1])
+    loss = table_loss(PAIRS[:1])
     model = tiny_model(0.0)
     autocast = lambda: paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1")  # noqa: E731
-    terms = train_step(model, loss, random_batch(4, 4), loss.required_views, autocast=autocast)
+    terms = train_step(model, loss, random_batch(4, 4), loss.needs.views, autocast=autocast)
     assert terms["loss"].dtype == paddle.float32 and np.isfinite(float(terms["loss"]))
     assert all(p.grad is not None for p in model.parameters() if not p.stop_gradient)
 
 
 def test_momentum_queue_trains_checkpoints_and_resumes_exactly(tmp_path, train_data):
     train, _ = train_data
-    loss = {
-        "pairs": [["image_v1", "text_v1", 1.0]],
-        "momentum_queue": {"size": 8, "mode": "both", "momentum": 0.9, "warmup_steps": 1, "mask_same_image": True},
-    }
+    loss = {"terms": [
+        {"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]},
+        {"name": "momentum_queue", "size": 8, "mode": "both", "momentum": 0.9, "warmup_steps": 1, "mask_same_image": True},
+    ]}
     steps = ["Train.max_steps=6", "Train.save_every=3"]
     (tmp_path / "a").mkdir()
     straight = write_train_config(tmp_path / "a", train, Loss=loss)
@@ -275,7 +274,7 @@ def test_momentum_queue_trains_checkpoints_and_resumes_exactly(tmp_path, train_d
     assert "brivl=" in log
     ckpt = tmp_path / "a" / "out" / "checkpoints"
     extra = paddle.load(str(ckpt / "step_000006" / "extra.pdparams"))
-    assert int(extra["loss"]["queue.filled"]) == 8 and "momentum_model" in extra
+    assert int(extra["momentum"]["queue.filled"]) == 8 and any(k.startswith("encoder.") for k in extra["momentum"])
     # resume from step 3 in a second folder and compare everything at step 6
     (tmp_path / "b").mkdir()
     resumed = write_train_config(tmp_path / "b", train, Loss=loss)
@@ -287,8 +286,8 @@ def test_momentum_queue_trains_checkpoints_and_resumes_exactly(tmp_path, train_d
     for name in ("model.pdparams", "extra.pdparams"):
         a = paddle.load(str(ckpt / "step_000006" / name))
         b = paddle.load(str(out_b / "step_000006" / name))
-        flat_a = a if name == "model.pdparams" else {**a["loss"], **{f"m.{k}": v for k, v in a["momentum_model"].items()}}
-        flat_b = b if name == "model.pdparams" else {**b["loss"], **{f"m.{k}": v for k, v in b["momentum_model"].items()}}
+        flat_a = a if name == "model.pdparams" else {**a["loss"], **{f"m.{k}": v for k, v in a["momentum"].items()}}
+        flat_b = b if name == "model.pdparams" else {**b["loss"], **{f"m.{k}": v for k, v in b["momentum"].items()}}
         assert sorted(flat_a) == sorted(flat_b)
         for key in flat_a:
             np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=key)
@@ -304,10 +303,10 @@ def test_accumulation_with_queue_and_tags_over_micro_batches_of_different_length
         for i, line in enumerate(lines)
     ]
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    loss = {
-        "pairs": [["image_v1", "text_v1", 1.0], ["image_v1", "tag", 0.5]],
-        "momentum_queue": {"size": 8, "mode": "extra_negatives", "momentum": 0.9, "mask_same_image": True},
-    }
+    loss = {"terms": [
+        {"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0], ["image_v1", "tag", 0.5]]},
+        {"name": "momentum_queue", "size": 8, "mode": "extra_negatives", "momentum": 0.9, "mask_same_image": True},
+    ]}
     config = write_train_config(tmp_path, train, Loss=loss, Data={"shuffle_buffer": 0})
     result = run_train(config, "Train.batch_size=2", "Train.accum_steps=2", "Train.max_steps=4", "Train.save_every=0", check=False)
     log = (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
@@ -315,7 +314,7 @@ def test_accumulation_with_queue_and_tags_over_micro_batches_of_different_length
 
 
 def test_tag_view_of_its_own_length_goes_through_the_text_tower_unpadded():
-    loss = MultiViewContrastiveLoss(PAIRS)
+    loss = table_loss(PAIRS)
     model = tiny_model(0.0)
     model.eval()
     batch = random_batch(4, 6)
@@ -323,13 +322,13 @@ def test_tag_view_of_its_own_length_goes_through_the_text_tower_unpadded():
     padded = dict(batch, tag=paddle.concat([short["tag"], paddle.zeros([4, 4], dtype="int64")], axis=1))
     from ernievil2.engine.steps import encode_views, view_inputs
 
-    texts = view_inputs(short, loss.required_views)[3]
+    texts = view_inputs(short, loss.needs.views)[3]
     assert [list(t.shape) for t in texts] == [[8, 10], [4, 6]]
-    assert list(view_inputs(padded, loss.required_views)[3].shape) == [12, 10]
+    assert list(view_inputs(padded, loss.needs.views)[3].shape) == [12, 10]
     # tags standing in for the captions: every text view reads the tag ids, one stack
-    assert list(view_inputs(short, loss.required_views, tags_as_text=True)[3].shape) == [12, 6]
-    separate, _ = encode_views(model, short, loss.required_views)
-    stacked, _ = encode_views(model, padded, loss.required_views)
+    assert list(view_inputs(short, loss.needs.views, tags_as_text=True)[3].shape) == [12, 6]
+    separate, _ = encode_views(model, short, loss.needs.views)
+    stacked, _ = encode_views(model, padded, loss.needs.views)
     assert list(separate) == list(stacked)
     for view in separate:  # padding is masked, so the two layouts give the same features
         np.testing.assert_allclose(separate[view].numpy(), stacked[view].numpy(), atol=2e-6, err_msg=view)
@@ -401,13 +400,12 @@ def test_positives_with_a_queue_over_micro_batches_and_one_caption_per_image(tmp
     lines = ["\t".join([line.split("\t")[0], f"img{i // 2}", *line.split("\t")[2:]]) for i, line in enumerate(lines)]
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")  # two captions per image
     loss = {
-        "pairs": [["image_v1", "text_v1", 1.0]],
         "positives": {"mode": "multi_positive", "same_caption": True},
-        "momentum_queue": {"size": 8, "mode": "both", "momentum": 0.9},
+        "terms": [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]}, {"name": "momentum_queue", "size": 8, "mode": "both", "momentum": 0.9}],
     }
     config = write_train_config(tmp_path, train, Loss=loss, Data={"shuffle_buffer": 0, "one_caption_per_image": True})
     result = run_train(config, "Train.batch_size=2", "Train.accum_steps=2", "Train.max_steps=4", "Train.save_every=0", check=False)
     log = (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
     assert "step 4/4" in log and "brivl=" in log, result.stdout[-2000:] + result.stderr[-2000:]
     extra = paddle.load(str(tmp_path / "out" / "checkpoints" / "step_000004" / "extra.pdparams"))
-    assert (np.asarray(extra["loss"]["queue.caption_ids"]) >= 0).all() and (np.asarray(extra["loss"]["queue.ids"]) >= 0).all()
+    assert (np.asarray(extra["momentum"]["queue.caption_ids"]) >= 0).all() and (np.asarray(extra["momentum"]["queue.ids"]) >= 0).all()

@@ -11,7 +11,7 @@ import pytest
 from ernievil2.config import load_config
 from ernievil2.engine.optim import build_optimizer
 from ernievil2.engine.steps import train_step
-from ernievil2.losses.build import build_loss
+from ernievil2.losses import build_loss
 from ernievil2.models import build_model
 from ernievil2.models.ernie_text import ErnieTextEncoder
 from ernievil2.models.vit import VisionTransformer
@@ -116,14 +116,14 @@ def train_loss(init, pooler, steps=10):
         },
     }
     model = build_model(arch)
-    loss = build_loss({"name": "MultiViewContrastive", "pairs": [["image_v1", "text_v1", 1.0]]}, embed_dim=WIDTH)
+    loss = build_loss({"terms": [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]}]})
     optimizer = build_optimizer(model, {
         "name": "AdamW", "lr": 1e-3, "weight_decay": 0.05, "beta1": 0.9, "beta2": 0.98, "epsilon": 1e-6, "warmup_steps": 0,
         "min_lr_ratio": 0.0, "layer_decay": 1.0, "grad_clip": 1.0, "freeze": [],
     })
     batch = tiny_slice()
     for _ in range(steps):
-        terms = train_step(model, loss, batch, loss.required_views)
+        terms = train_step(model, loss, batch, loss.needs.views)
         optimizer.step()
         optimizer.clear_grad()
     return float(terms["loss"])

@@ -11,13 +11,13 @@ import pytest
 
 from ernievil2.losses import (
     KNOWN_VIEWS,
-    MultiViewContrastiveLoss,
     contrastive_labels,
     gather_with_grad,
     parse_view_pairs,
     symmetric_info_nce,
 )
 from ernievil2.models.dual_encoder import clamp_logit_scale
+from tests.helpers import table_loss
 
 EXAMPLE_PAIRS = [
     ["image_v1", "text_v1", 1.0],
@@ -196,7 +196,7 @@ def random_views(seed, rows=4, dim=3, scale=3.0):
 
 
 def test_total_is_the_weighted_sum_of_pair_losses():
-    loss_fn = MultiViewContrastiveLoss(EXAMPLE_PAIRS)
+    loss_fn = table_loss(EXAMPLE_PAIRS)
     out = loss_fn(random_views(5), tensor(10.0))
     expected = sum(w * out[f"loss/{a}-{b}"].item() for a, b, w in EXAMPLE_PAIRS)
     assert out["loss"].item() == pytest.approx(expected, rel=1e-12)
@@ -205,7 +205,7 @@ def test_total_is_the_weighted_sum_of_pair_losses():
 
 def test_pair_terms_are_clip_losses_of_normalised_features():
     views = random_views(6)
-    out = MultiViewContrastiveLoss(EXAMPLE_PAIRS)(views, tensor(10.0))
+    out = table_loss(EXAMPLE_PAIRS)(views, tensor(10.0))
     unit = {v: x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True) for v, x in views.items()}
     for a, b, _ in EXAMPLE_PAIRS:
         unit_a, unit_b = unit[a], unit[b]
@@ -216,14 +216,14 @@ def test_pair_terms_are_clip_losses_of_normalised_features():
 
 def test_single_pair_keeps_its_weight():
     views = random_views(7)
-    plain = MultiViewContrastiveLoss([["image_v1", "text_v1", 1.0]])(views, tensor(10.0))
-    weighted = MultiViewContrastiveLoss([["image_v1", "text_v1", 0.25]])(views, tensor(10.0))
+    plain = table_loss([["image_v1", "text_v1", 1.0]])(views, tensor(10.0))
+    weighted = table_loss([["image_v1", "text_v1", 0.25]])(views, tensor(10.0))
     assert weighted["loss"].item() == pytest.approx(0.25 * plain["loss"].item(), rel=1e-12)
 
 
 def test_gradient_through_normalisation_matches_finite_differences():
     pairs = [["image_v1", "text_v1", 1.0], ["image_v1", "image_v2", 0.5]]
-    loss_fn = MultiViewContrastiveLoss(pairs)
+    loss_fn = table_loss(pairs)
     views = random_views(8, rows=3, dim=2)
     scale = tensor(5.0)
     names = ("image_v1", "text_v1", "image_v2")
@@ -245,19 +245,19 @@ def test_gradient_through_normalisation_matches_finite_differences():
 
 
 def test_required_views_are_the_views_in_the_table():
-    loss_fn = MultiViewContrastiveLoss([["image_v1", "tag", 1.0], ["text_v2", "tag", 0.5]])
-    assert loss_fn.required_views == {"image_v1", "tag", "text_v2"}
+    loss_fn = table_loss([["image_v1", "tag", 1.0], ["text_v2", "tag", 0.5]])
+    assert loss_fn.needs.views == {"image_v1", "tag", "text_v2"}
 
 
 def test_views_outside_the_table_are_ignored():
     views = random_views(9)
     only_needed = {v: views[v] for v in ("image_v1", "text_v1")}
-    loss_fn = MultiViewContrastiveLoss([["image_v1", "text_v1", 1.0]])
+    loss_fn = table_loss([["image_v1", "text_v1", 1.0]])
     assert loss_fn(views, tensor(3.0))["loss"].item() == loss_fn(only_needed, tensor(3.0))["loss"].item()
 
 
 def test_missing_views_are_named():
-    loss_fn = MultiViewContrastiveLoss(EXAMPLE_PAIRS)
+    loss_fn = table_loss(EXAMPLE_PAIRS)
     views = random_views(10)
     del views["tag"], views["image_v2"]
     with pytest.raises(ValueError, match=r"lack views required by the loss pairs: \['image_v2', 'tag'\]; got"):
@@ -268,26 +268,26 @@ def test_views_with_different_batch_sizes_are_rejected():
     views = random_views(11)
     views["text_v1"] = views["text_v1"][:2]
     with pytest.raises(ValueError, match="same number of rows.*'text_v1': 2"):
-        MultiViewContrastiveLoss([["image_v1", "text_v1", 1.0]])(views, tensor(1.0))
+        table_loss([["image_v1", "text_v1", 1.0]])(views, tensor(1.0))
 
 
 def test_world_size_that_does_not_match_the_gather_is_rejected():
     # No process group here, so the gather returns the 4 local rows, not 2 * 4.
-    loss_fn = MultiViewContrastiveLoss([["image_v1", "text_v1", 1.0]], rank=1, world_size=2)
+    loss_fn = table_loss([["image_v1", "text_v1", 1.0]], rank=1, world_size=2)
     with pytest.raises(ValueError, match="gathered 4 rows from 4 local ones, but world_size is 2"):
         loss_fn(random_views(12), tensor(1.0))
 
 
 def test_without_gather_each_rank_uses_its_local_rows():
     views = random_views(13)
-    alone = MultiViewContrastiveLoss(EXAMPLE_PAIRS)(views, tensor(4.0))
-    local = MultiViewContrastiveLoss(EXAMPLE_PAIRS, rank=1, world_size=2, gather=False)(views, tensor(4.0))
+    alone = table_loss(EXAMPLE_PAIRS)(views, tensor(4.0))
+    local = table_loss(EXAMPLE_PAIRS, rank=1, world_size=2, gather=False)(views, tensor(4.0))
     assert local["loss"].item() == alone["loss"].item()
 
 
 def test_rank_outside_world_is_rejected():
     with pytest.raises(ValueError, match=r"rank must be in \[0, world_size=2\), got 2"):
-        MultiViewContrastiveLoss(EXAMPLE_PAIRS, rank=2, world_size=2)
+        table_loss(EXAMPLE_PAIRS, rank=2, world_size=2)
 
 
 def test_valid_table_parses_to_view_pairs():
@@ -331,7 +331,7 @@ def with_entry(index, entry):
 )
 def test_invalid_tables_name_the_entry_and_value(pairs, message):
     with pytest.raises(ValueError) as error:
-        MultiViewContrastiveLoss(pairs)
+        table_loss(pairs)
     assert message in str(error.value)
 
 

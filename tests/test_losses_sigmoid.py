@@ -7,12 +7,12 @@ import paddle
 import pytest
 
 from ernievil2.engine.optim import build_optimizer
-from ernievil2.losses import LOSS_TERMS, MultiViewContrastiveLoss, SigmoidPairs, chunked_sigmoid_loss, sigmoid_block_loss
-from ernievil2.losses.build import build_loss, check_loss_config
+from ernievil2.losses import LOSS_TERMS, SigmoidPairs, chunked_sigmoid_loss, sigmoid_block_loss
+from ernievil2.losses import build_loss, check_loss_section
 from ernievil2.models import build_model
 from ernievil2.registry import ConfigError
 from ernievil2.config import DEFAULTS
-from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config
+from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config, queue_loss, table_loss
 from tests.test_engine import run_train
 
 PAIR = [["image_v1", "text_v1", 1.0]]
@@ -97,7 +97,7 @@ def test_own_chunk_outside_the_chunks_is_rejected():
 def test_term_started_as_siglip_scores_normalised_features():
     term = SigmoidPairs(PAIR, bias_init=-10.0)
     assert math.isclose(float(term.scale()), 10.0, rel_tol=1e-6) and float(term.bias) == -10.0
-    loss_fn = MultiViewContrastiveLoss([], terms=[term])
+    loss_fn = table_loss([], terms=[term])
     rng = np.random.default_rng(2)
     raw = {"image_v1": rng.standard_normal((5, 4)).astype("float32"), "text_v1": rng.standard_normal((5, 4)).astype("float32")}
     out = loss_fn({k: paddle.to_tensor(v) for k, v in raw.items()}, paddle.to_tensor(14.0))
@@ -106,15 +106,15 @@ def test_term_started_as_siglip_scores_normalised_features():
     np.testing.assert_allclose(float(out["loss"]), ref_loss, rtol=1e-5)
     np.testing.assert_allclose(float(out["loss/sigmoid/image_v1-text_v1"]), ref_loss, rtol=1e-5)
     assert float(out["sigmoid/bias"]) == -10.0 and math.isclose(float(out["sigmoid/scale"]), 10.0, rel_tol=1e-6)
-    assert term.gathered_views == frozenset() and loss_fn.required_views == {"image_v1", "text_v1"}
+    assert term.gathered_views == frozenset() and loss_fn.needs.views == {"image_v1", "text_v1"}
 
 
 def test_weighted_pairs_share_one_scale_and_bias_and_add_to_info_nce():
     rng = np.random.default_rng(3)
     views = {v: paddle.to_tensor(unit_rows(rng, 4, 3).astype("float32")) for v in ("image_v1", "text_v1", "image_v2")}
     term = SigmoidPairs([["image_v1", "text_v1", 1.0], ["image_v2", "image_v1", 0.5]], scale_init=5.0, bias_init=-1.0)
-    both = MultiViewContrastiveLoss(PAIR, terms=[term])(views, paddle.to_tensor(10.0))
-    alone = MultiViewContrastiveLoss(PAIR)(views, paddle.to_tensor(10.0))
+    both = table_loss(PAIR, terms=[term])(views, paddle.to_tensor(10.0))
+    alone = table_loss(PAIR)(views, paddle.to_tensor(10.0))
     siglip = {
         key: np_siglip(*(views[v].numpy().astype("float64") for v in key.split("-")), 5.0, -1.0)[0]
         for key in ("image_v1-text_v1", "image_v2-image_v1")
@@ -133,20 +133,21 @@ def test_scale_is_clamped_and_stops_its_gradient_at_the_bound():
         term.logit_scale_b.set_value(paddle.to_tensor([math.log(50.0)], dtype="float32"))
     rng = np.random.default_rng(4)
     views = {v: paddle.to_tensor(unit_rows(rng, 3, 3).astype("float32")) for v in ("image_v1", "text_v1")}
-    out = MultiViewContrastiveLoss([], terms=[term])(views, paddle.to_tensor(1.0))
+    out = table_loss([], terms=[term])(views, paddle.to_tensor(1.0))
     out["loss"].backward()
     assert math.isclose(float(out["sigmoid/scale"]), 4.0, rel_tol=1e-6)
     assert float(term.logit_scale_b.grad) == 0.0 and float(term.bias.grad) != 0.0
 
 
 def sigmoid_loss_section(pairs, **options):
-    return {"name": "MultiViewContrastive", "pairs": pairs, "terms": [{"name": "sigmoid", "pairs": PAIR, **options}]}
+    table = [{"name": "info_nce", "pairs": pairs}] if pairs else []
+    return {"terms": [*table, {"name": "sigmoid", "pairs": PAIR, **options}]}
 
 
 def test_sigmoid_alone_needs_no_info_nce_pairs_but_nothing_at_all_is_still_an_error():
-    assert check_loss_config(sigmoid_loss_section([])) == ()
-    with pytest.raises(ConfigError, match="Loss.pairs"):
-        check_loss_config({"name": "MultiViewContrastive", "pairs": []})
+    check_loss_section(sigmoid_loss_section([]))
+    with pytest.raises(ConfigError, match="Loss.terms"):
+        check_loss_section({"terms": []})
 
 
 @pytest.mark.parametrize(
@@ -166,7 +167,7 @@ def test_bad_options_are_config_errors_naming_the_key(options, key, message):
     section = sigmoid_loss_section([])
     section["terms"][0].update(options)
     with pytest.raises(ConfigError, match=message) as err:
-        check_loss_config(section)
+        check_loss_section(section)
     assert key in str(err.value)
 
 
@@ -183,7 +184,7 @@ def test_the_trainer_gives_the_auto_bias_its_global_batch_and_a_config_cannot():
     section = sigmoid_loss_section([], bias_init="auto")
     loss = build_loss(section, global_batch=64)
     assert float(loss.term_layers[0].bias) == pytest.approx(-math.log(64), abs=1e-6)
-    check_loss_config(section)  # validates without the trainer's batch
+    check_loss_section(section)  # validates without the trainer's batch
     with pytest.raises(ValueError, match="bias_init: auto needs the global batch size"):
         SigmoidPairs(PAIR)  # auto is the default
     section["terms"][0]["global_batch"] = 8
@@ -209,7 +210,7 @@ def test_registered_by_name():
 def test_optimizer_trains_the_scale_and_bias_and_checkpoints_hold_them():
     paddle.seed(0)
     model = build_model(TINY_ARCH)
-    loss_fn = build_loss(sigmoid_loss_section([], bias_init=-10.0), embed_dim=None)
+    loss_fn = build_loss(sigmoid_loss_section([], bias_init=-10.0))
     section = {**DEFAULTS["Optimizer"], "lr": 0.1, "weight_decay": 0.5, "grad_clip": None, "freeze": [], "image": None, "text": None}
     optimizer = build_optimizer(model, section, loss_fn)
     term = loss_fn.term_layers[0]
@@ -226,7 +227,7 @@ def test_optimizer_trains_the_scale_and_bias_and_checkpoints_hold_them():
 
 def test_training_checkpoints_the_scale_and_bias_and_resumes_exactly(tmp_path):
     train = write_pairs_tsv(tmp_path / "train.tsv", 24, seed=1)
-    loss = {"pairs": [], "terms": [{"name": "sigmoid", "pairs": PAIR}]}
+    loss = {"terms": [{"name": "sigmoid", "pairs": PAIR}]}
     steps = ["Train.max_steps=4", "Train.save_every=2"]
     (tmp_path / "a").mkdir()
     log = run_train(write_train_config(tmp_path / "a", train, Loss=loss), *steps).stdout
@@ -258,11 +259,11 @@ def test_training_checkpoints_the_scale_and_bias_and_resumes_exactly(tmp_path):
 def test_the_model_temperature_counts_as_used_unless_the_sigmoid_term_is_alone():
     from ernievil2.losses import pairwise_term
 
-    assert not MultiViewContrastiveLoss([], terms=[SigmoidPairs(PAIR, global_batch=8)]).uses_logit_scale
-    assert MultiViewContrastiveLoss(PAIR, terms=[SigmoidPairs(PAIR, global_batch=8)]).uses_logit_scale
+    assert not table_loss([], terms=[SigmoidPairs(PAIR, global_batch=8)]).needs.logit_scale
+    assert table_loss(PAIR, terms=[SigmoidPairs(PAIR, global_batch=8)]).needs.logit_scale
     other = pairwise_term("other", lambda a, b, logit_scale, a_all, b_all, rank: logit_scale)(PAIR)
-    assert MultiViewContrastiveLoss([], terms=[SigmoidPairs(PAIR, global_batch=8), other]).uses_logit_scale
+    assert table_loss([], terms=[SigmoidPairs(PAIR, global_batch=8), other]).needs.logit_scale
     brivl = {"size": 8, "mode": "brivl"}
-    assert MultiViewContrastiveLoss([], momentum_queue=brivl, embed_dim=4).uses_logit_scale
+    assert queue_loss([], brivl, 4)[0].needs.logit_scale
     fixed = {**brivl, "temperature": {"init": 0.07}}
-    assert not MultiViewContrastiveLoss([], momentum_queue=fixed, embed_dim=4).uses_logit_scale
+    assert not queue_loss([], fixed, 4)[0].needs.logit_scale

@@ -11,15 +11,17 @@ from ernievil2.losses import (
     CrossModalQueue,
     MomentumEncoder,
     MomentumQueueConfig,
-    MultiViewContrastiveLoss,
+    MomentumQueueTerm,
+    build_loss,
+    check_loss_section,
     ema_update_,
     extra_negative_info_nce,
-    parse_momentum_queue,
     queue_info_nce,
     queue_share,
     same_image_mask,
     symmetric_info_nce,
 )
+from tests.helpers import queue_loss, table_loss
 
 
 @pytest.fixture(autouse=True)
@@ -381,16 +383,22 @@ def features_and_keys(seed):
 
 
 def filled_loss(seed, config, enqueues=QUEUE_IDS):
-    """The loss layer with ``enqueues`` batches of 3 random keys already in its queue, and the numpy queue."""
-    loss_fn = MultiViewContrastiveLoss(PAIRS, momentum_queue=config, embed_dim=DIM)
+    """The loss layer and its momentum queue with ``enqueues`` batches of 3 random keys already in, and the numpy queue."""
+    loss_fn, momentum = queue_loss(PAIRS, config, DIM)
     reference = NumpyQueue(SIZE, DIM)
     rng = np.random.default_rng(seed + 100)
     for ids in enqueues:
         keys = random_keys(rng, len(ids), DIM)
-        tracked_ids = int_tensor(ids) if loss_fn.queue.track_ids else None
-        loss_fn.enqueue({v: tensor(x, False) for v, x in keys.items()}, tracked_ids)
+        tracked_ids = int_tensor(ids) if momentum.queue.track_ids else None
+        momentum.queue.enqueue({v: tensor(x, False) for v, x in keys.items()}, tracked_ids)
         reference.push(keys, ids)
-    return loss_fn, reference
+    return loss_fn, momentum, reference
+
+
+def with_queue(loss_fn, momentum, features, keys, step, scale=8.0):
+    """The loss of one step with the queue as it stands; the batch's image ids go in when the loss reads them."""
+    ids = {"image_ids": int_tensor(BATCH_IDS)} if loss_fn.needs.ids else {}
+    return loss_fn(features, tensor(scale), momentum=momentum.batch(keys, step), **ids)
 
 
 def np_layer_loss(features, keys, reference, pairs, scale, cfg, share, mask_same_image):
@@ -414,9 +422,9 @@ def np_layer_loss(features, keys, reference, pairs, scale, cfg, share, mask_same
 @pytest.mark.parametrize("step, expected_share", [(3, 0.5), (4, 1.0)])
 def test_active_queue_matches_numpy(mask_same_image, step, expected_share):
     config = queue_config(mask_same_image=mask_same_image, warmup_steps=3, ramp_steps=2)
-    loss_fn, reference = filled_loss(9, config)
+    loss_fn, momentum, reference = filled_loss(9, config)
     features, keys = features_and_keys(10)
-    out = loss_fn(features, tensor(8.0), keys=keys, image_ids=int_tensor(BATCH_IDS), step=step)
+    out = with_queue(loss_fn, momentum, features, keys, step)
 
     expected, mask = np_layer_loss(
         features, keys, reference, PAIRS, 8.0, queue_config(), expected_share, mask_same_image
@@ -437,11 +445,11 @@ def test_active_queue_matches_numpy(mask_same_image, step, expected_share):
 )
 def test_inactive_queue_leaves_the_table_loss_unchanged(enqueues, step):
     config = {"size": SIZE, "mode": "extra_negatives", "mask_same_image": True, "warmup_steps": 3}
-    loss_fn, _ = filled_loss(11, config, enqueues)
-    plain_fn = MultiViewContrastiveLoss(PAIRS)
+    loss_fn, momentum, _ = filled_loss(11, config, enqueues)
+    plain_fn = table_loss(PAIRS)
     features, keys = features_and_keys(12)
 
-    out = loss_fn(features, tensor(8.0), keys=keys, image_ids=int_tensor(BATCH_IDS), step=step)
+    out = with_queue(loss_fn, momentum, features, keys, step)
     plain = plain_fn(features, tensor(8.0))
     assert set(out) == set(plain) | {"queue/share"} and out["queue/share"].item() == 0.0
     for name, value in plain.items():
@@ -452,58 +460,56 @@ def test_inactive_queue_leaves_the_table_loss_unchanged(enqueues, step):
 
 
 def test_brivl_alone_trains_nothing_until_the_queue_is_active():
-    loss_fn = MultiViewContrastiveLoss([], momentum_queue={"size": SIZE, "mode": "brivl"}, embed_dim=DIM)
-    assert loss_fn.required_views == {"image_v1", "text_v1"}
+    loss_fn, momentum = queue_loss([], {"size": SIZE, "mode": "brivl"}, DIM)
+    assert loss_fn.needs.views == {"image_v1", "text_v1"}
     features, keys = features_and_keys(13)
-    out = loss_fn(features, tensor(8.0), keys=keys, step=0)
+    out = with_queue(loss_fn, momentum, features, keys, 0)
     grads = paddle.grad(out["loss"], [features["image_v1"], features["text_v1"]])
     assert out["loss"].item() == 0.0 and not any(g.numpy().any() for g in grads)
 
     for _ in range(2):
-        loss_fn.enqueue({v: tensor(np.ones((3, DIM)), False) for v in ("image", "text")})
-    active = loss_fn(features, tensor(8.0), keys=keys, step=1)
+        momentum.queue.enqueue({v: tensor(np.ones((3, DIM)), False) for v in ("image", "text")})
+    active = with_queue(loss_fn, momentum, features, keys, 1)
     assert active["loss"].item() > 0.1 and set(active) == {"loss", "loss/brivl", "acc/brivl", "queue/share"}
 
 
-@pytest.mark.parametrize(
-    "config, kwargs, match",
-    [
-        (None, {"step": 0}, "keys, image_ids and step feed the momentum queue, which is not configured"),
-        ({"mode": "extra_negatives"}, {}, r"step \(optimizer steps taken\) is required with momentum_queue, got None"),
-        ({"mode": "brivl"}, {"step": 0}, r"brivl term needs keys \['image', 'text'\] from the momentum encoder"),
-        ({"mode": "extra_negatives", "mask_same_image": True}, {"step": 0}, "mask_same_image needs image_ids"),
-    ],
-)
-def test_forward_arguments_are_checked(config, kwargs, match):
-    queue = None if config is None else {"size": SIZE, **config}
-    loss_fn = MultiViewContrastiveLoss(PAIRS, momentum_queue=queue, embed_dim=None if queue is None else DIM)
-    features, _ = features_and_keys(14)
-    with pytest.raises(ValueError, match=match):
-        loss_fn(features, tensor(1.0), **kwargs)
+def test_the_loss_and_the_momentum_queue_check_what_they_are_given():
+    features, keys = features_and_keys(14)
+    _, other = queue_loss(PAIRS, {"size": SIZE, "mode": "both"}, DIM)
+    with pytest.raises(ValueError, match="goes with a momentum_queue term, and only with one"):
+        table_loss(PAIRS)(features, tensor(1.0), momentum=other.batch(keys, 0))
+    loss_fn, momentum = queue_loss(PAIRS, {"size": SIZE, "mode": "extra_negatives", "mask_same_image": True}, DIM)
+    with pytest.raises(ValueError, match="needs the step's MomentumBatch"):
+        loss_fn(features, tensor(1.0), image_ids=int_tensor(BATCH_IDS))
+    with pytest.raises(ValueError, match="the loss needs image_ids"):
+        loss_fn(features, tensor(1.0), momentum=momentum.batch(keys, 0))
+    with pytest.raises(ValueError, match=r"step \(optimizer steps taken\) must be an integer, got None"):
+        momentum.batch(keys, None)
+    with pytest.raises(ValueError, match="after_step follows a step"):
+        queue_loss(PAIRS, both(), DIM)[1].after_step(paddle.nn.Layer())
 
-
-def test_embed_dim_goes_with_the_queue():
-    with pytest.raises(ValueError, match="momentum_queue needs embed_dim"):
-        MultiViewContrastiveLoss(PAIRS, momentum_queue={"size": 4, "mode": "both"})
-    with pytest.raises(ValueError, match="without momentum_queue it is unused"):
-        MultiViewContrastiveLoss(PAIRS, embed_dim=4)
-    with pytest.raises(ValueError, match="enqueue needs a momentum_queue"):
-        MultiViewContrastiveLoss(PAIRS).enqueue({})
 
 
 # ---------------------------------------------------------------- the config
 
 
+def queue_term_section(section):
+    """A Loss section with the pair table, then ``section`` as a momentum_queue term (a non-mapping as it is)."""
+    entry = {"name": "momentum_queue", **section} if isinstance(section, dict) else section
+    return {"terms": [{"name": "info_nce", "pairs": PAIRS}, entry]}
+
+
 def test_config_defaults():
-    assert parse_momentum_queue({"size": 8, "mode": "extra_negatives"}) == MomentumQueueConfig(
-        size=8, mode="extra_negatives", momentum=0.99, weight=1.0, temperature=None,
+    assert MomentumQueueTerm(size=8, mode="extra_negatives").momentum == MomentumQueueConfig(
+        size=8, mode="extra_negatives", momentum=0.99, temperature=None,
         warmup_steps=0, ramp_steps=0, mask_same_image=False,
     )
-    full = parse_momentum_queue(
+    loss = build_loss(queue_term_section(
         {"size": 8, "mode": "both", "momentum": 0.9, "weight": 2, "temperature": {"init": 0.07, "learnable": False},
          "warmup_steps": 5, "ramp_steps": 3, "mask_same_image": True}
-    )
-    assert full.temperature == 0.07 and full.weight == 2.0 and full.brivl and full.extra_negatives
+    ))
+    full = loss.needs.momentum
+    assert full.temperature == 0.07 and loss.weights == [1.0, 2.0] and full.brivl and full.extra_negatives
 
 
 def both(**keys):
@@ -513,40 +519,49 @@ def both(**keys):
 @pytest.mark.parametrize(
     "section, message",
     [
-        ([4096], "momentum_queue: expected a mapping, got [4096]"),
-        ({"mode": "both"}, "momentum_queue.size: missing (required)"),
-        (both(sise=4), "momentum_queue.sise: unknown key; known: size, mode, "),
+        ([4096], "Loss.terms[1]: expected a mapping with a 'name' of a loss term, got [4096]"),
+        ({"mode": "both"}, "Loss.terms[1]: missing required key(s): size"),
+        (both(sise=4), "Loss.terms[1].sise: unknown key; MomentumQueueTerm takes: size, mode, "),
         (both(warmup=4), "did you mean 'warmup_steps'?"),
-        (both(size=0), "momentum_queue.size: must be an integer >= 1, got 0"),
-        (both(size=8.0), "momentum_queue.size: must be an integer >= 1, got 8.0"),
-        (both(mode="moco"), "momentum_queue.mode: must be one of extra_negatives, brivl, both, got 'moco'"),
-        (both(momentum=1.5), "momentum_queue.momentum: must be in [0, 1], got 1.5"),
-        (both(momentum="0.99"), "momentum_queue.momentum: must be a finite number, got '0.99' (str)"),
-        (both(weight=0), "momentum_queue.weight: must be positive, got 0.0"),
-        (both(weight=True), "momentum_queue.weight: must be a finite number, got True (bool)"),
-        (both(mode="extra_negatives", weight=1.0), "momentum_queue.weight: only the brivl term uses it"),
-        (both(mode="extra_negatives", temperature={"init": 0.07}), "momentum_queue.temperature: only the brivl"),
-        (both(temperature="fixed"), "momentum_queue.temperature: expected 'shared' or a mapping"),
-        (both(temperature={"init": 0.07, "learnable": True}), "momentum_queue.temperature.learnable: must be false"),
-        (both(temperature={"init": 0}), "momentum_queue.temperature.init: must be positive, got 0.0"),
-        (both(temperature={"learnable": False}), "momentum_queue.temperature: missing key 'init'"),
-        (both(temperature={"init": 0.07, "max": 9}), "momentum_queue.temperature.max: unknown key"),
-        (both(warmup_steps=-1), "momentum_queue.warmup_steps: must be an integer >= 0, got -1"),
-        (both(ramp_steps=1.5), "momentum_queue.ramp_steps: must be an integer >= 0, got 1.5"),
-        (both(mask_same_image="yes"), "momentum_queue.mask_same_image: must be true or false, got 'yes'"),
+        (both(size=0), "Loss.terms[1].size: must be an integer >= 1, got 0"),
+        (both(size=8.0), "Loss.terms[1].size: must be an integer >= 1, got 8.0"),
+        (both(mode="moco"), "Loss.terms[1].mode: must be one of extra_negatives, brivl, both, got 'moco'"),
+        (both(momentum=1.5), "Loss.terms[1].momentum: must be in [0, 1], got 1.5"),
+        (both(momentum="0.99"), "Loss.terms[1].momentum: must be a finite number, got '0.99' (str)"),
+        (both(weight=0), "Loss.terms[1].weight: weight must be a positive finite number, got 0"),
+        (both(weight=True), "Loss.terms[1].weight: weight must be a number, got True (bool)"),
+        (both(mode="extra_negatives", weight=1.0), "Loss.terms[1].weight: only the brivl loss uses it"),
+        (both(mode="extra_negatives", temperature={"init": 0.07}), "Loss.terms[1].temperature: only the brivl"),
+        (both(temperature="fixed"), "Loss.terms[1].temperature: expected 'shared' or a mapping"),
+        (both(temperature={"init": 0.07, "learnable": True}), "Loss.terms[1].temperature.learnable: must be false"),
+        (both(temperature={"init": 0}), "Loss.terms[1].temperature.init: must be positive, got 0.0"),
+        (both(temperature={"learnable": False}), "Loss.terms[1].temperature: missing key 'init'"),
+        (both(temperature={"init": 0.07, "max": 9}), "Loss.terms[1].temperature.max: unknown key"),
+        (both(warmup_steps=-1), "Loss.terms[1].warmup_steps: must be an integer >= 0, got -1"),
+        (both(ramp_steps=1.5), "Loss.terms[1].ramp_steps: must be an integer >= 0, got 1.5"),
+        (both(mask_same_image="yes"), "Loss.terms[1].mask_same_image: must be true or false, got 'yes'"),
+        (both(positives={"mode": "masked"}), "Loss.terms[1].positives: set by the trainer"),
     ],
 )
 def test_invalid_queue_configs_name_the_key(section, message):
     with pytest.raises(ValueError) as error:
-        parse_momentum_queue(section)
+        check_loss_section(queue_term_section(section))
     assert message in str(error.value)
 
 
 @pytest.mark.parametrize("mode, accepted", [("brivl", True), ("both", False), ("extra_negatives", False)])
-def test_only_brivl_mode_accepts_an_empty_pair_table(mode, accepted):
-    build = lambda: MultiViewContrastiveLoss([], momentum_queue={"size": 4, "mode": mode}, embed_dim=2)  # noqa: E731
+def test_only_brivl_mode_goes_without_an_info_nce_term(mode, accepted):
+    section = {"terms": [{"name": "momentum_queue", "size": 4, "mode": mode}]}
     if accepted:
-        assert build().pairs == ()
+        check_loss_section(section)
+        assert build_loss(section).needs.views == {"image_v1", "text_v1"}
     else:
-        with pytest.raises(ValueError, match="pairs: expected a non-empty list"):
-            build()
+        with pytest.raises(ValueError, match="Loss.terms\\[0\\].mode: .*the queue's negatives join the info_nce terms, and none is listed"):
+            check_loss_section(section)
+
+
+def test_a_second_queue_is_refused():
+    section = queue_term_section(both())
+    section["terms"].append({"name": "momentum_queue", **both()})
+    with pytest.raises(ValueError, match="Loss.terms\\[2\\]: a second momentum_queue"):
+        check_loss_section(section)

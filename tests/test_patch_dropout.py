@@ -9,12 +9,11 @@ import pytest
 from ernievil2.config import load_config
 from ernievil2.engine.build import check_patch_keep
 from ernievil2.engine.steps import accumulated_step, encode_views, image_groups, train_step
-from ernievil2.losses import MultiViewContrastiveLoss
 from ernievil2.models import build_model
 from ernievil2.models.tower import TowerCapabilityError
 from ernievil2.models.vit import VisionTransformer, keep_patch_tokens, kept_patch_count, kept_patch_indices
 from ernievil2.registry import ConfigError
-from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config
+from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config, table_loss
 from tests.test_engine import final_weights, grads, random_batch, run_train, split
 
 PAIRS = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5]]
@@ -179,16 +178,16 @@ def test_views_with_their_own_ratios_go_through_the_tower_in_separate_calls():
 
 def test_accumulated_step_replays_the_kept_patches_exactly():
     """GradCache's second pass must drop the same patches as its first, or the cached gradients do not fit."""
-    loss = MultiViewContrastiveLoss(PAIRS)
+    loss = table_loss(PAIRS)
     parts = split(random_batch(8, 1), 2)
     keep = {"image_v1": 0.5, "image_v2": 0.75}
     model = tiny_model()
     state = paddle.get_rng_state()
-    accumulated_step(model, loss, parts, loss.required_views, patch_keep=keep)
+    accumulated_step(model, loss, parts, loss.needs.views, patch_keep=keep)
     got = grads(model)
     model.clear_gradients()
     paddle.set_rng_state(state)
-    features = [encode_views(model, p, loss.required_views, patch_keep=keep)[0] for p in parts]
+    features = [encode_views(model, p, loss.needs.views, patch_keep=keep)[0] for p in parts]
     stacked = {v: paddle.concat([f[v] for f in features]) for v in features[0]}
     loss(stacked, model.logit_scale())["loss"].backward()
     expected = grads(model)
@@ -198,10 +197,10 @@ def test_accumulated_step_replays_the_kept_patches_exactly():
     # and patches really were dropped: another draw gives other gradients, all patches others still
     model.clear_gradients()
     paddle.seed(12345)
-    accumulated_step(model, loss, parts, loss.required_views, patch_keep=keep)
+    accumulated_step(model, loss, parts, loss.needs.views, patch_keep=keep)
     assert any(not np.allclose(grads(model)[n], expected[n]) for n in expected)
     model.clear_gradients()
-    train_step(model, loss, random_batch(8, 1), loss.required_views)
+    train_step(model, loss, random_batch(8, 1), loss.needs.views)
     assert any(not np.allclose(grads(model)[n], expected[n]) for n in expected)
 
 
@@ -236,7 +235,10 @@ def test_patch_keep_is_checked_when_the_config_loads(tmp_path):
 def test_patch_dropout_with_accumulation_and_momentum_queue_resumes_exactly(tmp_path):
     """GradCache, the momentum encoder (every patch) and patch dropout together; a resumed run ends on the same weights."""
     train = write_pairs_tsv(tmp_path / "train.tsv", 24, seed=3)
-    loss = {"pairs": PAIRS, "momentum_queue": {"size": 8, "mode": "both", "momentum": 0.9, "warmup_steps": 1, "mask_same_image": True}}
+    loss = {"terms": [
+        {"name": "info_nce", "pairs": PAIRS},
+        {"name": "momentum_queue", "size": 8, "mode": "both", "momentum": 0.9, "warmup_steps": 1, "mask_same_image": True},
+    ]}
     steps = ["Train.max_steps=4", "Train.save_every=2", "Train.accum_steps=2", "Train.batch_size=2",
              "Train.patch_keep.image_v1=0.5", "Train.patch_keep.image_v2=0.75"]
     runs = {}

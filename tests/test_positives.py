@@ -8,8 +8,8 @@ import paddle
 import pytest
 
 from ernievil2.config import load_config
-from ernievil2.losses import MultiViewContrastiveLoss, symmetric_info_nce
-from ernievil2.losses.build import build_loss, check_loss_config
+from ernievil2.losses import symmetric_info_nce
+from ernievil2.losses import build_loss, check_loss_section
 from ernievil2.losses.momentum import CrossModalQueue, extra_negative_info_nce, queue_info_nce
 from ernievil2.losses.positives import (
     Positives,
@@ -21,7 +21,7 @@ from ernievil2.losses.positives import (
 )
 from ernievil2.registry import ConfigError
 from tests.dist.dist_momentum_check import float64_default
-from tests.helpers import REPO
+from tests.helpers import REPO, queue_loss, table_loss
 
 MODES = ("masked", "multi_positive")
 
@@ -170,23 +170,23 @@ def np_table_loss(feats, scale, positives, mode):
 @pytest.mark.parametrize("same_caption", [False, True])
 @pytest.mark.parametrize("mode", MODES)
 def test_layer_matches_numpy_for_every_pair(mode, same_caption):
-    loss_fn = MultiViewContrastiveLoss(PAIRS, positives={"mode": mode, "same_caption": same_caption})
+    loss_fn = table_loss(PAIRS, positives={"mode": mode, "same_caption": same_caption})
     feats = features(3)
     kwargs = {"image_ids": ids(IMAGE_IDS), **({"caption_ids": ids(CAPTION_IDS)} if same_caption else {})}
     out = loss_fn(feats, tensor(6.0), **kwargs)
     kinds = {"image": np.array(IMAGE_IDS), **({"caption": np.array(CAPTION_IDS)} if same_caption else {})}
     positives = np_positive_mask(kinds, kinds, np.arange(6))
     np.testing.assert_allclose(out["loss"].item(), np_table_loss(feats, 6.0, positives, mode), rtol=1e-12)
-    plain = MultiViewContrastiveLoss(PAIRS)(feats, tensor(6.0))
+    plain = table_loss(PAIRS)(feats, tensor(6.0))
     assert abs(out["loss"].item() - plain["loss"].item()) > 1e-3  # the positives changed something
-    assert loss_fn.id_inputs == {"image_ids": "image_id", **({"caption_ids": "caption_id"} if same_caption else {})}
+    assert loss_fn.needs.ids == {"image_ids": "image_id", **({"caption_ids": "caption_id"} if same_caption else {})}
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_distinct_ids_give_the_plain_loss_and_gradients(mode):
     feats = features(4)
-    out = MultiViewContrastiveLoss(PAIRS, positives={"mode": mode})(feats, tensor(6.0), image_ids=ids(range(6)))
-    plain = MultiViewContrastiveLoss(PAIRS)(feats, tensor(6.0))
+    out = table_loss(PAIRS, positives={"mode": mode})(feats, tensor(6.0), image_ids=ids(range(6)))
+    plain = table_loss(PAIRS)(feats, tensor(6.0))
     np.testing.assert_allclose(out["loss"].item(), plain["loss"].item(), rtol=1e-13)
     inputs = list(feats.values())
     for got, expected in zip(paddle.grad(out["loss"], inputs), paddle.grad(plain["loss"], inputs)):
@@ -196,16 +196,16 @@ def test_distinct_ids_give_the_plain_loss_and_gradients(mode):
 @pytest.mark.parametrize(
     "positives, kwargs, match",
     [
-        ({"mode": "masked"}, {}, "Loss.positives needs image_ids"),
-        ({"mode": "masked", "same_caption": True}, {"image_ids": ids(IMAGE_IDS)}, "Loss.positives needs caption_ids"),
-        ({"mode": "masked"}, {"image_ids": ids(IMAGE_IDS), "caption_ids": ids(CAPTION_IDS)}, "caption_ids feed Loss.positives with same_caption"),
-        (None, {"caption_ids": ids(CAPTION_IDS)}, "caption_ids feed Loss.positives with same_caption"),
-        ({"mode": "masked"}, {"image_ids": ids(IMAGE_IDS), "step": 0}, "keys, image_ids and step feed the momentum queue"),
+        ({"mode": "masked"}, {}, "the loss needs image_ids"),
+        ({"mode": "masked", "same_caption": True}, {"image_ids": ids(IMAGE_IDS)}, "the loss needs caption_ids"),
+        ({"mode": "masked"}, {"image_ids": ids(IMAGE_IDS), "caption_ids": ids(CAPTION_IDS)}, "caption_ids: no term reads them"),
+        (None, {"caption_ids": ids(CAPTION_IDS)}, "caption_ids: no term reads them"),
+        (None, {"image_ids": ids(IMAGE_IDS)}, "image_ids: no term reads them"),
     ],
 )
 def test_forward_ids_are_checked(positives, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        MultiViewContrastiveLoss(PAIRS, positives=positives)(features(5), tensor(1.0), **kwargs)
+        table_loss(PAIRS, positives=positives)(features(5), tensor(1.0), **kwargs)
 
 
 # ---------------------------------------------------------------- the queue
@@ -273,13 +273,13 @@ def test_queue_stores_caption_ids_with_its_entries():
 def test_layer_with_a_queue_scores_queue_entries_of_the_rows_identity_as_positives(mode):
     queue = {"size": 5, "mode": "both", "temperature": {"init": 0.25}}
     with float64_default():  # the queue's buffers take the default dtype
-        loss_fn = MultiViewContrastiveLoss(PAIRS[:1], momentum_queue=queue, embed_dim=4, positives={"mode": mode, "same_caption": True})
-    assert loss_fn.queue.track_ids and loss_fn.queue.track_caption_ids
+        loss_fn, momentum = queue_loss(PAIRS[:1], queue, 4, positives={"mode": mode, "same_caption": True})
+    assert momentum.queue.track_ids and momentum.queue.track_caption_ids
     rng = np.random.default_rng(7)
     stored = {v: unit(rng.standard_normal((5, 4))) for v in ("image", "text")}
-    loss_fn.enqueue({v: tensor(x) for v, x in stored.items()}, ids(QUEUE_IMAGE_IDS), ids(QUEUE_CAPTION_IDS))
+    momentum.queue.enqueue({v: tensor(x) for v, x in stored.items()}, ids(QUEUE_IMAGE_IDS), caption_ids=ids(QUEUE_CAPTION_IDS))
     feats, keys = features(8, rows=4), {v: tensor(rng.standard_normal((4, 4))) for v in ("image", "text")}
-    out = loss_fn(feats, tensor(6.0), keys=keys, image_ids=ids(IMAGE_IDS[:4]), caption_ids=ids(CAPTION_IDS[:4]), step=0)
+    out = loss_fn(feats, tensor(6.0), image_ids=ids(IMAGE_IDS[:4]), caption_ids=ids(CAPTION_IDS[:4]), momentum=momentum.batch(keys, 0))
 
     kinds = {"image": np.array(IMAGE_IDS[:4]), "caption": np.array(CAPTION_IDS[:4])}
     in_batch = np_positive_mask(kinds, kinds, np.arange(4))
@@ -294,7 +294,7 @@ def test_layer_with_a_queue_scores_queue_entries_of_the_rows_identity_as_positiv
     t2i = np_loss(np.concatenate([4 * (f["text_v1"] * k["image"]).sum(1, keepdims=True), 4 * f["text_v1"] @ stored["image"].T], 1), np.zeros(4, int), own, mode)
     np.testing.assert_allclose(out["loss/image_v1-text_v1"].item(), (a2b[0] + b2a[0]) / 2, rtol=1e-12)
     np.testing.assert_allclose(out["loss/brivl"].item(), (i2t[0] + t2i[0]) / 2, rtol=1e-12)
-    assert loss_fn.id_inputs == {"image_ids": "image_id", "caption_ids": "caption_id"}
+    assert loss_fn.needs.ids == {"image_ids": "image_id", "caption_ids": "caption_id"}
 
 
 # ---------------------------------------------------------------- the config
@@ -304,14 +304,15 @@ def test_config_parses_and_defaults():
     assert parse_positives(None) is None
     assert parse_positives({"mode": "masked"}) == PositivesConfig("masked", False)
     assert parse_positives({"mode": "multi_positive", "same_caption": True}).identities == ("image", "caption")
-    loss = build_loss({"name": "MultiViewContrastive", "pairs": PAIRS, "positives": {"mode": "masked"}})
+    table = {"name": "info_nce", "pairs": PAIRS}
+    loss = build_loss({"terms": [table], "positives": {"mode": "masked"}})
     assert loss.positives == PositivesConfig("masked", False)
-    assert build_loss({"name": "MultiViewContrastive", "pairs": PAIRS}).id_inputs == {}
+    assert build_loss({"terms": [table]}).needs.ids == {}
     # The trainer passes only these: a queue that does not mask gets no ids (its enqueue refuses them).
     queue = {"size": 8, "mode": "both"}
-    assert MultiViewContrastiveLoss(PAIRS, momentum_queue=queue, embed_dim=4).id_inputs == {}
-    masking = MultiViewContrastiveLoss(PAIRS, momentum_queue={**queue, "mask_same_image": True}, embed_dim=4)
-    assert masking.id_inputs == {"image_ids": "image_id"}
+    assert queue_loss(PAIRS, queue, 4)[0].needs.ids == {}
+    masking, momentum = queue_loss(PAIRS, {**queue, "mask_same_image": True}, 4)
+    assert masking.needs.ids == {"image_ids": "image_id"} and momentum.queue.track_ids
 
 
 @pytest.mark.parametrize(
@@ -325,17 +326,17 @@ def test_config_parses_and_defaults():
         (
             {"mode": "masked"},
             {"size": 8, "mode": "extra_negatives", "mask_same_image": True},
-            "Loss.momentum_queue.mask_same_image",
+            "Loss.terms[1].mask_same_image",
             "drop mask_same_image",
         ),
     ],
 )
 def test_config_errors_name_the_key(positives, queue, key, message):
-    section = {"name": "MultiViewContrastive", "pairs": PAIRS, "positives": positives}
+    section = {"terms": [{"name": "info_nce", "pairs": PAIRS}], "positives": positives}
     if queue is not None:
-        section["momentum_queue"] = queue
+        section["terms"].append({"name": "momentum_queue", **queue})
     with pytest.raises(ConfigError, match=message) as err:
-        check_loss_config(section)
+        check_loss_section(section)
     assert err.value.key == key
 
 

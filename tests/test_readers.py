@@ -445,9 +445,9 @@ def test_open_pairs_dispatches_each_format(tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"format": "offical_tsv", "path": "x"}, "unknown data format 'offical_tsv' (did you mean 'official_tsv'?)"),
+    ({"format": "offical_tsv", "path": "x"}, "unknown data format 'offical_tsv'; known formats: chinese_clip, jsonl_folder, official_tsv; did you mean 'official_tsv'?"),
     ({"path": "x"}, "data spec has no 'format' key"),
-    ({"format": "official_tsv", "pth": "x"}, "unknown key 'pth' in 'official_tsv' data spec (did you mean 'path'?)"),
+    ({"format": "official_tsv", "pth": "x"}, "unknown key 'pth' in 'official_tsv' data spec; allowed keys: path; did you mean 'path'?"),
     ({"format": "chinese_clip", "root": "x"}, "missing a required argument: 'split'"),
 ])
 def test_open_pairs_rejects_bad_specs(spec, message):

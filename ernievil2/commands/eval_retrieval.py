@@ -15,19 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Run as a script from a checkout: make the repository's package importable.
 
+from ernievil2.commands import positive_int
 from ernievil2.evaluation import retrieval
 
 PROTOCOLS = ("official", "multi_gt", "both")
 NORM_TOLERANCE = 1e-3
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def build_parser():

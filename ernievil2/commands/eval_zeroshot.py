@@ -19,50 +19,10 @@ import json
 import time
 from pathlib import Path
 
+from ernievil2.commands import add_model_arguments, batch_settings, positive_int, trained_model
+
 # Bad files or arguments: one line and exit code 2 (ernievil2.cli.run).
 USER_ERRORS = (ValueError,)
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def add_model_arguments(parser, required=True):
-    """The options every command that runs a trained model takes (eval_zeroshot, make_tags)."""
-    parser.add_argument("-c", "--config", required=required, help="the model's config (Arch, Tokenizer, Preprocess)")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
-    parser.add_argument("--weights", required=required, help="official .pdparams, PaddleNLP folder, or our checkpoint")
-    parser.add_argument("--templates", help="prompt templates, one a line with {} (default: the Chinese set shipped)")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="default: Eval.batch_size")
-    parser.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default: Eval.num_workers)")
-    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="a bad record stops the run, or is skipped and counted")
-
-
-def load_model(args):
-    """(config, model with the weights, tokenizer, eval transform) for ``args`` of :func:`add_model_arguments`."""
-    import paddle
-
-    from ernievil2.checkpoint import load_pretrained
-    from ernievil2.config import load_config
-    from ernievil2.data.image_ops import EvalTransform
-    from ernievil2.data.tokenizer import build_tokenizer
-    from ernievil2.models import build_model
-
-    config = load_config(args.config, args.override)
-    paddle.set_device(config["Global"]["device"])
-    model = build_model(config["Arch"])
-    load_pretrained(model, args.weights)
-    model.eval()
-    return config, model, build_tokenizer(config), EvalTransform.from_config(config["Preprocess"])
-
-
-def batch_settings(args, config):
-    batch = args.batch_size or config["Eval"]["batch_size"]
-    workers = config["Eval"]["num_workers"] if args.num_workers is None else args.num_workers
-    return batch, workers
 
 
 def build_parser():
@@ -94,7 +54,7 @@ def main(argv=None):
     if args.data and not Path(args.data).is_dir():
         raise ValueError(f"--data {args.data}: expected a folder holding a sub-folder of images per class, "
                          "got a file (an image TSV goes with --images, --labels and --classes)")
-    config, model, tokenizer, transform = load_model(args)
+    config, model, tokenizer, transform = trained_model(args)
     batch, workers = batch_settings(args, config)
     if args.data:
         spec = {"folder": args.data, "templates": args.templates}

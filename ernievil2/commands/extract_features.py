@@ -14,16 +14,11 @@ import time
 
 import numpy as np
 
-import paddle
-from ernievil2.checkpoint import load_pretrained
-from ernievil2.config import load_config
+from ernievil2.commands import batch_settings, trained_model
 from ernievil2.data.errors import skip_report_path
-from ernievil2.data.image_ops import EvalTransform
 from ernievil2.data.sources import add_data_arguments, spec_from_args
-from ernievil2.data.tokenizer import build_tokenizer
 from ernievil2.evaluation.embed import embed_split
 from ernievil2.evaluation.retrieval import save_features
-from ernievil2.models import build_model
 
 
 # A ValueError here means a bad data file or spec: a one-line error too (ernievil2.cli.run).
@@ -49,20 +44,9 @@ def main(argv=None):
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.override)
-    paddle.set_device(config["Global"]["device"])
-    model = build_model(config["Arch"])
-    load_pretrained(model, args.weights)
+    config, model, tokenizer, transform = trained_model(args)
     started = time.time()
-    features, counter = embed_split(
-        model,
-        spec_from_args(args),
-        build_tokenizer(config),
-        EvalTransform.from_config(config["Preprocess"]),
-        args.batch_size or config["Eval"]["batch_size"],
-        config["Eval"]["num_workers"] if args.num_workers is None else args.num_workers,
-        args.on_error,
-    )
+    features, counter = embed_split(model, spec_from_args(args), tokenizer, transform, *batch_settings(args, config), args.on_error)
     save_features(args.output, features.text_emb, features.image_emb, features.image_ids, features.text_ids, features.text_pos_indptr, features.text_pos_ids)
     if args.official_txt:
         write_official_txt(args.official_txt, features)

@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from ernievil2.commands.eval_zeroshot import add_model_arguments, batch_settings, load_model
+from ernievil2.commands import add_model_arguments, batch_settings, positive_int, trained_model
+from ernievil2.data.sources import add_data_arguments, spec_from_args
 
 # Bad files or arguments: one line and exit code 2 (ernievil2.cli.run).
 USER_ERRORS = (ValueError,)
@@ -40,18 +41,13 @@ def probability(text):
 
 
 def build_parser():
-    from ernievil2.commands.eval_zeroshot import positive_int
-    from ernievil2.data.readers import DATA_FORMATS
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, required=False)
     parser.add_argument("--paddleclas", metavar="NAME", help="tag with this PaddleClas classifier (e.g. ResNet50) instead of -c/--weights")
     parser.add_argument("--paddleclas-weights", help="the classifier's .pdparams (every weight, its classifier included)")
     parser.add_argument("--image-size", type=positive_int, default=224, help="--paddleclas: input side (default %(default)s)")
     parser.add_argument("--resize-short", type=positive_int, default=256, help="--paddleclas: short side before the centre crop (default %(default)s)")
-    parser.add_argument("--data", required=True, help="data file (or Chinese-CLIP folder)")
-    parser.add_argument("--format", default="official_tsv", choices=DATA_FORMATS.names())
-    parser.add_argument("--split", default="train", help="split name for --format chinese_clip")
+    add_data_arguments(parser, split="train")
     parser.add_argument("--vocab", required=True, help="tag vocabulary: one tag a line, or tag<TAB>prompt name")
     parser.add_argument("--top-k", type=positive_int, help="at most this many tags an image")
     parser.add_argument("--threshold", type=probability, help="only tags at least this probable")
@@ -59,12 +55,6 @@ def build_parser():
     parser.add_argument("--evaluate", action="store_true", help="score the tags against the input's own tags")
     parser.add_argument("--json", help="write the run's summary (and --evaluate's scores) here")
     return parser
-
-
-def data_spec(args):
-    if args.format == "chinese_clip":
-        return {"format": "chinese_clip", "root": args.data, "split": args.split}
-    return {"format": args.format, "path": args.data}
 
 
 def check_vocab(vocab):
@@ -118,7 +108,7 @@ def main(argv=None):
     from ernievil2.evaluation.zeroshot import tag_precision_recall
     from ernievil2.files import atomic_text_file
 
-    spec = data_spec(args)
+    spec = spec_from_args(args)
     check_pair_spec(spec)
     vocab = read_class_names(args.vocab)
     check_vocab(vocab)
@@ -128,7 +118,7 @@ def main(argv=None):
         batch, workers = args.batch_size or 64, args.num_workers or 0
     else:
         templates = read_templates(args.templates)
-        config, model, tokenizer, transform = load_model(args)
+        config, model, tokenizer, transform = trained_model(args)
         batch, workers = batch_settings(args, config)
         probabilities = zeroshot_tagger(model, tokenizer, vocab, templates)
     counter = SkipCounter(args.on_error)

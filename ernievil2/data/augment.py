@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ..registry import ConfigError, did_you_mean
-from ..validate import check_known_keys, is_real_number
+from ..validate import check_known_keys, integer_at_least, is_real_number, number_in, probability
 from .image_ops import Normalizer, center_crop, resize_short
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -317,8 +317,8 @@ def augment_settings(section=None):
     check_known_keys(section, AUGMENT_DEFAULTS, SECTION)
     raw = {**AUGMENT_DEFAULTS, **section}
     settings = {
-        "image_size": _positive_int(raw["image_size"], f"{SECTION}.image_size"),
-        "resize_short": _positive_int(raw["resize_short"], f"{SECTION}.resize_short"),
+        "image_size": integer_at_least(raw["image_size"], f"{SECTION}.image_size", 1),
+        "resize_short": integer_at_least(raw["resize_short"], f"{SECTION}.resize_short", 1),
         "crop": _crop_setting(raw["crop"], f"{SECTION}.crop"),
         "hflip": _probability(raw["hflip"], f"{SECTION}.hflip"),
         "color_jitter": _jitter_setting(raw["color_jitter"], f"{SECTION}.color_jitter"),
@@ -336,32 +336,14 @@ def augment_settings(section=None):
     return settings
 
 
-def _number(value, key):
-    if not is_real_number(value):
-        raise ConfigError(key, f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _positive_int(value, key):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ConfigError(key, f"expected a positive integer, got {value!r}")
-    return int(value)
-
-
 def _probability(value, key):
     """A probability; null means 0 (the op is off)."""
-    p = 0.0 if value is None else _number(value, key)
-    if not 0.0 <= p <= 1.0:
-        raise ConfigError(key, f"a probability must be in [0, 1], got {value!r}")
-    return p
+    return probability(0.0 if value is None else value, key)
 
 
-def _strength(value, key, upper=None):
-    x = 0.0 if value is None else _number(value, key)
-    if x < 0 or (upper is not None and x > upper):
-        bound = f"in [0, {upper}]" if upper is not None else ">= 0"
-        raise ConfigError(key, f"must be {bound}, got {value!r}")
-    return x
+def _strength(value, key, upper=math.inf):
+    """A non-negative strength (at most ``upper``); null means 0 (the op is off)."""
+    return number_in(0.0 if value is None else value, key, 0.0, upper)
 
 
 def _interval(value, key, lowest, highest=math.inf):

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from ernievil2.data.errors import DataError, SkipCounter, split_where
-from ernievil2.registry import Registry, closest
+from ernievil2.registry import Registry, did_you_mean
 
 Shard = Optional[Tuple[int, int]]
 
@@ -304,15 +304,13 @@ def check_pair_spec(spec: Mapping):
     if name is None:
         raise ValueError(f"data spec has no 'format' key; known formats: {known}")
     if name not in DATA_FORMATS:
-        hint = _did_you_mean(name, DATA_FORMATS.names())
-        raise ValueError(f"unknown data format {name!r}{hint}; known formats: {known}")
+        raise ValueError(f"unknown data format {name!r}; known formats: {known}" + did_you_mean(name, DATA_FORMATS.names()))
     opener = DATA_FORMATS.get(name)
     signature = inspect.signature(opener)
     keys = [key for key in signature.parameters if key not in ("counter", "shard")]
     for key in kwargs:
         if key not in keys:
-            hint = _did_you_mean(key, keys)
-            raise ValueError(f"unknown key {key!r} in {name!r} data spec{hint}; allowed keys: {', '.join(keys)}")
+            raise ValueError(f"unknown key {key!r} in {name!r} data spec; allowed keys: {', '.join(keys)}" + did_you_mean(key, keys))
     try:
         signature.bind(counter=None, shard=None, **kwargs)
     except TypeError as err:
@@ -340,11 +338,6 @@ DATA_FORMATS = Registry(
     "data format",
     {"official_tsv": iter_official_tsv, "chinese_clip": _chinese_clip_pairs, "jsonl_folder": iter_jsonl_folder},
 )
-
-
-def _did_you_mean(name, choices) -> str:
-    close = closest(name, choices)
-    return f" (did you mean {close!r}?)" if close else ""
 
 
 def index_image_tsv(path, counter: SkipCounter) -> ImageIndex:

@@ -11,8 +11,8 @@ from ..data.augment import TrainTransform
 from ..data.image_ops import EvalTransform
 from ..data.pipeline import TrainStream
 from ..data.tokenizer import build_tokenizer
-from ..losses.build import build_loss, check_temperature
-from ..losses.momentum import MomentumEncoder
+from ..losses.loss import build_loss, check_temperature
+from ..losses.momentum import MomentumQueue
 from ..models import build_model
 from ..models.tower import TowerCapabilityError, capability
 from ..registry import ConfigError
@@ -105,12 +105,13 @@ def build_trainer(config):
     paddle.seed(seed + rank)  # different dropout per rank
     train = config["Train"]
     global_batch = train["batch_size"] * train["accum_steps"] * world
-    loss_fn = build_loss(config["Loss"], rank, world, model.embed_dim, global_batch)
-    if not loss_fn.uses_logit_scale:
+    loss_fn = build_loss(config["Loss"], rank, world, global_batch)
+    needs = loss_fn.needs
+    if not needs.logit_scale:
         # No term reads it: untrained (DataParallel would wait for its gradient), kept in the weights.
         model.contrastive_loss_mm.temperature_b.stop_gradient = True
         log("the InfoNCE temperature is not used by any loss term: frozen")
-    momentum = MomentumEncoder(model) if loss_fn.queue_config is not None else None
+    momentum = None if needs.momentum is None else MomentumQueue(model, needs.momentum, model.embed_dim, needs.ids, world)
     optimizer = build_optimizer(model, config["Optimizer"], loss_fn)
     train_model = model
     if world > 1:
@@ -119,10 +120,10 @@ def build_trainer(config):
     n_params = sum(int(p.size) for p in model.parameters())
     n_train = sum(int(p.size) for p in model.parameters() if not p.stop_gradient)
     log(f"model: {n_params / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained); rank {rank} of {world}")
-    log(f"loss views: {', '.join(sorted(loss_fn.required_views))}")
+    log(f"loss views: {', '.join(sorted(needs.views))}")
 
     tokenizer = build_tokenizer(config)
-    views = loss_fn.required_views
+    views = needs.views
     data = config["Data"]
     stream = TrainStream(
         data["train"],

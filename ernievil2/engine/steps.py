@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ..views import IMAGE_VIEWS, KEY_VIEWS, TEXT_VIEWS, text_source
+from ..views import IMAGE_VIEWS, TEXT_VIEWS, text_source
 
 
 def use_tags_as_text(seed, step, probability):
@@ -92,21 +92,10 @@ def encode_views(model, batch, views, tags_as_text=False, autocast=None, patch_k
     return features, full_precision(out["logit_scale"])
 
 
-def momentum_keys(momentum, micro_batches, tags_as_text=False):
-    """The momentum encoder's ``image_v1`` and ``text_v1`` features, micro-batch after micro-batch.
-
-    One call per micro-batch: each is trimmed to its own text length, so their
-    ids cannot be stacked, and the activations stay those of one micro-batch.
-    """
-    image_view, text_source_of_keys = KEY_VIEWS["image"], text_source(KEY_VIEWS["text"], tags_as_text)
-    outs = [momentum(images=b[image_view], input_ids=b[text_source_of_keys]) for b in micro_batches]
-    return {key: paddle.concat([out[key] for out in outs]) for key in ("image", "text")}
-
-
 def train_step(model, loss_fn, batch, views, tags_as_text=False, autocast=None, scaler=None, loss_kwargs=None, patch_keep=None):
     """Forward, loss and backward for one batch; returns the loss terms (tensors).
 
-    ``loss_kwargs`` go to the loss as they are (the momentum queue's keys, ids and step);
+    ``loss_kwargs`` go to the loss as they are (ids, the momentum queue's batch);
     ``patch_keep`` as in :func:`encode_views`.
     """
     features, logit_scale = encode_views(model, batch, views, tags_as_text, autocast, patch_keep)

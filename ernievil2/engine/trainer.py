@@ -20,7 +20,7 @@ from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, officia
 from ..evaluation.zeroshot import format_report
 from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from .optim import lr_at
-from .steps import accumulated_step, average_gradients, batch_to_tensors, momentum_keys, train_step, use_tags_as_text
+from .steps import accumulated_step, average_gradients, batch_to_tensors, train_step, use_tags_as_text
 
 
 def peak_rss_mib():
@@ -28,13 +28,9 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# The learned scales a step reports, as the console shows them; a scale no term trains is not reported.
-SCALE_TERMS = {"logit_scale": "scale", "sigmoid/scale": "sigmoid_scale", "sigmoid/bias": "sigmoid_bias"}
-
-
-def scales_line(terms):
-    """``scale=14.85 sigmoid_scale=10.02 ...`` for the scales in ``terms``, with a trailing space."""
-    return "".join(f"{label}={terms[key]:.2f} " for key, label in SCALE_TERMS.items() if key in terms)
+def scales_line(terms, labels):
+    """``scale=14.85 sigmoid_scale=10.02 ...`` for the ``{key: label}`` in ``terms``, with a trailing space."""
+    return "".join(f"{label}={terms[key]:.2f} " for key, label in labels.items() if key in terms)
 
 
 def format_duration(seconds):
@@ -66,8 +62,10 @@ class Trainer:
         self.loss_fn, self.optimizer, self.stream = loss_fn, optimizer, stream
         self.rank, self.world_size = rank, world_size
         self.eval_fn, self.log, self.writer = eval_fn, log, writer
-        self.momentum = momentum  # the EMA key encoder of the momentum queue, or None
-        self.views = loss_fn.required_views
+        self.momentum = momentum  # the momentum queue's MomentumQueue (EMA key encoder and queues), or None
+        self.needs = loss_fn.needs
+        # The model's temperature, as the console shows it when a term reads it, then what the terms log.
+        self.log_labels = {"logit_scale": "scale", **loss_fn.logs}
         # Patch dropout of the online model's image views; the momentum encoder sees every patch.
         self.patch_keep = self.train_cfg.get("patch_keep")
         self.step = 0
@@ -93,22 +91,20 @@ class Trainer:
             lr_at(self.step, self.opt_cfg["lr"], self.opt_cfg["warmup_steps"], self.train_cfg["max_steps"], self.opt_cfg["min_lr_ratio"])
         )
         # The ids the loss reads (its positives, the queue's mask), over the step's micro-batches.
-        ids = {kw: paddle.concat([b[key] for b in micro_batches]) for kw, key in self.loss_fn.id_inputs.items()}
-        loss_kwargs = dict(ids) or None
+        loss_kwargs = {kw: paddle.concat([b[key] for b in micro_batches]) for kw, key in self.needs.ids.items()}
         if self.momentum is not None:
-            keys = momentum_keys(self.momentum, micro_batches, tags)
-            loss_kwargs = {**ids, "keys": keys, "step": self.step}
+            loss_kwargs["momentum"] = self.momentum.keys_for(micro_batches, self.step, tags)
         # The loss's own parameters (the sigmoid term's scale and bias) are outside
         # DataParallel: their gradients are averaged over ranks here.
         synced = [p for p in self.loss_fn.parameters() if not p.stop_gradient]
         if len(micro_batches) == 1:
             terms = train_step(
-                self.train_model, self.loss_fn, micro_batches[0], self.views, tags, self.autocast, self.scaler, loss_kwargs, self.patch_keep
+                self.train_model, self.loss_fn, micro_batches[0], self.needs.views, tags, self.autocast, self.scaler, loss_kwargs, self.patch_keep
             )
         else:
             no_sync = getattr(self.train_model, "no_sync", None)
             terms = accumulated_step(
-                self.train_model, self.loss_fn, micro_batches, self.views, tags, self.autocast, no_sync, loss_kwargs, self.patch_keep
+                self.train_model, self.loss_fn, micro_batches, self.needs.views, tags, self.autocast, no_sync, loss_kwargs, self.patch_keep
             )
             synced += [p for p in self.model.parameters() if not p.stop_gradient]
         average_gradients(synced, self.world_size)
@@ -120,11 +116,10 @@ class Trainer:
         self.optimizer.clear_grad()
         if self.momentum is not None:
             # MoCo order: the loss saw the queue as it stood; now update the keys' encoder and enqueue.
-            self.momentum.update(self.model, self.loss_fn.queue_config.momentum)
-            self.loss_fn.enqueue(loss_kwargs["keys"], **ids)
+            self.momentum.after_step(self.model)
         self.step += 1
         out = {k: float(v) for k, v in terms.items()}
-        if self.loss_fn.uses_logit_scale:
+        if self.needs.logit_scale:
             out["logit_scale"] = float(self.model.logit_scale())
         out["lr"] = self.optimizer.get_lr()
         out["tags_as_text"] = float(tags)
@@ -140,10 +135,10 @@ class Trainer:
         return {"step": self.step, "ranks": per_rank, "world_size": self.world_size}
 
     def extra_state(self):
-        """Loss buffers (the momentum queues) and the momentum encoder, beside the model."""
+        """The loss's own parameters and the momentum queue (encoder and queues), beside the model."""
         extra = {"loss": self.loss_fn.state_dict()}
         if self.momentum is not None:
-            extra["momentum_model"] = self.momentum.state_dict()
+            extra["momentum"] = self.momentum.state_dict()
         return extra
 
     def save(self):
@@ -170,9 +165,9 @@ class Trainer:
         self.optimizer.set_state_dict(opt_state)
         self.loss_fn.set_state_dict(extra.get("loss", {}))
         if self.momentum is not None:
-            if "momentum_model" not in extra:
-                raise ValueError(f"{path} has no momentum encoder, but Loss.momentum_queue is configured")
-            load_state_strict(self.momentum, extra["momentum_model"], source=f"{path} (momentum encoder)")
+            if "momentum" not in extra:
+                raise ValueError(f"{path} has no momentum queue, but Loss.terms lists a momentum_queue")
+            load_state_strict(self.momentum, extra["momentum"], source=f"{path} (momentum queue)")
         mine = state["ranks"][self.rank]
         self.stream.load_state_dict(mine)
         paddle.set_rng_state(mine["rng"])
@@ -192,7 +187,7 @@ class Trainer:
         if self.step % cfg["log_every"] == 0 or self.step == cfg["max_steps"]:
             pairs = " ".join(f"{k.split('/', 1)[1]}={v:.3f}" for k, v in terms.items() if k.startswith("loss/"))
             self.log(
-                f"step {self.step}/{cfg['max_steps']} loss={terms['loss']:.4f} {pairs} {scales_line(terms)}"
+                f"step {self.step}/{cfg['max_steps']} loss={terms['loss']:.4f} {pairs} {scales_line(terms, self.log_labels)}"
                 f"lr={terms['lr']:.2e} "
                 f"{samples / step_time:.1f} samples/s eta {format_duration(remaining)}"
                 + (f" | {self.stream.counter.summary()}" if self.stream.counter.total else "")

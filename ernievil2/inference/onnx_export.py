@@ -1,4 +1,4 @@
-"""ONNX export: paddle2onnx conversion, int8 post-training quantisation (ONNX Runtime), ONNX Runtime predictors.
+"""ONNX export: paddle2onnx conversion, int8 post-training quantisation (ONNX Runtime).
 
 Why ONNX Runtime for int8: with Paddle 3.3 neither of Paddle's own post-training
 quantisations exports this model. The static one (``paddle.static.quantization``,
@@ -8,32 +8,23 @@ Paddle 3.3 cannot trace the towers to the old IR; the dygraph one
 layers fails under PIR. ONNX Runtime's static quantisation works on the converted
 fp32 file and runs int8 matmuls on AVX2 as on AVX-512 VNNI.
 
-Imported only for ONNX exports: paddle2onnx and onnxruntime are loaded here and nowhere else.
+Imported only for ONNX exports: paddle2onnx and ONNX Runtime's quantisation are loaded here and nowhere else;
+the ONNX Runtime predictor is :mod:`.onnx_runtime`.
 """
 import contextlib
 import os
-import threading
 
 import numpy as np
 
 from ..data.errors import SkipCounter
 from .deploy import TOWERS, tower_files
-from .errors import DeviceUnavailableError, ExportError
+from .errors import ExportError
 from .inputs import decoded_images, iter_tsv_images
+from .predictor import ExportedModel, PredictorOptions
 
 OPSET = 17
 # Calibration batches: the shapes the predictor meets, at a size that keeps calibration memory small.
 CALIBRATION_BATCH = 16
-
-
-def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise DeviceUnavailableError(
-            f"ONNX exports run with onnxruntime, which cannot be imported ({err}); pip install onnxruntime"
-        ) from None
-    return onnxruntime
 
 
 def convert_towers(paddle_dir, output_dir):
@@ -143,8 +134,6 @@ def quantisation_settings():
 
 def quantize_export(fp32_dir, output_dir, calibration, threads=None):
     """Quantise the fp32 ONNX export in ``fp32_dir`` into ``output_dir`` (model files only)."""
-    from .predictor import ExportedModel, PredictorOptions
-
     options = PredictorOptions() if threads is None else PredictorOptions(cpu_threads=threads)
     fp32 = ExportedModel(fp32_dir, options)
     batches = calibration_inputs(fp32, calibration)
@@ -153,31 +142,3 @@ def quantize_export(fp32_dir, output_dir, calibration, threads=None):
         target = os.path.join(output_dir, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         quantize_file(os.path.join(fp32_dir, relative), target, fp32.deploy[tower]["input_name"], batches[tower])
-
-
-class OnnxTowerPredictor:
-    """One exported ONNX tower run by ONNX Runtime on CPU: ``predictor(array) -> embeddings``."""
-
-    def __init__(self, model_file, input_name, options):
-        if not os.path.isfile(model_file):
-            raise ExportError(f"{model_file} is missing from the export")
-        ort = import_onnxruntime()
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.cpu_threads
-        session_options.inter_op_num_threads = 1
-        # Idle threads sleep instead of spinning: both towers (and the service's other work) share the cores.
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session_options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(model_file, session_options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own error types for unreadable files
-            raise ExportError(f"ONNX Runtime cannot load {model_file}: {err}") from err
-        names = [node.name for node in self._session.get_inputs()]
-        if names != [input_name]:
-            raise ExportError(f"{model_file}: expected one input {input_name!r}, the model has {names}")
-        self._input = input_name
-        self._lock = threading.Lock()
-
-    def __call__(self, array):
-        with self._lock:
-            return self._session.run(None, {self._input: np.ascontiguousarray(array)})[0]

@@ -24,6 +24,7 @@ from ..data.image_ops import EvalTransform
 from ..data.tokenizer import ErnieTokenizer, trim_padding
 from .deploy import model_id, read_deploy, runtime_of, verify_files
 from .errors import DeviceUnavailableError, ExportError, OptionsError
+from .onnx_runtime import OnnxTowerPredictor
 
 DEVICES = ("cpu", "gpu")
 PRECISIONS = ("fp32", "fp16")
@@ -246,8 +247,6 @@ class ExportedModel:
         section = self.deploy[name]
         model_file = os.path.join(self.folder, section["model_file"])
         if self.format == "onnx":
-            from .onnx_export import OnnxTowerPredictor
-
             return OnnxTowerPredictor(model_file, section["input_name"], self.options)
         shapes = shape_range(section["input_name"], example_shape, self.options, max_len)
         return TowerPredictor(

@@ -1,4 +1,7 @@
-"""Contrastive losses: pure maths, the gradient-carrying gather, the multi-view table, the momentum queue."""
+"""Contrastive losses: pure maths, the gradient-carrying gather, the loss terms, the momentum queue.
+
+``Loss`` is one list of terms (``loss.py``), each a :data:`LOSS_TERMS` entry.
+"""
 from ..views import KEY_VIEWS, KNOWN_VIEWS, VIEW_MODALITY
 from .contrastive import (
     contrastive_labels,
@@ -7,10 +10,13 @@ from .contrastive import (
     symmetric_info_nce,
 )
 from .distributed import check_equal_local_batch, gather_with_grad
+from .loss import LOSS_TERMS, Loss, Needs, build_loss, check_loss_section
 from .momentum import (
     QUEUE_MODES,
     CrossModalQueue,
+    MomentumBatch,
     MomentumEncoder,
+    MomentumQueue,
     MomentumQueueConfig,
     ema_update_,
     extra_negative_info_nce,
@@ -19,26 +25,31 @@ from .momentum import (
     queue_share,
     same_image_mask,
 )
-from .multiview import MultiViewContrastiveLoss
 from .sigmoid import SigmoidPairs, chunked_sigmoid_loss, ring_shift, ring_sigmoid_loss, sigmoid_block_loss, sigmoid_logits
-from .terms import LOSS_TERMS, LossInputs, ViewPair, pairwise_term, parse_view_pairs
-
-LOSS_TERMS.register("sigmoid", SigmoidPairs)
+from .terms import InfoNCEPairs, LossInputs, MomentumQueueTerm, Term, ViewPair, pairwise_term, parse_view_pairs
 
 __all__ = [
     "KEY_VIEWS",
     "KNOWN_VIEWS",
     "LOSS_TERMS",
+    "InfoNCEPairs",
+    "Loss",
     "LossInputs",
+    "Needs",
     "QUEUE_MODES",
     "VIEW_MODALITY",
     "CrossModalQueue",
+    "MomentumBatch",
     "MomentumEncoder",
+    "MomentumQueue",
     "MomentumQueueConfig",
-    "MultiViewContrastiveLoss",
+    "MomentumQueueTerm",
     "SigmoidPairs",
+    "Term",
     "ViewPair",
+    "build_loss",
     "check_equal_local_batch",
+    "check_loss_section",
     "chunked_sigmoid_loss",
     "contrastive_labels",
     "contrastive_logits",

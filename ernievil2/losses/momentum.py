@@ -1,28 +1,24 @@
-"""BriVL's cross-modal momentum queue: EMA key encoders, per-modality queues, queue InfoNCE.
+"""BriVL's cross-modal momentum queue: the EMA key encoder and its queues as one object, and the queue InfoNCE.
 
-The trainer's contract, one step (the MoCo order: score against the queue as it
+:class:`MomentumQueue` is what the trainer holds when a loss term declares a
+``momentum`` (``terms.MomentumQueueTerm``, ``{name: momentum_queue, ...}`` in
+``Loss.terms``). One step, in MoCo's order (score against the queue as it
 stands, step, then enqueue this step's keys)::
 
-    loss_fn = MultiViewContrastiveLoss(pairs, rank, world_size,
-                                       momentum_queue=cfg, embed_dim=D)
-    momentum = MomentumEncoder(model)           # once, after loading weights
-
-    features, logit_scale = online views {view: [B_local, D]}, model scale
-    keys = {"image": .., "text": ..} from momentum(image_v1 input, text_v1 input)
-    out = loss_fn(features, logit_scale, keys=keys, image_ids=ids, step=step)
+    momentum = MomentumQueue(model, loss_fn.needs.momentum, model.embed_dim, loss_fn.needs.ids)
+    batch = momentum.keys_for(micro_batches, step)   # the keys, the queue and its share this step
+    out = loss_fn(features, logit_scale, momentum=batch, **ids)
     out["loss"].backward(); optimizer.step(); optimizer.clear_grad()
-    momentum.update(model, loss_fn.queue_config.momentum)
-    loss_fn.enqueue(keys, image_ids=ids)
+    momentum.after_step(model)                       # EMA update, then enqueue the step's keys and ids
 
 ``step`` counts the optimizer steps already taken (0 on the first batch).
-``keys`` are the momentum copy's features of the ``image_v1`` and ``text_v1``
-inputs (no gradient); ``image_ids`` is int64 ``[B_local]``, -1 where unknown,
-required only with ``mask_same_image``. Enqueueing before ``backward`` is an
-error: the write is in place and Paddle refuses a backward through a tensor
-modified after use (``set_value`` would instead corrupt the gradient silently,
-so it is not used here). Checkpoints keep ``momentum.state_dict()`` (e.g. under
-``momentum_model``) and ``loss_fn.state_dict()`` (the queues, ids, pointer and
-fill count); both restore with ``set_state_dict``.
+The keys are the momentum copy's features of the ``image_v1`` and ``text_v1``
+inputs (no gradient); image ids are int64 ``[B_local]``, -1 where unknown, kept
+only when the loss reads them. Enqueueing before ``backward`` is an error: the
+write is in place and Paddle refuses a backward through a tensor modified after
+use (``set_value`` would instead corrupt the gradient silently, so it is not
+used here). Checkpoints keep ``momentum.state_dict()`` (the copy's weights, the
+queues, ids, pointer and fill count); it restores with ``set_state_dict``.
 
 Maths (rows L2-normalised, ``s`` the logit scale, ``Q`` a queue, ``w`` the
 queue's share from the warm-up/ramp schedule)::
@@ -43,7 +39,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..registry import ConfigError
-from ..validate import boolean, check_known_keys, integer_at_least, number_in, one_of, positive_number, require_keys
+from ..validate import boolean, check_known_keys, integer_at_least, number_in, one_of, positive_number
+from ..views import KEY_VIEWS, text_source
 from .contrastive import contrastive_labels, contrastive_logits, in_batch_accuracy
 from .distributed import all_gather_rows, check_equal_local_batch
 from .positives import accuracy_with_positives, cross_entropy_with_positives, same_identity
@@ -322,7 +319,6 @@ class MomentumQueueConfig(NamedTuple):
     size: int
     mode: str
     momentum: float = 0.99
-    weight: float = 1.0
     # None: the model's (shared) logit scale; a number: the fixed BriVL temperature.
     temperature: Optional[float] = None
     warmup_steps: int = 0
@@ -338,53 +334,104 @@ class MomentumQueueConfig(NamedTuple):
         return self.mode in ("brivl", "both")
 
 
-SECTION = "momentum_queue"
-
-
-def _fail(key, message):
-    raise ConfigError(f"{SECTION}.{key}" if key else SECTION, message)
-
-
 def _parse_temperature(value):
     if value == "shared":
         return None
     if not isinstance(value, dict):
-        _fail("temperature", f"expected 'shared' or a mapping {{init: 0.07}}, got {value!r}")
-    check_known_keys(value, ("init", "learnable"), f"{SECTION}.temperature")
+        raise ConfigError("temperature", f"expected 'shared' or a mapping {{init: 0.07}}, got {value!r}")
+    check_known_keys(value, ("init", "learnable"), "temperature")
     if "init" not in value:
-        _fail("temperature", "missing key 'init'")
+        raise ConfigError("temperature", "missing key 'init'")
     if value.get("learnable", False) is not False:
-        _fail(
+        raise ConfigError(
             "temperature.learnable",
             f"must be false, got {value['learnable']!r}: a learnable queue temperature would live in the "
             "loss, outside DataParallel's gradient sync; use 'temperature: shared' to learn it with the model's scale",
         )
-    return positive_number(value["init"], f"{SECTION}.temperature.init")
+    return positive_number(value["init"], "temperature.init")
 
 
-def parse_momentum_queue(section):
-    """Validate a ``momentum_queue`` config mapping into a :class:`MomentumQueueConfig`.
+def parse_momentum_queue(options):
+    """The momentum queue term's options (every key given) as a :class:`MomentumQueueConfig`.
 
-    Errors are ``ValueError`` naming ``momentum_queue.<key>``; unknown keys,
-    wrong types and keys that the chosen mode would ignore are all refused.
+    Errors are :class:`ConfigError` keyed inside the term (``size``, ``temperature.init``);
+    a temperature the chosen mode would ignore is refused.
     """
-    if not isinstance(section, dict):
-        _fail("", f"expected a mapping, got {section!r}")
-    check_known_keys(section, MomentumQueueConfig._fields, SECTION)
-    require_keys(section, ("size", "mode"), SECTION)
-    one_of(section["mode"], QUEUE_MODES, f"{SECTION}.mode")
-    if section["mode"] == "extra_negatives":
-        for key in ("weight", "temperature"):
-            if key in section and not (key == "temperature" and section[key] == "shared"):
-                _fail(key, "only the brivl term uses it; with mode extra_negatives the pairs use the model's scale")
-    value = {**MomentumQueueConfig._field_defaults, "temperature": "shared", **section}
+    one_of(options["mode"], QUEUE_MODES, "mode")
+    if options["mode"] == "extra_negatives" and options["temperature"] != "shared":
+        raise ConfigError("temperature", "only the brivl loss uses it; with mode extra_negatives the pairs use the model's scale")
     return MomentumQueueConfig(
-        size=integer_at_least(value["size"], f"{SECTION}.size", 1),
-        mode=value["mode"],
-        momentum=number_in(value["momentum"], f"{SECTION}.momentum", 0.0, 1.0),
-        weight=positive_number(value["weight"], f"{SECTION}.weight"),
-        temperature=_parse_temperature(value["temperature"]),
-        warmup_steps=integer_at_least(value["warmup_steps"], f"{SECTION}.warmup_steps", 0),
-        ramp_steps=integer_at_least(value["ramp_steps"], f"{SECTION}.ramp_steps", 0),
-        mask_same_image=boolean(value["mask_same_image"], f"{SECTION}.mask_same_image"),
+        size=integer_at_least(options["size"], "size", 1),
+        mode=options["mode"],
+        momentum=number_in(options["momentum"], "momentum", 0.0, 1.0),
+        temperature=_parse_temperature(options["temperature"]),
+        warmup_steps=integer_at_least(options["warmup_steps"], "warmup_steps", 0),
+        ramp_steps=integer_at_least(options["ramp_steps"], "ramp_steps", 0),
+        mask_same_image=boolean(options["mask_same_image"], "mask_same_image"),
     )
+
+
+# ---------------------------------------------------------------- the trainer's object
+
+
+class MomentumBatch(NamedTuple):
+    """What the loss reads of the momentum queue for one step."""
+
+    keys: dict  # {"image", "text"}: the momentum copy's features of the key views, [B, D]
+    queue: CrossModalQueue
+    share: float  # the queue's share of the softmax denominator (0: not used yet), see queue_share
+    config: MomentumQueueConfig
+
+
+class MomentumQueue(nn.Layer):
+    """The EMA copy of the model and the queues of its keys; the trainer calls :meth:`keys_for` before the loss
+    and :meth:`after_step` after the optimizer.
+
+    ``config``: the term's :class:`MomentumQueueConfig`; ``embed_dim``: the keys' width;
+    ``id_inputs``: ``{loss keyword: batch array}`` of the ids the loss reads (``image_ids``,
+    ``caption_ids``), which the queue stores beside the keys.
+    """
+
+    def __init__(self, model, config, embed_dim, id_inputs=None, world_size=1):
+        super().__init__()
+        self.config, self.world_size = config, world_size
+        self.id_inputs = dict(id_inputs or {})
+        self.encoder = MomentumEncoder(model)
+        self.queue = CrossModalQueue(
+            embed_dim,
+            config.size,
+            views=tuple(KEY_VIEWS),
+            track_ids="image_ids" in self.id_inputs,
+            track_caption_ids="caption_ids" in self.id_inputs,
+        )
+        self._pending = None  # this step's keys and ids, enqueued after the optimizer step
+
+    def keys_for(self, micro_batches, step, tags_as_text=False):
+        """This step's :class:`MomentumBatch`: the copy's keys of every micro-batch, the queue and its share.
+
+        One encoder call per micro-batch: each is trimmed to its own text length, so their
+        ids cannot be stacked, and the activations stay those of one micro-batch.
+        """
+        image_view, text_view = KEY_VIEWS["image"], text_source(KEY_VIEWS["text"], tags_as_text)
+        outs = [self.encoder(images=b[image_view], input_ids=b[text_view]) for b in micro_batches]
+        keys = {key: paddle.concat([out[key] for out in outs]) for key in ("image", "text")}
+        ids = {kw: paddle.concat([b[key] for b in micro_batches]) for kw, key in self.id_inputs.items()}
+        return self.batch(keys, step, **ids)
+
+    def batch(self, keys, step, image_ids=None, caption_ids=None):
+        """The :class:`MomentumBatch` of given keys (``{"image", "text"}``, local rows); they and the ids are
+        enqueued by the next :meth:`after_step`."""
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"step (optimizer steps taken) must be an integer, got {step!r}")
+        self._pending = (keys, image_ids, caption_ids)
+        cfg = self.config
+        return MomentumBatch(keys, self.queue, queue_share(step, cfg.warmup_steps, cfg.ramp_steps, self.queue.is_full), cfg)
+
+    def after_step(self, model):
+        """Move the copy towards ``model`` and enqueue the keys and ids of the step just taken."""
+        if self._pending is None:
+            raise ValueError("after_step follows a step: keys_for (or batch) was not called since the last one")
+        keys, image_ids, caption_ids = self._pending
+        self._pending = None
+        self.encoder.update(model, self.config.momentum)
+        self.queue.enqueue(keys, image_ids, world_size=self.world_size, caption_ids=caption_ids)

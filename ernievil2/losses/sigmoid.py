@@ -26,9 +26,11 @@ average turns into the exact gradient. The scale and bias belong to the loss
 is ``dL_r/dt``, and their mean (``ernievil2.engine.steps.average_gradients``,
 called by the trainer) is ``dL/dt``.
 
-Initialisation as in SigLIP: ``t = 10`` (stored as ``log t``), ``c = -10``, so
-that the many negatives start near ``σ(-10)`` and the first steps are not
-spent pushing them all down. The scale is clamped to ``[1, max_logit_scale]``
+Initialisation: ``t = 10`` (stored as ``log t``) as in SigLIP, and ``c =
+-ln(global batch)`` (``bias_init: auto``, the default), so that a row's one
+positive and its many negatives start in balance and the first steps are not
+spent pushing the negatives down; SigLIP's ``c = -10`` is that value for its
+batch of 32k. The scale is clamped to ``[1, max_logit_scale]``
 like the InfoNCE temperature (:func:`~ernievil2.models.dual_encoder.clamp_logit_scale`).
 """
 import math
@@ -40,9 +42,10 @@ import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
 from ..models.dual_encoder import clamp_logit_scale
+from ..registry import ConfigError
 from ..validate import is_real_number
 from .distributed import check_equal_local_batch
-from .terms import parse_view_pairs, views_of
+from .terms import Term, parse_view_pairs, views_of
 
 
 def sigmoid_logits(a, b, scale, bias):
@@ -170,10 +173,10 @@ def auto_bias(global_batch):
 
 def _check_init(name, value, positive=False):
     if isinstance(value, bool) or not is_real_number(value) or (positive and value <= 0):
-        raise ValueError(f"{name}: expected a {'positive ' if positive else ''}finite number, got {value!r}")
+        raise ConfigError(name, f"expected a {'positive ' if positive else ''}finite number, got {value!r}")
 
 
-class SigmoidPairs(nn.Layer):
+class SigmoidPairs(nn.Layer, Term):
     """``sum(weight * SigLIP loss)`` over a table of view pairs, with one learnable scale and bias.
 
     A loss term (``terms.py``): ``{name: sigmoid, pairs: [[view_a, view_b,
@@ -191,23 +194,31 @@ class SigmoidPairs(nn.Layer):
 
     gathered_views = frozenset()
     uses_logit_scale = False  # the model's InfoNCE temperature: this term has its own scale
+    logs = {"sigmoid/scale": "sigmoid_scale", "sigmoid/bias": "sigmoid_bias"}
 
     def __init__(self, pairs, scale_init=10.0, bias_init="auto", max_logit_scale=100.0, global_batch=None):
         super().__init__()
-        self.pairs = parse_view_pairs(pairs)
+        self.pairs = self.check(pairs, scale_init, bias_init, max_logit_scale)
         self.views = views_of(self.pairs)
         if bias_init == "auto":
             bias_init = auto_bias(global_batch)
-        _check_init("scale_init", scale_init, positive=True)
-        _check_init("bias_init", bias_init)
-        _check_init("max_logit_scale", max_logit_scale, positive=True)
-        if not 1 <= scale_init <= max_logit_scale:
-            raise ValueError(f"scale_init: {scale_init} is outside the clamp [1, max_logit_scale={max_logit_scale}]")
         self.max_logit_scale = float(max_logit_scale)
         self.logit_scale_b = self.create_parameter(
             [1], dtype="float32", default_initializer=nn.initializer.Constant(math.log(scale_init))
         )
         self.bias = self.create_parameter([1], dtype="float32", default_initializer=nn.initializer.Constant(float(bias_init)))
+
+    @staticmethod
+    def check(pairs, scale_init=10.0, bias_init="auto", max_logit_scale=100.0):
+        """The pairs, parsed; the other options checked (``auto`` needs the trainer's batch, checked when built)."""
+        pairs = parse_view_pairs(pairs)
+        _check_init("scale_init", scale_init, positive=True)
+        if bias_init != "auto":
+            _check_init("bias_init", bias_init)
+        _check_init("max_logit_scale", max_logit_scale, positive=True)
+        if not 1 <= scale_init <= max_logit_scale:
+            raise ConfigError("scale_init", f"{scale_init} is outside the clamp [1, max_logit_scale={max_logit_scale}]")
+        return pairs
 
     def scale(self):
         return clamp_logit_scale(self.logit_scale_b, self.max_logit_scale).squeeze()

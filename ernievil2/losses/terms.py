@@ -1,17 +1,23 @@
-"""Loss terms: each reads some views and adds a weighted loss to the total.
+"""Loss terms: each reads some views and adds a loss to the total (``loss.py`` weighs and sums them).
 
-A term is an object with ``views`` (the views it reads), ``gathered_views``
-(those it wants from every rank, with gradient) and ``__call__(inputs)``
-returning a dict of tensors, ``loss`` (its weighted contribution) among them,
-the rest logged as they are. :class:`LossInputs` is what every term gets.
+A term is an object with
 
-Two terms are built in: :class:`InfoNCEPairs`, the table of view pairs
-(``Loss.pairs``), and :class:`MomentumQueueTerm`, the BriVL queue
-(``Loss.momentum_queue``); both honour ``Loss.positives`` (candidates of the
-row's own image or caption are not negatives, ``positives.py``). Further terms are listed under ``Loss.terms`` as
-``{name: ..., **options}`` and built from :data:`LOSS_TERMS`; a term that
-scores view pairs is one function ``pair_loss(a, b, logit_scale, a_all,
-b_all, rank) -> scalar`` made a builder by :func:`pairwise_term`.
+- ``views``: the views it reads; ``gathered_views``: those it wants from every rank, with gradient;
+- ``ids``: the identity kinds it needs per row (``"image"``, ``"caption"``; see ``positives.py``);
+- ``momentum``: the :class:`~ernievil2.losses.momentum.MomentumQueueConfig` of the momentum keys it
+  needs, or None;
+- ``uses_logit_scale``: whether it reads the model's temperature;
+- ``logs``: ``{logged key: console label}`` of the values the training log line shows besides the
+  ``loss/...`` ones;
+- ``__call__(inputs)``: a dict of tensors, ``loss`` (its unweighted loss; absent from a term that only
+  changes others) among them, the rest logged as they are.
+
+:class:`Term` gives the defaults. :class:`LossInputs` is what every term gets. Built in
+here: :class:`InfoNCEPairs`, the table of view pairs, and :class:`MomentumQueueTerm`,
+BriVL's queue (whose keys and entries come from ``momentum.py``); both honour
+``Loss.positives`` (candidates of the row's own image or caption are not negatives,
+``positives.py``). A term that scores view pairs is one function ``pair_loss(a, b,
+logit_scale, a_all, b_all, rank) -> scalar`` made a builder by :func:`pairwise_term`.
 """
 import numbers
 from typing import NamedTuple, Optional
@@ -19,11 +25,11 @@ from typing import NamedTuple, Optional
 import paddle
 import paddle.nn.functional as F
 
-from ..registry import Registry, did_you_mean
+from ..registry import ConfigError, did_you_mean
 from ..validate import is_real_number
 from ..views import KEY_VIEWS, KNOWN_VIEWS, VIEW_MODALITY
 from .contrastive import symmetric_info_nce
-from .momentum import extra_negative_info_nce, queue_info_nce
+from .momentum import extra_negative_info_nce, parse_momentum_queue, queue_info_nce
 
 
 class ViewPair(NamedTuple):
@@ -40,7 +46,7 @@ class QueueState(NamedTuple):
     """The momentum queue as this step sees it."""
 
     queue: object  # CrossModalQueue
-    config: object  # MomentumQueueConfig
+    extra_negatives: bool  # whether the pair tables score the queue's entries too
     share: float  # the queue's share of the softmax denominator (0: not used yet)
     mask: Optional[object]  # [B, size] bool, queue entries of the query's own image
 
@@ -57,67 +63,81 @@ class LossInputs(NamedTuple):
 
 def _check_view(where, view):
     if not isinstance(view, str):
-        raise ValueError(f"{where}: a view name must be a string, got {view!r}")
+        raise ConfigError(where, f"a view name must be a string, got {view!r}")
     if view not in KNOWN_VIEWS:
-        raise ValueError(f"{where}: unknown view {view!r}; known: {', '.join(KNOWN_VIEWS)}" + did_you_mean(view, KNOWN_VIEWS))
+        raise ConfigError(where, f"unknown view {view!r}; known: {', '.join(KNOWN_VIEWS)}" + did_you_mean(view, KNOWN_VIEWS))
 
 
-def _check_weight(where, weight):
+def check_weight(weight, where="weight"):
+    """A positive finite number (a pair's or a term's weight), as a float."""
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-        raise ValueError(f"{where}: weight must be a number, got {weight!r} ({type(weight).__name__})")
+        raise ConfigError(where, f"weight must be a number, got {weight!r} ({type(weight).__name__})")
     if not (is_real_number(weight) and weight > 0):
-        raise ValueError(f"{where}: weight must be a positive finite number, got {weight!r}")
+        raise ConfigError(where, f"weight must be a positive finite number, got {weight!r}")
+    return float(weight)
 
 
-def parse_view_pairs(entries, allow_empty=False):
+def parse_view_pairs(pairs):
     """Validate a ``pairs`` table and return it as a tuple of :class:`ViewPair`.
 
-    Errors are ``ValueError`` naming ``pairs[i]`` and the offending value, for
-    the config loader to prefix with the section's key path. An empty table
-    is allowed only where another term carries the loss (the brivl queue).
+    Errors are :class:`ConfigError` keyed ``pairs[i]``, which the registry puts
+    under the term's key (``Loss.terms[0].pairs[1]``).
     """
-    if not isinstance(entries, (list, tuple)) or not (entries or allow_empty):
-        raise ValueError(f"pairs: expected a non-empty list of [view_a, view_b, weight], got {entries!r}")
+    if not isinstance(pairs, (list, tuple)) or not pairs:
+        raise ConfigError("pairs", f"expected a non-empty list of [view_a, view_b, weight], got {pairs!r}")
     seen = {}
-    pairs = []
-    for index, entry in enumerate(entries):
+    parsed = []
+    for index, entry in enumerate(pairs):
         where = f"pairs[{index}]"
         if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-            raise ValueError(f"{where}: expected [view_a, view_b, weight], got {entry!r}")
+            raise ConfigError(where, f"expected [view_a, view_b, weight], got {entry!r}")
         view_a, view_b, weight = entry
         _check_view(where, view_a)
         _check_view(where, view_b)
         if view_a == view_b:
-            raise ValueError(f"{where}: view {view_a!r} is paired with itself")
-        _check_weight(where, weight)
+            raise ConfigError(where, f"view {view_a!r} is paired with itself")
+        check_weight(weight, where)
         # The loss is symmetric, so [b, a] repeats [a, b].
         key = frozenset((view_a, view_b))
         if key in seen:
-            raise ValueError(f"{where}: [{view_a}, {view_b}] duplicates pairs[{seen[key]}]")
+            raise ConfigError(where, f"[{view_a}, {view_b}] duplicates pairs[{seen[key]}]")
         seen[key] = index
-        pairs.append(ViewPair(view_a, view_b, float(weight)))
-    return tuple(pairs)
+        parsed.append(ViewPair(view_a, view_b, float(weight)))
+    return tuple(parsed)
 
 
 def views_of(pairs):
     return frozenset(v for pair in pairs for v in (pair.view_a, pair.view_b))
 
 
-class InfoNCEPairs:
+class Term:
+    """What a term declares, as most terms have it (see the module's docstring)."""
+
+    views = gathered_views = frozenset()
+    ids = ()
+    momentum = None
+    uses_logit_scale = True
+    logs = {}
+
+
+class InfoNCEPairs(Term):
     """``sum(weight * symmetric InfoNCE)`` over a table of view pairs; logs ``loss/<a>-<b>`` and ``acc/<a>-<b>``.
 
     With a momentum queue in extra-negatives mode, each direction also scores
     the queue's entries of the other view's modality.
     """
 
-    def __init__(self, pairs, allow_empty=False):
-        """``allow_empty``: an empty table, where the brivl queue term carries the loss."""
-        self.pairs = parse_view_pairs(pairs, allow_empty)
+    def __init__(self, pairs):
+        self.pairs = self.check(pairs)
         self.views = self.gathered_views = views_of(self.pairs)
+
+    @staticmethod
+    def check(pairs):
+        return parse_view_pairs(pairs)
 
     def __call__(self, inputs):
         queue = inputs.queue
-        with_queue = queue is not None and queue.share > 0 and queue.config.extra_negatives
+        with_queue = queue is not None and queue.share > 0 and queue.extra_negatives
         out = {}
         total = 0.0
         for pair in self.pairs:
@@ -155,32 +175,50 @@ class InfoNCEPairs:
         return {"loss": (a2b["loss"] + b2a["loss"]) / 2, "acc_a2b": a2b["acc"], "acc_b2a": b2a["acc"]}
 
 
-class MomentumQueueTerm:
-    """Logs the queue's share; with the brivl mode, adds ``weight *`` BriVL's queue InfoNCE of the key views."""
+class MomentumQueueTerm(Term):
+    """BriVL's momentum queue: its negatives join the pair tables (``extra_negatives``), its own InfoNCE of the
+    key views against the queue is a loss (``brivl``), or both. Logs ``queue/share``, and ``loss/brivl``,
+    ``acc/brivl`` with the brivl loss. The keys and the queue come from
+    :class:`~ernievil2.losses.momentum.MomentumQueue`, which the trainer builds for the ``momentum`` this
+    term declares."""
 
     gathered_views = frozenset()
 
-    def __init__(self, config):
-        self.config = config
-        self.views = frozenset(KEY_VIEWS.values()) if config.brivl else frozenset()
+    def __init__(self, size, mode, momentum=0.99, temperature="shared", warmup_steps=0, ramp_steps=0, mask_same_image=False, positives=None):
+        self.momentum = self.check(size, mode, momentum, temperature, warmup_steps, ramp_steps, mask_same_image, positives)
+        brivl = self.momentum.brivl
+        self.views = frozenset(KEY_VIEWS.values()) if brivl else frozenset()
+        self.ids = ("image",) if mask_same_image else ()
+        # Read only by the brivl loss at the shared temperature; a fixed one is its own.
+        self.uses_logit_scale = brivl and self.momentum.temperature is None
+
+    @staticmethod
+    def check(size, mode, momentum=0.99, temperature="shared", warmup_steps=0, ramp_steps=0, mask_same_image=False, positives=None):
+        """The :class:`MomentumQueueConfig`; ``positives``: ``Loss.positives`` (parsed), which decides the queue's
+        same-image entries itself."""
+        if positives is not None and mask_same_image:
+            raise ConfigError("mask_same_image", "Loss.positives already decides the queue's entries of the row's own image; drop mask_same_image")
+        return parse_momentum_queue(
+            {"size": size, "mode": mode, "momentum": momentum, "temperature": temperature,
+             "warmup_steps": warmup_steps, "ramp_steps": ramp_steps, "mask_same_image": mask_same_image}
+        )
 
     def __call__(self, inputs):
         queue = inputs.queue
         out = {"queue/share": paddle.to_tensor(queue.share)}
-        if not self.config.brivl:
+        if not self.momentum.brivl:
             return out
-        scale = inputs.logit_scale if self.config.temperature is None else 1.0 / self.config.temperature
+        scale = inputs.logit_scale if self.momentum.temperature is None else 1.0 / self.momentum.temperature
         image_query, text_query = inputs.local[KEY_VIEWS["image"]], inputs.local[KEY_VIEWS["text"]]
         keys, entries = inputs.keys, queue.queue.entries
         i2t = queue_info_nce(image_query, F.normalize(keys["text"], axis=-1), entries("text"), scale, queue.mask, queue.share, inputs.positives)
         t2i = queue_info_nce(text_query, F.normalize(keys["image"], axis=-1), entries("image"), scale, queue.mask, queue.share, inputs.positives)
-        out["loss/brivl"] = (i2t["loss"] + t2i["loss"]) / 2
+        out["loss/brivl"] = out["loss"] = (i2t["loss"] + t2i["loss"]) / 2
         out["acc/brivl"] = (i2t["acc"] + t2i["acc"]) / 2
-        out["loss"] = self.config.weight * out["loss/brivl"]
         return out
 
 
-class PairwiseTerm:
+class PairwiseTerm(Term):
     """``sum(weight * pair_loss)`` over a table of view pairs; logs ``loss/<term>/<a>-<b>``."""
 
     def __init__(self, name, pair_loss, pairs):
@@ -214,9 +252,5 @@ def pairwise_term(name, pair_loss):
         return PairwiseTerm(name, pair_loss, pairs)
 
     build.__name__ = f"{name}_term"
+    build.check = parse_view_pairs
     return build
-
-
-# Terms listed under ``Loss.terms``, by name (``Loss.pairs`` is short for an info_nce term).
-# A project adds one with ``LOSS_TERMS.register("name", pairwise_term("name", pair_loss))``.
-LOSS_TERMS = Registry("loss term", {"info_nce": InfoNCEPairs})

@@ -8,7 +8,7 @@ Run under the launcher (CUDA_VISIBLE_DEVICES must be unset, not empty: paddle
 
 Every rank builds the same global batch and the same tiny dual encoder, takes
 its slice, and runs one backward through ``paddle.DataParallel`` twice: with
-``MultiViewContrastiveLoss`` (``gather_with_grad``) and with a naive
+``Loss`` (``gather_with_grad``) and with a naive
 ``all_gather`` whose outputs carry no gradient. It writes ``OUT/rank{r}.npz``
 with keys ``{exact,naive}/loss``, ``{exact,naive}/input/<view>`` (gradient of
 the rank's loss w.r.t. its local inputs) and ``{exact,naive}/param/<name>``
@@ -26,8 +26,9 @@ import paddle
 import paddle.distributed as dist
 import paddle.nn.functional as F
 
-from ernievil2.losses import MultiViewContrastiveLoss, symmetric_info_nce
+from ernievil2.losses import symmetric_info_nce
 from ernievil2.models.dual_encoder import clamp_logit_scale
+from tests.helpers import table_loss
 
 PAIRS = [
     ["image_v1", "text_v1", 1.0],
@@ -123,7 +124,7 @@ def loss_and_gradients(model, loss_fn, inputs, prefix):
 
 def single_process_reference(world_size=WORLD_SIZE):
     """The global-batch loss and gradients, computed in one process."""
-    loss_fn = MultiViewContrastiveLoss(PAIRS)
+    loss_fn = table_loss(PAIRS)
     return loss_and_gradients(build_model(), loss_fn, global_inputs(world_size), "global")
 
 
@@ -134,7 +135,7 @@ def main(out_dir):
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
     inputs = {v: x[rows] for v, x in global_inputs(world_size).items()}
     model = paddle.DataParallel(build_model())
-    exact_loss = MultiViewContrastiveLoss(PAIRS, rank=rank, world_size=world_size)
+    exact_loss = table_loss(PAIRS, rank=rank, world_size=world_size)
     result = loss_and_gradients(model, exact_loss, inputs, "exact")
     result.update(loss_and_gradients(model, naive_gather_loss, inputs, "naive"))
     np.savez(os.path.join(out_dir, f"rank{rank}.npz"), world_size=world_size, **result)

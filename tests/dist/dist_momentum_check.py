@@ -24,7 +24,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ernievil2.losses import MomentumEncoder, MultiViewContrastiveLoss
+from tests.helpers import queue_loss
 from tests.dist.dist_loss_check import EMBED_DIM, INPUT_DIM, TinyDualEncoder  # the same tiny towers
 
 PAIRS = [["image_v1", "text_v1", 1.0], ["image_v1", "image_v2", 0.5]]
@@ -73,8 +73,7 @@ def run(rank, world_size, rows):
     """``STEPS`` training steps on ``rows`` of each global batch; what each step left behind."""
     with float64_default():
         model = TinyDualEncoder(np.random.default_rng(SEED))
-        momentum = MomentumEncoder(model)
-        loss_fn = MultiViewContrastiveLoss(PAIRS, rank, world_size, momentum_queue=QUEUE, embed_dim=EMBED_DIM)
+        loss_fn, momentum = queue_loss(PAIRS, QUEUE, EMBED_DIM, rank, world_size, model=model)
         trained = paddle.DataParallel(model) if world_size > 1 else model
         optimizer = paddle.optimizer.SGD(learning_rate=LEARNING_RATE, parameters=model.parameters())
         record = {}
@@ -84,20 +83,19 @@ def run(rank, world_size, rows):
             image_ids = paddle.to_tensor(ids[rows])
 
             features, logit_scale = trained(tensors)
-            key_features, _ = momentum({v: tensors[v] for v in ("image_v1", "text_v1")})
+            key_features, _ = momentum.encoder({v: tensors[v] for v in ("image_v1", "text_v1")})
             keys = {"image": key_features["image_v1"], "text": key_features["text_v1"]}
-            out = loss_fn(features, logit_scale, keys=keys, image_ids=image_ids, step=step)
+            out = loss_fn(features, logit_scale, image_ids=image_ids, momentum=momentum.batch(keys, step, image_ids))
             out["loss"].backward()
             record[f"step{step}/loss"] = out["loss"].numpy()
             record[f"step{step}/queue_share"] = out["queue/share"].numpy()
             record.update({f"step{step}/grad/{n}": p.grad.numpy() for n, p in model.named_parameters()})
             optimizer.step()
             optimizer.clear_grad()
-            momentum.update(model, loss_fn.queue_config.momentum)
-            loss_fn.enqueue(keys, image_ids)
+            momentum.after_step(model)
 
-            record.update({f"step{step}/queue/{n}": t.numpy() for n, t in loss_fn.queue.state_dict().items()})
-            record.update({f"step{step}/momentum/{n}": p.numpy() for n, p in momentum.model.named_parameters()})
+            record.update({f"step{step}/queue/{n}": t.numpy() for n, t in momentum.queue.state_dict().items()})
+            record.update({f"step{step}/momentum/{n}": p.numpy() for n, p in momentum.encoder.model.named_parameters()})
         return record
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from ernievil2.losses import MomentumEncoder, MultiViewContrastiveLoss
+from tests.helpers import queue_loss, table_loss
 from tests.dist.dist_loss_check import TinyDualEncoder  # the same tiny towers
 from tests.dist.dist_momentum_check import EMBED_DIM, float64_default, random_batch
 
@@ -54,10 +54,10 @@ def run(case, rank, world_size, rows):
     with float64_default():
         model = TinyDualEncoder(np.random.default_rng(SEED))
         queue = config.get("momentum_queue")
-        momentum = MomentumEncoder(model) if queue else None
-        loss_fn = MultiViewContrastiveLoss(
-            PAIRS, rank, world_size, momentum_queue=queue, embed_dim=EMBED_DIM if queue else None, positives=config["positives"]
-        )
+        if queue:
+            loss_fn, momentum = queue_loss(PAIRS, queue, EMBED_DIM, rank, world_size, config["positives"], model)
+        else:
+            loss_fn = table_loss(PAIRS, rank, world_size, positives=config["positives"])
         trained = paddle.DataParallel(model) if world_size > 1 else model
         optimizer = paddle.optimizer.SGD(learning_rate=LEARNING_RATE, parameters=model.parameters())
         record = {}
@@ -65,12 +65,12 @@ def run(case, rank, world_size, rows):
             inputs, image_ids, caption_ids = global_batch(step)
             tensors = {view: paddle.to_tensor(x[rows]) for view, x in inputs.items()}
             given = {"image_ids": paddle.to_tensor(image_ids[rows]), "caption_ids": paddle.to_tensor(caption_ids[rows])}
-            ids = {k: v for k, v in given.items() if k in loss_fn.id_inputs}
+            ids = {k: v for k, v in given.items() if k in loss_fn.needs.ids}
             features, logit_scale = trained(tensors)
             kwargs = dict(ids)
             if queue:
-                key_features, _ = momentum({v: tensors[v] for v in ("image_v1", "text_v1")})
-                kwargs.update(keys={"image": key_features["image_v1"], "text": key_features["text_v1"]}, step=step)
+                key_features, _ = momentum.encoder({v: tensors[v] for v in ("image_v1", "text_v1")})
+                kwargs["momentum"] = momentum.batch({"image": key_features["image_v1"], "text": key_features["text_v1"]}, step, **ids)
             out = loss_fn(features, logit_scale, **kwargs)
             out["loss"].backward()
             record[f"{case}/step{step}/loss"] = out["loss"].numpy()
@@ -79,9 +79,8 @@ def run(case, rank, world_size, rows):
             optimizer.clear_grad()
             if queue:
                 record[f"{case}/step{step}/queue_share"] = out["queue/share"].numpy()
-                momentum.update(model, loss_fn.queue_config.momentum)
-                loss_fn.enqueue(kwargs["keys"], **ids)
-                record.update({f"{case}/step{step}/queue/{n}": t.numpy() for n, t in loss_fn.queue.state_dict().items()})
+                momentum.after_step(model)
+                record.update({f"{case}/step{step}/queue/{n}": t.numpy() for n, t in momentum.queue.state_dict().items()})
         return record
 
 

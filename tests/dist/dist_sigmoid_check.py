@@ -18,9 +18,10 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-import ernievil2.losses.multiview as multiview
+import ernievil2.losses.loss as loss_module
 from ernievil2.engine.steps import average_gradients
-from ernievil2.losses import MultiViewContrastiveLoss, SigmoidPairs
+from ernievil2.losses import SigmoidPairs
+from tests.helpers import table_loss
 from tests.dist.dist_loss_check import LOCAL_BATCH, VIEW_TOWER, build_model, global_inputs
 
 # view_a stays, view_b travels: the second pair sends an image view round the ring.
@@ -31,11 +32,11 @@ SCALE_INIT, BIAS_INIT = 3.0, -1.5
 
 
 def build_loss(rank=0, world_size=1):
-    return MultiViewContrastiveLoss([], rank=rank, world_size=world_size, terms=[SigmoidPairs(PAIRS, SCALE_INIT, BIAS_INIT)])
+    return table_loss([], rank=rank, world_size=world_size, terms=[SigmoidPairs(PAIRS, SCALE_INIT, BIAS_INIT)])
 
 
 def loss_and_gradients(model, loss_fn, inputs, world_size):
-    tensors = {v: paddle.to_tensor(x, stop_gradient=False) for v, x in inputs.items() if v in loss_fn.required_views}
+    tensors = {v: paddle.to_tensor(x, stop_gradient=False) for v, x in inputs.items() if v in loss_fn.needs.views}
     features, logit_scale = model(tensors)
     loss = loss_fn(features, logit_scale)["loss"]
     loss.backward()
@@ -62,7 +63,7 @@ def main(out_dir):
     paddle.set_device("cpu")
     dist.init_parallel_env()
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    multiview.gather_with_grad = refuse_to_gather
+    loss_module.gather_with_grad = refuse_to_gather
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
     inputs = {v: x[rows] for v, x in global_inputs(world_size).items()}
     # The temperature is unused by a sigmoid-only loss: DataParallel must not wait for its gradient.

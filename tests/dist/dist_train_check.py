@@ -18,9 +18,8 @@ import paddle
 
 from ernievil2.engine.build import init_distributed
 from ernievil2.engine.steps import accumulated_step, average_gradients, train_step
-from ernievil2.losses import MultiViewContrastiveLoss
 from ernievil2.models import build_model
-from tests.helpers import TINY_ARCH
+from tests.helpers import TINY_ARCH, table_loss
 
 GLOBAL_BATCH = 8
 # 0.99 of the tiny ViT's 4 patches rounds to all 4: image_v2 takes the patch-dropout path in
@@ -61,8 +60,8 @@ def gradients(model):
 
 def single_process_reference():
     model = make_model()
-    loss = MultiViewContrastiveLoss(PAIRS)
-    terms = train_step(model, loss, rows(global_batch(), 0, GLOBAL_BATCH), loss.required_views)
+    loss = table_loss(PAIRS)
+    terms = train_step(model, loss, rows(global_batch(), 0, GLOBAL_BATCH), loss.needs.views)
     return float(terms["loss"]), gradients(model)
 
 
@@ -73,23 +72,23 @@ def main(out_dir):
     local = GLOBAL_BATCH // world
     batch = global_batch()
     model = make_model()
-    loss = MultiViewContrastiveLoss(PAIRS, rank=rank, world_size=world)
+    loss = table_loss(PAIRS, rank=rank, world_size=world)
     wrapped = fleet.distributed_model(model)
     result = {}
     mine = rows(batch, rank * local, (rank + 1) * local)
-    result["plain/loss"] = float(train_step(wrapped, loss, mine, loss.required_views)["loss"])
+    result["plain/loss"] = float(train_step(wrapped, loss, mine, loss.needs.views)["loss"])
     for name, grad in gradients(model).items():
         result[f"plain/grad/{name}"] = grad
     model.clear_gradients()
     half = local // 2
     micro = [rows(batch, rank * local, rank * local + half), rows(batch, rank * local + half, (rank + 1) * local)]
-    terms = accumulated_step(wrapped, loss, micro, loss.required_views, no_sync=wrapped.no_sync)
+    terms = accumulated_step(wrapped, loss, micro, loss.needs.views, no_sync=wrapped.no_sync)
     average_gradients([p for p in model.parameters() if not p.stop_gradient], world)
     result["accumulated/loss"] = float(terms["loss"])
     for name, grad in gradients(model).items():
         result[f"accumulated/grad/{name}"] = grad
     model.clear_gradients()
-    result["split/loss"] = float(train_step(wrapped, loss, mine, loss.required_views, patch_keep=SPLIT_KEEP)["loss"])
+    result["split/loss"] = float(train_step(wrapped, loss, mine, loss.needs.views, patch_keep=SPLIT_KEEP)["loss"])
     for name, grad in gradients(model).items():
         result[f"split/grad/{name}"] = grad
     result["world_size"] = world
