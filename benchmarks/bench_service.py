@@ -48,6 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server predictor threads")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="server predictor device")
     return parser.parse_args(argv)
 
 
@@ -57,19 +58,25 @@ def prepare(arch, gallery_size, folder):
 
     from ernievil2.config import load_config
     from ernievil2.inference.export import export_model
-    from ernievil2.inference.index import Gallery
-    from ernievil2.inference.predictor import ExportedModel
     from ernievil2.models import build_model
 
     config = load_config(str(REPO / ARCH_CONFIGS[arch]))
     paddle.seed(0)
-    export_dir, index_dir = os.path.join(folder, "export"), os.path.join(folder, "index")
+    export_dir = os.path.join(folder, "export")
     export_model(build_model(config["Arch"]), config, None, export_dir)
-    model = ExportedModel(export_dir)
-    vectors = np.random.RandomState(0).randn(gallery_size, model.embed_dim).astype(np.float32)
+    return export_dir, save_gallery(export_dir, gallery_size, os.path.join(folder, "index"))
+
+
+def save_gallery(export_dir, gallery_size, index_dir):
+    """A gallery of ``gallery_size`` random unit vectors for the export in ``export_dir``; returns ``index_dir``."""
+    from ernievil2.inference.deploy import model_id, read_deploy
+    from ernievil2.inference.index import Gallery
+
+    deploy = read_deploy(export_dir)
+    vectors = np.random.RandomState(0).randn(gallery_size, int(deploy["embed_dim"])).astype(np.float32)
     ids = [f"img{i:06d}" for i in range(gallery_size)]
-    Gallery.from_embeddings(vectors, ids, "image", model.model_id).save(index_dir)
-    return export_dir, index_dir
+    Gallery.from_embeddings(vectors, ids, "image", model_id(deploy)).save(index_dir)
+    return index_dir
 
 
 # The server binds any free port (--port 0) and names it in its start-up line.
@@ -80,7 +87,7 @@ def start_server(args, export_dir, index_dir, log_path):
     command = [
         sys.executable, str(REPO / "tools" / "serve.py"), "--model", export_dir, "--index", index_dir,
         "--host", "127.0.0.1", "--port", "0", "--threads", str(args.threads), "--no-access-log",
-        "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+        "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", args.device,
     ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
