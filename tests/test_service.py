@@ -505,6 +505,45 @@ def test_batcher_respects_the_batch_size_and_keeps_order():
     assert sorted(i for b in seen for i in b) == list(range(10))
 
 
+def test_a_lone_item_is_not_held_for_the_collection_window():
+    async def main():
+        batcher = DynamicBatcher(lambda items: items, max_batch_size=8, max_wait_ms=60_000)
+        batcher.start()
+        try:
+            # Far inside the window: the old batcher held a lone item for all of it.
+            return await asyncio.wait_for(batcher.submit("a"), 20), batcher.stats.as_dict()
+        finally:
+            await batcher.stop()
+
+    result, stats = asyncio.run(main())
+    assert result == "a" and stats["sizes"] == {"1": 1}
+
+
+def test_items_that_queue_while_a_batch_runs_form_the_next_batch():
+    release = threading.Event()
+
+    def blocked_first(items):
+        release.wait(20)
+        return items
+
+    async def main():
+        batcher = DynamicBatcher(blocked_first, max_batch_size=32, max_wait_ms=20)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        while batcher.stats.batches == 0:  # the worker has taken item 0 and is blocked in run_batch
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 9)]
+        await asyncio.sleep(0)
+        release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return results, batcher.stats.as_dict()
+
+    results, stats = asyncio.run(main())
+    assert results == list(range(9))
+    assert stats["sizes"] == {"1": 1, "8": 1}
+
+
 def test_a_failing_batch_fails_its_requests_only():
     calls = []
 
