@@ -284,8 +284,8 @@ class Engine:
 
         The queries are searched here, on the worker thread that has just encoded them, with
         one faiss call per gallery for the whole batch: a query is not handed back to the event
-        loop and out to the worker again for its search (measured: a few ms of a demo-size
-        query's answer went to such hand-offs on a loaded machine).
+        loop and out to the worker again for its search. At demo size such hand-offs and the
+        Python path around them, not the model, are most of a query's answer (docs/benchmarks.md).
         """
         embeddings = encode([query for query, _ in items])
         hits = [None] * len(items)
