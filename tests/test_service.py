@@ -31,7 +31,7 @@ from ernievil2.inference.export import export_model, load_model
 from ernievil2.inference.index import ITEMS_FILE, THUMBNAIL_SIZE, Gallery, load_gallery, make_thumbnail, save_embeddings
 from ernievil2.inference.inputs import iter_tsv_images
 from ernievil2.inference.predictor import ExportedModel, PredictorOptions
-from ernievil2.inference.service import ServiceSettings, create_app, search_results
+from ernievil2.inference.service import Engine, ServiceSettings, create_app, search_results
 from tests.conftest import REPO
 
 TINY_CONFIG = str(REPO / "configs" / "tiny_official_fixture.yaml")
@@ -464,21 +464,74 @@ async def concurrent_requests(app, requests):
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(model, galleries, rows):
-    app = create_app(model, *galleries, settings=ServiceSettings(max_wait_ms=300.0, max_batch_size=32))
-    texts = [row[0] for row in rows[:12]]
-    requests = [("/embed/text", {"texts": [t]}) for t in texts] + [("/search", {"text": t, "k": 3}) for t in texts[:4]]
-    responses, health = asyncio.run(concurrent_requests(app, requests))
+    images, texts = galleries
+    calls = {"images": 0, "texts": 0}
+    for name, gallery in (("images", images), ("texts", texts)):
+        def counted(queries, k, search=gallery.search, name=name):
+            calls[name] += 1
+            return search(queries, k)
+
+        gallery.search = counted
+    try:
+        app = create_app(model, images, texts, settings=ServiceSettings(max_wait_ms=300.0, max_batch_size=32))
+        queries = [row[0] for row in rows[:12]]
+        searches = list(zip(queries[:6], (3, 1, 5, 2, 4, 3)))
+        image_searches = [(1, 2, "texts"), (2, 4, "images"), (3, 3, "texts")]
+        requests = ([("/embed/text", {"texts": [t]}) for t in queries]
+                    + [("/search", {"text": t, "k": k}) for t, k in searches]
+                    + [("/search", {"image": rows[i][2], "k": k, "target": target}) for i, k, target in image_searches])
+        responses, health = asyncio.run(concurrent_requests(app, requests))
+    finally:
+        for gallery in (images, texts):
+            del gallery.search
     assert all(r.status_code == 200 for r in responses)
-    expected = model.encode_texts(texts)
+    expected = model.encode_texts(queries)
     for i, response in enumerate(responses[:12]):
         np.testing.assert_allclose(response.json()["embeddings"][0], expected[i], atol=ATOL)
-    images, _ = galleries
-    _, positions = images.search(expected[:4], 3)
-    for i, response in enumerate(responses[12:]):
-        assert [hit["id"] for hit in response.json()["results"]] == [images.ids[p] for p in positions[i]]
-    stats = health["batching"]["text"]
-    assert stats["items"] == 16
-    assert stats["largest"] > 1 and stats["batches"] < 16, stats
+    # Each query gets its own k, though a batch's queries are searched together.
+    for i, ((_, k), response) in enumerate(zip(searches, responses[12:18])):
+        _, positions = images.search(expected[i : i + 1], k)
+        assert [hit["id"] for hit in response.json()["results"]] == [images.ids[p] for p in positions[0]]
+    encoded = model.encode_images([rgb_of(rows[i]) for i, _, _ in image_searches])
+    for j, ((_, k, target), response) in enumerate(zip(image_searches, responses[18:])):
+        gallery = texts if target == "texts" else images
+        _, positions = gallery.search(encoded[j : j + 1], k)
+        assert [hit["id"] for hit in response.json()["results"]] == [gallery.ids[p] for p in positions[0]]
+    stats = health["batching"]
+    assert stats["text"]["items"] == 18 and stats["image"]["items"] == 3
+    assert stats["text"]["largest"] > 1 and stats["text"]["batches"] < 18, stats
+    # At most one faiss call per batch and gallery, however the requests fell into batches.
+    assert calls["images"] <= stats["text"]["batches"] + stats["image"]["batches"], (calls, stats)
+    assert calls["texts"] <= stats["image"]["batches"], (calls, stats)
+
+
+class CountingGallery:
+    def __init__(self, size):
+        self.vectors = np.random.RandomState(size).randn(size, 4).astype(np.float32)
+        self.calls = []
+
+    def search(self, queries, k):
+        self.calls.append((len(queries), k))
+        scores = queries @ self.vectors.T
+        positions = np.argsort(-scores, axis=1)[:, :k]
+        return np.take_along_axis(scores, positions, 1), positions
+
+
+def test_a_batch_is_searched_once_per_gallery_and_each_query_keeps_its_k():
+    first, second = CountingGallery(20), CountingGallery(30)
+    queries = np.random.RandomState(0).randn(5, 4).astype(np.float32)
+    items = [(0, (first, 3)), (1, None), (2, (second, 5)), (3, (first, 7)), (4, (second, 1))]
+    out = Engine._encode_and_search(lambda rows: queries[rows], items)
+    assert first.calls == [(2, 7)] and second.calls == [(2, 5)]
+    for (row, search), (embedding, hits) in zip(items, out):
+        np.testing.assert_array_equal(embedding, queries[row])
+        if search is None:
+            assert hits is None
+            continue
+        gallery, k = search
+        expected = np.argsort(-(queries[row] @ gallery.vectors.T))[:k]
+        np.testing.assert_array_equal(hits[1], expected)
+        assert len(hits[0]) == k
 
 
 def run_batcher(batcher, items):
@@ -503,6 +556,45 @@ def test_batcher_respects_the_batch_size_and_keeps_order():
     assert results == [2 * i for i in range(10)]
     assert [len(b) for b in seen] == [4, 4, 2]
     assert sorted(i for b in seen for i in b) == list(range(10))
+
+
+def test_a_lone_item_is_not_held_for_the_collection_window():
+    async def main():
+        batcher = DynamicBatcher(lambda items: items, max_batch_size=8, max_wait_ms=60_000)
+        batcher.start()
+        try:
+            # Far inside the window: the old batcher held a lone item for all of it.
+            return await asyncio.wait_for(batcher.submit("a"), 20), batcher.stats.as_dict()
+        finally:
+            await batcher.stop()
+
+    result, stats = asyncio.run(main())
+    assert result == "a" and stats["sizes"] == {"1": 1}
+
+
+def test_items_that_queue_while_a_batch_runs_form_the_next_batch():
+    release = threading.Event()
+
+    def blocked_first(items):
+        release.wait(20)
+        return items
+
+    async def main():
+        batcher = DynamicBatcher(blocked_first, max_batch_size=32, max_wait_ms=20)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        while batcher.stats.batches == 0:  # the worker has taken item 0 and is blocked in run_batch
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 9)]
+        await asyncio.sleep(0)
+        release.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return results, batcher.stats.as_dict()
+
+    results, stats = asyncio.run(main())
+    assert results == list(range(9))
+    assert stats["sizes"] == {"1": 1, "8": 1}
 
 
 def test_a_failing_batch_fails_its_requests_only():

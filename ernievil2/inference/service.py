@@ -285,14 +285,37 @@ class Engine:
             max_queue=settings.max_queue,
             executor=self.executor,
         )
-        self.text_batcher = DynamicBatcher(self._encode_texts, **batching)
-        self.image_batcher = DynamicBatcher(self._encode_pixels, **batching)
+        # Items are (input, search): search is None for an embedding, (gallery, k) for a query.
+        self.text_batcher = DynamicBatcher(lambda items: self._encode_and_search(self._encode_texts, items), **batching)
+        self.image_batcher = DynamicBatcher(lambda items: self._encode_and_search(self._encode_pixels, items), **batching)
 
     def _encode_texts(self, texts):
         return self.model.encode_texts(texts, batch_size=len(texts))
 
     def _encode_pixels(self, pixels):
         return self.model.encode_pixels(np.stack(pixels))
+
+    @staticmethod
+    def _encode_and_search(encode, items):
+        """``[(embedding, hits or None)]`` for a batch of ``(input, search)`` items.
+
+        The queries are searched here, on the worker thread that has just encoded them, with
+        one faiss call per gallery for the whole batch: a query is not handed back to the event
+        loop and out to the worker again for its search. At demo size such hand-offs and the
+        Python path around them, not the model, are most of a query's answer (docs/benchmarks.md).
+        """
+        embeddings = encode([query for query, _ in items])
+        hits = [None] * len(items)
+        by_gallery = {}
+        for i, (_, search) in enumerate(items):
+            if search is not None:
+                by_gallery.setdefault(id(search[0]), []).append(i)
+        for rows in by_gallery.values():
+            gallery, ks = items[rows[0]][1][0], [items[i][1][1] for i in rows]
+            scores, positions = gallery.search(embeddings[rows], max(ks))
+            for row, (i, k) in enumerate(zip(rows, ks)):
+                hits[i] = (scores[row, :k], positions[row, :k])
+        return list(zip(embeddings, hits))
 
     async def start(self):
         await asyncio.get_running_loop().run_in_executor(self.executor, self.model.warm_up)
@@ -304,8 +327,20 @@ class Engine:
         await self.image_batcher.stop()
         self.executor.shutdown(wait=True)
 
+    @staticmethod
+    async def _embed(batcher, inputs):
+        return [embedding for embedding, _ in await asyncio.gather(*(batcher.submit((x, None)) for x in inputs))]
+
+    async def _search(self, batcher, query, gallery, k):
+        _, (scores, positions) = await batcher.submit((query, (gallery, k)))
+        return search_results(gallery, scores, positions, self.image_gallery)
+
     async def embed_texts(self, texts):
-        return await asyncio.gather(*(self.text_batcher.submit(t) for t in texts))
+        return await self._embed(self.text_batcher, texts)
+
+    async def search_text(self, text, k):
+        """Text -> images: the hits' JSON rows."""
+        return await self._search(self.text_batcher, text, self.image_gallery, k)
 
     def prepare_images(self, images):
         """Decode and preprocess (on a request thread, before batching): bad images fail only their request."""
@@ -317,11 +352,17 @@ class Engine:
 
     async def embed_images(self, images):
         pixels = await run_in_threadpool(self.prepare_images, images)
-        return await asyncio.gather(*(self.image_batcher.submit(p) for p in pixels))
+        return await self._embed(self.image_batcher, pixels)
 
-    async def embed_upload(self, data):
+    async def search_image(self, image, gallery, k):
+        """A base64 image -> ``gallery``: the hits' JSON rows."""
+        (pixels,) = await run_in_threadpool(self.prepare_images, [image])
+        return await self._search(self.image_batcher, pixels, gallery, k)
+
+    async def search_upload(self, data, gallery, k):
+        """An uploaded image file -> ``gallery``: the hits' JSON rows."""
         pixels = await run_in_threadpool(self.prepare_upload, data)
-        return await self.image_batcher.submit(pixels)
+        return await self._search(self.image_batcher, pixels, gallery, k)
 
     def gallery_for(self, target):
         if target == "images":
@@ -330,11 +371,6 @@ class Engine:
             raise RequestError(400, "this service has no text gallery: image -> text queries cannot be answered "
                                "(tools/build_index.py makes one from a TSV's captions unless --no-texts)")
         return self.text_gallery
-
-    async def search(self, gallery, query, k):
-        loop = asyncio.get_running_loop()
-        scores, positions = await loop.run_in_executor(self.executor, gallery.search, query[None], k)
-        return search_results(gallery, scores[0], positions[0], self.image_gallery)
 
     def health(self):
         return {
@@ -402,8 +438,7 @@ def create_app(model, image_gallery, text_gallery=None, settings=None):
         rows = await engine.embed_images(body.images)
         return {"dim": model.embed_dim, "embeddings": [row.tolist() for row in rows]}
 
-    async def answer(query_kind, gallery, query, k, started):
-        results = await engine.search(gallery, query, k)
+    def answer(query_kind, gallery, k, results, started):
         took_ms = round((time.perf_counter() - started) * 1000, 1)
         return {"query": query_kind, "gallery": gallery.kind, "k": k, "took_ms": took_ms, "results": results}
 
@@ -418,11 +453,9 @@ def create_app(model, image_gallery, text_gallery=None, settings=None):
             if body.target not in (None, "images"):
                 raise RequestError(422, "a text query searches the images: target must be 'images' or left out")
             check_text(body.text, "text", settings)
-            (query,) = await engine.embed_texts([body.text])
-            return await answer("text", engine.image_gallery, query, k, started)
+            return answer("text", engine.image_gallery, k, await engine.search_text(body.text, k), started)
         gallery = engine.gallery_for(body.target or "texts")
-        (query,) = await engine.embed_images([body.image])
-        return await answer("image", gallery, query, k, started)
+        return answer("image", gallery, k, await engine.search_image(body.image, gallery, k), started)
 
     @app.post("/search/image")
     async def search_uploaded_image(request: Request, target: Target = "texts", k: Optional[int] = None):
@@ -432,8 +465,7 @@ def create_app(model, image_gallery, text_gallery=None, settings=None):
         data = await read_upload(request, settings.max_upload_bytes)
         # Timed from here: the upload's transfer time is the network's, not the search's.
         started = time.perf_counter()
-        query = await engine.embed_upload(data)
-        return await answer("image", gallery, query, k, started)
+        return answer("image", gallery, k, await engine.search_upload(data, gallery, k), started)
 
     @app.get("/thumbnails/{position}")
     async def thumbnail(position: int):
