@@ -20,6 +20,7 @@ from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, officia
 from ..evaluation.zeroshot import format_report
 from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from .optim import lr_at
+from .rendezvous import RankZeroGate
 from .steps import accumulated_step, average_gradients, batch_to_tensors, momentum_keys, train_step, use_tags_as_text
 
 
@@ -67,6 +68,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.eval_fn, self.log, self.writer = eval_fn, log, writer
         self.momentum = momentum  # the EMA key encoder of the momentum queue, or None
+        self.gate = RankZeroGate(rank, world_size)
         self.views = loss_fn.required_views
         # Patch dropout of the online model's image views; the momentum encoder sees every patch.
         self.patch_keep = self.train_cfg.get("patch_keep")
@@ -148,14 +150,13 @@ class Trainer:
 
     def save(self):
         state = self.trainer_state()  # a collective: every rank takes part
-        path = None
-        if self.rank == 0:
-            path = save_checkpoint(
-                self.output_dir, self.step, self.model, self.optimizer, self.extra_state(), state, self.train_cfg["keep_checkpoints"]
-            )
-            self.log(f"saved checkpoint {path}")
-        if self.world_size > 1:
-            dist.barrier()
+        return self.gate.alone(lambda: self._write_checkpoint(state))
+
+    def _write_checkpoint(self, state):
+        path = save_checkpoint(
+            self.output_dir, self.step, self.model, self.optimizer, self.extra_state(), state, self.train_cfg["keep_checkpoints"]
+        )
+        self.log(f"saved checkpoint {path}")
         return path
 
     def restore(self, path, loaded=None):
@@ -201,23 +202,22 @@ class Trainer:
     def evaluate(self):
         if self.eval_fn is None:
             return None
-        metrics = None
-        if self.rank == 0:
-            metrics = self.eval_fn(self.model)
-            self.model.train()
-            self._record_evaluation(metrics)
-            if self.writer is not None:
-                if "zeroshot" in metrics:
-                    for key in ("top1", "top5"):
-                        self.writer.add_scalar(f"eval_zeroshot/{key}", metrics["zeroshot"][key], self.step)
-                for protocol, result in metrics.items():
-                    if protocol == "zeroshot":
-                        continue
-                    for direction in ("text2image", "image2text", "mean"):
-                        for key in ("r1", "r5", "r10", "mean_recall"):
-                            self.writer.add_scalar(f"eval_{protocol}/{direction}_{key}", result[direction][key], self.step)
-        if self.world_size > 1:
-            dist.barrier()
+        return self.gate.alone(self._evaluate_here)
+
+    def _evaluate_here(self):
+        metrics = self.eval_fn(self.model)
+        self.model.train()
+        self._record_evaluation(metrics)
+        if self.writer is not None:
+            if "zeroshot" in metrics:
+                for key in ("top1", "top5"):
+                    self.writer.add_scalar(f"eval_zeroshot/{key}", metrics["zeroshot"][key], self.step)
+            for protocol, result in metrics.items():
+                if protocol == "zeroshot":
+                    continue
+                for direction in ("text2image", "image2text", "mean"):
+                    for key in ("r1", "r5", "r10", "mean_recall"):
+                        self.writer.add_scalar(f"eval_{protocol}/{direction}_{key}", result[direction][key], self.step)
         return metrics
 
     def train(self):
