@@ -256,7 +256,7 @@ class TrainStream:
         self.position = position or StreamPosition()
 
     def _record_jobs(self, epoch, start):
-        """Groups of ``batch_size`` (index, record) from the epoch order, from record ``start`` on."""
+        """Groups of ``batch_size`` (index, record) from the epoch order, from record ``start`` on; the last may be short."""
         records = epoch_records(self.sources, self.counter, self.seed, epoch, self.rank, self.shuffle_buffer)
         if self.image_gap:
             # Waiting records hold their image bytes: bounded like the shuffle buffer, with
@@ -270,6 +270,9 @@ class TrainStream:
             if len(group) == self.batch_size:
                 yield group
                 group = []
+        if group:
+            # Too few for a batch alone, but it replaces records of the groups before that failed to decode.
+            yield group
 
     def _has_needed_fields(self, record):
         if self.need_tags and not record.tags:
