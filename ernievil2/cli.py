@@ -13,15 +13,17 @@ EXIT_INTERRUPTED = 130
 
 
 def user_errors():
-    from .checkpoint.state import CheckpointMismatchError, CheckpointReadError
+    from .checkpoint.state import CheckpointMismatchError, CheckpointReadError, CheckpointWriteError
     from .data.errors import DataError
     from .data.parallel import WorkerCrashError
     from .evaluation.retrieval import RetrievalInputError
+    from .files import EmptyFileError
     from .inference.errors import DeviceUnavailableError, ExportError, GalleryError, OptionsError
     from .registry import ConfigError
 
     return (
-        ConfigError, DataError, CheckpointMismatchError, CheckpointReadError, RetrievalInputError, WorkerCrashError,
+        ConfigError, DataError, CheckpointMismatchError, CheckpointReadError, CheckpointWriteError, EmptyFileError,
+        RetrievalInputError, WorkerCrashError,
         ExportError, GalleryError, OptionsError, DeviceUnavailableError, FileNotFoundError, IsADirectoryError,
         NotADirectoryError, PermissionError,
     )

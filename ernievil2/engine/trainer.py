@@ -14,6 +14,7 @@ import paddle
 import paddle.distributed as dist
 
 from ..checkpoint.state import load_state_strict
+from ..config import plain_config
 from ..evaluation.classify import evaluate_zeroshot
 from ..evaluation.embed import embed_split
 from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
@@ -139,7 +140,7 @@ class Trainer:
         if self.world_size > 1:
             per_rank = []
             dist.all_gather_object(per_rank, local)
-        return {"step": self.step, "ranks": per_rank, "world_size": self.world_size}
+        return {"step": self.step, "ranks": per_rank, "world_size": self.world_size, "config": plain_config(self.config)}
 
     def extra_state(self):
         """Loss buffers (the momentum queues) and the momentum encoder, beside the model."""
@@ -162,11 +163,6 @@ class Trainer:
     def restore(self, path, loaded=None):
         """Continue from the checkpoint at ``path`` (``loaded``: its contents, if already read)."""
         model_state, opt_state, extra, state = loaded or load_checkpoint(path)
-        if state["world_size"] != self.world_size:
-            raise ValueError(
-                f"{path} was written by {state['world_size']} ranks, this run has {self.world_size}: "
-                "data positions are per rank, so resume with the same number of ranks"
-            )
         load_state_strict(self.model, model_state, source=path)
         self.optimizer.set_state_dict(opt_state)
         self.loss_fn.set_state_dict(extra.get("loss", {}))
