@@ -199,3 +199,13 @@ def test_checkpoints_and_atomic_files_follow_the_umask(tmp_path, tiny_run):
     assert oct(os.stat(folder).st_mode & 0o777) == oct(0o755)
     assert oct(os.stat(tmp_path / "deploy.yaml").st_mode & 0o777) == oct(0o644)
     assert oct(os.stat(tmp_path / "checkpoints" / "latest").st_mode & 0o777) == oct(0o644)
+
+
+def test_weights_can_be_named_by_the_latest_pointer(tmp_path, tiny_run):
+    from ernievil2.checkpoint import read_model_state
+    from ernievil2.checkpoint.training import save_checkpoint
+
+    model, optimizer = tiny_run
+    save_checkpoint(str(tmp_path), 1, model, optimizer, {}, {"step": 1})
+    state = read_model_state(str(tmp_path / "checkpoints" / "latest"))
+    assert sorted(state) == sorted(model.state_dict())
