@@ -13,16 +13,18 @@ EXIT_INTERRUPTED = 130
 
 
 def user_errors():
-    from .checkpoint.state import CheckpointMismatchError, CheckpointReadError
+    from .checkpoint.state import CheckpointMismatchError, CheckpointReadError, CheckpointWriteError
     from .data.errors import DataError
     from .data.parallel import WorkerCrashError
     from .data.sources import DataFormatError
     from .evaluation.retrieval import RetrievalInputError
+    from .files import EmptyFileError
     from .inference.errors import DeviceUnavailableError, ExportError, GalleryError, OptionsError
     from .registry import ConfigError
 
     return (
-        ConfigError, DataError, DataFormatError, CheckpointMismatchError, CheckpointReadError, RetrievalInputError, WorkerCrashError,
+        ConfigError, DataError, DataFormatError, CheckpointMismatchError, CheckpointReadError, CheckpointWriteError, EmptyFileError,
+        RetrievalInputError, WorkerCrashError,
         ExportError, GalleryError, OptionsError, DeviceUnavailableError, FileNotFoundError, IsADirectoryError,
         NotADirectoryError, PermissionError,
     )

@@ -87,6 +87,7 @@ DEFAULTS = {
         "eval_every": 0,  # 0: only at the end (when Data.val is set)
         "keep_checkpoints": 3,
         "resume": "auto",  # auto | never | a checkpoint folder
+        "force_resume": False,  # resume although settings an exact resume needs have changed
         "amp": False,
         "amp_dtype": "bfloat16",
         "amp_level": "O1",
@@ -328,7 +329,20 @@ def load_config(path, overrides=()):
     apply_overrides(config, overrides)
     config["_source_"] = os.path.abspath(path)
     config["Augment"] = augment_with_preprocess_size(config.get("Augment"), config["Preprocess"])
-    return validate_component_sections(config)
+    try:
+        return validate_component_sections(config)
+    except ConfigError as err:
+        given = _override_of(err.key, overrides)
+        raise (err.located(f"override -o {given}") if given else err) from None
+
+
+def _override_of(key, overrides):
+    """The last override that set ``key`` (or a section holding it, or a key inside it), else None."""
+    for text in reversed(list(overrides or ())):
+        given = ".".join(parse_override(text)[0])
+        if given == key or key.startswith(given + ".") or given.startswith(key + "."):
+            return text
+    return None
 
 
 def augment_with_preprocess_size(augment, preprocess):
@@ -394,6 +408,24 @@ def validate_component_sections(config):
     return config
 
 
+def check_named_files(config):
+    """Every file and folder a training config names is there, of its kind, readable and not empty;
+    else a ConfigError naming the key. Run when training starts, not at every load: a tool that
+    only reads ``Arch`` from a config (export, feature extraction) needs none of its data."""
+    from .data.pipeline import check_spec_paths
+    from .files import check_path
+
+    checks = [(f"Data.{key}", check_spec_paths, (config["Data"][key],)) for key in ("train", "val") if config["Data"].get(key) is not None]
+    checks += [(f"Eval.zeroshot.{key}", check_path, (path,)) for key, path in (config["Eval"].get("zeroshot") or {}).items() if path is not None]
+    if config["Global"]["pretrained"]:
+        checks.append(("Global.pretrained", check_path, (config["Global"]["pretrained"], None)))
+    for key, check, args in checks:
+        try:
+            check(*args)
+        except OSError as err:
+            raise ConfigError(key, str(err), config.get("_source_")) from None
+
+
 def check_data_specs(config):
     from .data.readers import check_pair_spec
 
@@ -446,7 +478,11 @@ def check_loss(config):
         check_loss_section(config["Loss"])
 
 
+def plain_config(config):
+    """The config without its load-time notes (``_source_``): what a run is trained with."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 def dump_config(config, path):
-    clean = {k: v for k, v in config.items() if not k.startswith("_")}
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(clean, f, allow_unicode=True, sort_keys=False)
+        yaml.safe_dump(plain_config(config), f, allow_unicode=True, sort_keys=False)

@@ -136,6 +136,8 @@ def test_values_out_of_range_fail_at_load_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
         load_config(BASE, [override])
     assert info.value.key == key
+    # the value came from the command line, not from the file
+    assert info.value.source == f"override -o {override}"
 
 
 @pytest.mark.parametrize(
@@ -168,6 +170,8 @@ def test_per_tower_optimizer_values_are_checked_at_load(override, key):
     with pytest.raises(ConfigError) as info:
         load_config(BASE, [override])
     assert info.value.key == key
+    # the value came from the command line, not from the file
+    assert info.value.source == f"override -o {override}"
 
 
 def test_per_tower_optimizer_values_default_to_null():

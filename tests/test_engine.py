@@ -409,3 +409,64 @@ def test_positives_with_a_queue_over_micro_batches_and_one_caption_per_image(tmp
     assert "step 4/4" in log and "brivl=" in log, result.stdout[-2000:] + result.stderr[-2000:]
     extra = paddle.load(str(tmp_path / "out" / "checkpoints" / "step_000004" / "extra.pdparams"))
     assert (np.asarray(extra["momentum"]["queue.caption_ids"]) >= 0).all() and (np.asarray(extra["momentum"]["queue.ids"]) >= 0).all()
+
+
+# --- resume knows its run ---------------------------------------------------------
+
+
+def test_a_changed_run_is_refused_on_resume_with_the_changed_keys_and_the_original_config_kept(tmp_path, train_data):
+    config = write_train_config(tmp_path, train_data[0])
+    run_train(config, "Train.max_steps=3", "Train.save_every=0")
+    out = tmp_path / "out"
+    original = (out / "config.yaml").read_text(encoding="utf-8")
+    state = pickle.loads((out / "checkpoints" / "step_000003" / "trainer_state.pkl").read_bytes())
+    assert state["config"]["Train"]["batch_size"] == 4 and "_source_" not in state["config"]
+
+    refused = run_train(config, "Train.max_steps=5", "Train.batch_size=2", "Global.seed=4", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    [line] = [text for text in refused.stderr.splitlines() if text.startswith("error: ")]
+    assert "Train.resume" in line and "Train.force_resume" in line
+    assert "Global.seed (3 -> 4)" in line and "Train.batch_size (4 -> 2)" in line and "max_steps" not in line
+    assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_000003"]
+
+    done = run_train(config, "Train.max_steps=3", check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "Train.max_steps: 3 is not above the step of the checkpoint" in done.stderr
+
+    forced = run_train(config, "Train.max_steps=4", "Train.batch_size=2", "Train.force_resume=true")
+    assert "at step 3" in forced.stdout
+    assert "resume: changed since the checkpoint: " in forced.stdout and "Train.batch_size (4 -> 2)" in forced.stdout
+    assert "(forced)" in forced.stdout
+    allowed = run_train(config, "Train.max_steps=5", "Train.batch_size=2", "Train.log_every=2")
+    assert "Train.log_every (1 -> 2), Train.max_steps (4 -> 5)" in allowed.stdout and "(forced)" not in allowed.stdout
+    assert (out / "config.yaml").read_text(encoding="utf-8") == original
+    resumed = [n for n in sorted(os.listdir(out)) if n.startswith("config.resume")]
+    assert resumed == ["config.resume_step_000003.yaml", "config.resume_step_000004.yaml"]
+    assert "batch_size: 2" in (out / resumed[0]).read_text(encoding="utf-8")
+
+
+def test_resume_checks_ranks_and_names_every_changed_key(tmp_path):
+    from ernievil2.config import load_config
+    from ernievil2.engine.resume import changed_keys, check_resumable, is_allowed
+
+    config = load_config(str(write_train_config(tmp_path, "a.tsv")))
+    state = {"step": 3, "world_size": 2, "config": copy.deepcopy(config)}
+    with pytest.raises(ConfigError, match="written by 2 ranks, this run has 1"):
+        check_resumable(config, "ckpt", state, 1, print)
+    with pytest.raises(ConfigError, match="written by 2 ranks, this run has 1"):
+        check_resumable({**config, "Train": {**config["Train"], "force_resume": True}}, "ckpt", state, 1, print)
+    changed = copy.deepcopy(config)
+    changed["Data"]["train"]["path"] = "b.tsv"
+    changed["Optimizer"]["freeze"] = ["image"]
+    changed["Loss"]["terms"] = [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]}]
+    changed["Eval"]["batch_size"] = 8
+    changes = changed_keys(config, changed)
+    assert sorted(changes) == ["Data.train.path", "Eval.batch_size", "Loss.terms", "Optimizer.freeze"]
+    assert [key for key in changes if is_allowed(key)] == ["Eval.batch_size"]
+    with pytest.raises(ConfigError) as info:
+        check_resumable(changed, "ckpt", state, 2, print)
+    assert "Data.train.path ('a.tsv' -> 'b.tsv')" in str(info.value) and "Loss.terms ([{'name': 'info_nce', " in str(info.value)
+    assert "Eval.batch_size" not in str(info.value)
+    logged = []
+    check_resumable(config, "ckpt", {**state, "config": {**config, "Train": {**config["Train"], "max_steps": 10}}}, 2, logged.append)
+    assert logged == [f"resume: changed since the checkpoint: Train.max_steps (10 -> {config['Train']['max_steps']})"]

@@ -74,3 +74,17 @@ def test_multi_node_launch_reaches_the_same_weights_as_one_node(tmp_path):
         results[layout] = paddle.load(os.path.join(out, "checkpoints", "step_000003", "model.pdparams"))
     for key, value in results["one_node"].items():
         np.testing.assert_allclose(results["two_nodes"][key].numpy(), value.numpy(), rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_a_long_evaluation_and_checkpoint_write_on_rank_0_do_not_time_out_the_others(tmp_path):
+    data = write_pairs_tsv(tmp_path / "train.tsv", 16, seed=5)
+    config = write_train_config(
+        tmp_path, data, {"format": "official_tsv", "path": str(data)},
+        Train={"max_steps": 2, "batch_size": 4, "save_every": 1, "eval_every": 1}, Eval={"batch_size": 4},
+    )
+    code, logs = launch(REPO / "tests" / "dist" / "slow_rank0_train.py", ["-c", config], tmp_path)
+    assert code == 0, logs
+    assert "TIMEOUT" not in logs
+    history = (tmp_path / "out" / "eval_history.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [yaml.safe_load(line)["step"] for line in history] == [1, 2]
+    assert sorted(os.listdir(tmp_path / "out" / "checkpoints")) == ["latest", "step_000001", "step_000002"]

@@ -107,6 +107,22 @@ def test_a_bad_image_is_replaced_and_counted(tmp_path, tokenizer):
         take(stream(spec, tokenizer, shuffle_buffer=1), 2)
 
 
+def test_a_bad_image_in_a_small_corpus_is_replaced_from_the_last_partial_group(tmp_path, tokenizer):
+    """5 good records and 1 truncated JPEG at batch 4: the epoch's last group (2 records) fills the batch."""
+    import base64
+
+    path = write_pairs_tsv(tmp_path / "t.tsv", 6)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    text, image_id, data, tags = lines[1].split("\t")
+    lines[1] = "\t".join([text, image_id, base64.b64encode(base64.b64decode(data)[:-40]).decode("ascii"), tags])
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    s = stream({"format": "official_tsv", "path": str(path)}, tokenizer, on_error="skip", shuffle_buffer=1)
+    batches = take(s, 2)
+    assert ids_of(batches[:1]) == [stable_image_id(f"img{i}") for i in (0, 2, 3, 4)]
+    assert ids_of(batches[1:]) == [stable_image_id(f"img{i}") for i in (0, 2, 3, 4)]  # the next epoch, from the start
+    assert list(s.counter.skipped) == [f"{path}:2"] and s.counter.skipped[f"{path}:2"].startswith("truncated JPEG")
+
+
 def test_images_stay_with_their_captions(tmp_path, tokenizer):
     """Every caption names its shape's colour; the decoded view must show that colour."""
     from tests.helpers import COLOURS

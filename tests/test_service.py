@@ -364,6 +364,7 @@ BAD_REQUESTS = [
      413, "images[0] is 600x601 pixels; the limit is 360000 pixels"),
     ("two queries", "/search", {"text": "猫", "image": JUNK_IMAGE}, 422, "exactly one of 'text'"),
     ("over-long query", "/search", {"text": "长" * 600}, 422, "text has 600 characters"),
+    ("control characters only", "/search", {"text": "\x00\x07\u200b\t\x1b"}, 422, "text is empty"),
     ("oversized body", "/embed/text", {"texts": ["长" * 400] * 1000}, 413, "over the limit of 1048576 bytes"),
 ]
 
@@ -415,6 +416,25 @@ def test_bad_upload_gets_a_reason_and_the_service_keeps_serving(client, query, b
     assert response.status_code == status
     assert reason in response.json()["detail"]
     assert_still_serving(client)
+
+
+def test_a_client_gone_mid_upload_is_a_client_error():
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from ernievil2.inference.service import RequestError, read_upload
+
+    class HalfUpload:
+        headers = {"content-type": "image/jpeg"}
+
+        async def stream(self):
+            yield b"\xff\xd8" * 10
+            raise ClientDisconnect()
+
+    with pytest.raises(RequestError) as info:
+        asyncio.run(read_upload(HalfUpload(), 1000))
+    assert (info.value.status, info.value.message) == (400, "the client disconnected after 20 bytes of the upload")
 
 
 def test_streamed_oversized_upload_is_cut_off(client):

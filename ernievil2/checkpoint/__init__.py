@@ -13,8 +13,11 @@ def read_model_state(path):
 
     Accepts: an official ``.pdparams`` (e.g. ``OPEN_ERNIE_VIL2_BASE_ViT.pdparams``)
     or ours; a PaddleNLP ``save_pretrained`` folder or its ``model_state.pdparams``;
-    a training checkpoint folder of ours, or a training output folder (its latest checkpoint).
+    a training checkpoint folder of ours, or a training output folder (its latest checkpoint), or
+    the ``latest`` pointer file of its ``checkpoints/`` (the checkpoint it names).
     """
+    if os.path.basename(path) == "latest" and os.path.isfile(path):
+        path = latest_checkpoint(os.path.dirname(path)) or path
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, MODEL_WEIGHTS)):
             return read_state(os.path.join(path, MODEL_WEIGHTS))

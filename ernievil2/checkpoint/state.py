@@ -14,6 +14,10 @@ class CheckpointReadError(ValueError):
     """A weights or checkpoint file that cannot be read at all (truncated, corrupt, not Paddle's)."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that cannot be written: a full disk or a folder that takes no files."""
+
+
 def _shape(value):
     return list(value.shape)
 

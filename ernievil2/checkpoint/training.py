@@ -8,6 +8,7 @@ state). It is written into a temporary folder and renamed into place, so a
 crash never leaves a half checkpoint under a real name; ``latest`` names the
 newest complete one.
 """
+import errno
 import os
 import pickle
 import re
@@ -16,9 +17,9 @@ import tempfile
 
 import paddle
 
-from ..files import atomic_text_file
+from ..files import atomic_text_file, umask_mode
 from . import MODEL_WEIGHTS, latest_checkpoint
-from .state import CheckpointReadError
+from .state import CheckpointReadError, CheckpointWriteError
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 LATEST = "latest"
@@ -34,6 +35,7 @@ def save_checkpoint(output_dir, step, model, optimizer, extra_state, trainer_sta
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"step_{step:06d}")
     tmp = tempfile.mkdtemp(prefix=f".step_{step:06d}-", dir=root)
+    os.chmod(tmp, umask_mode(folder=True))
     try:
         paddle.save(model.state_dict(), os.path.join(tmp, MODEL_WEIGHTS))
         paddle.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pdopt"))
@@ -46,13 +48,51 @@ def save_checkpoint(output_dir, step, model, optimizer, extra_state, trainer_sta
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            needed = state_bytes([model.state_dict(), optimizer.state_dict(), extra_state])
+            raise CheckpointWriteError(
+                f"no space left on the disk of {root} for checkpoint step {step}: it needs about {mib(needed)}, "
+                f"{mib(shutil.disk_usage(root).free)} are free; free some, lower Train.keep_checkpoints or change Global.output_dir"
+            ) from None
         raise
     _write_latest(root, os.path.basename(final))
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def state_bytes(state):
+    """The bytes of the arrays in a (nested) state: what writing it takes on disk, near enough."""
+    if isinstance(state, dict):
+        return sum(state_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(value) for value in state)
+    if isinstance(state, paddle.Tensor):
+        return int(state.numel()) * state.element_size()
+    return getattr(state, "nbytes", 0)
+
+
+def mib(size):
+    return f"{size / 2**20:.1f} MiB"
+
+
+def estimate_checkpoint_bytes(model, extra_state):
+    """One checkpoint before the first step has filled the optimizer: the weights, AdamW's two moments
+    of each trained weight, and the extra state (loss buffers, momentum encoder)."""
+    trained = sum(int(p.numel()) * p.element_size() for p in model.parameters() if not p.stop_gradient)
+    return state_bytes(model.state_dict()) + 2 * trained + state_bytes(extra_state)
+
+
+def check_free_space(output_dir, needed):
+    """Refuse to start training when the disk of ``output_dir`` cannot take one checkpoint of ``needed`` bytes."""
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise CheckpointWriteError(
+            f"{output_dir}: {mib(free)} free on its disk, one checkpoint needs about {mib(needed)}; "
+            "free some space or change Global.output_dir"
+        )
 
 
 def _write_latest(root, name):
@@ -121,4 +161,4 @@ def load_checkpoint(path):
     return tuple(parts)
 
 
-__all__ = ["clean_temporary", "list_checkpoints", "load_checkpoint", "resume_candidates", "save_checkpoint"]
+__all__ = ["check_free_space", "clean_temporary", "estimate_checkpoint_bytes", "list_checkpoints", "load_checkpoint", "resume_candidates", "save_checkpoint"]

@@ -20,14 +20,14 @@ import collections
 import dataclasses
 import glob
 import hashlib
-import os
 
 import numpy as np
 
+from ..files import check_path
 from ..views import IMAGE_VIEWS, TAG_VIEW
 from .errors import DataError, SkipCounter, split_where
 from .parallel import OrderedPool
-from .readers import decode_image_bytes, open_pairs
+from .readers import ChineseClipSplit, decode_image_bytes, open_pairs
 from .tokenizer import trim_padding
 
 
@@ -59,9 +59,30 @@ def expand_sources(spec):
             raise FileNotFoundError(f"no file matches {pattern!r}")
         files.extend(matched)
     for path in files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"data file not found: {path}")
+        try:
+            check_path(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"data file not found: {path}") from None
     return [{**spec, key: path} for path in files]
+
+
+def check_spec_paths(spec):
+    """Raise an OSError naming the path when a file or folder the data spec names is missing, of the
+    other kind, unreadable or an empty file: ``path`` (files), ``root`` and ``image_root`` (folders),
+    a Chinese-CLIP split's two files."""
+    expand_sources(spec)
+    for key in ("root", "image_root"):
+        if spec.get(key) is not None:
+            check_path(spec[key], folder=True)
+    if spec.get("format") == "chinese_clip":
+        for path in ChineseClipSplit.split_files(spec["root"], spec["split"]):
+            check_path(path)
+
+
+def describe_spec(spec):
+    """The data a spec names, for messages: its path(s) or root."""
+    named = spec.get("path", spec.get("root"))
+    return ", ".join(map(str, named)) if isinstance(named, (list, tuple)) else str(named)
 
 
 def rank_sources(sources, rank, world):
@@ -239,7 +260,10 @@ class TrainStream:
             raise ValueError(f"image_views must be 1 or 2, got {image_views}")
         self.sources = rank_sources(expand_sources(spec), rank, world)
         if not self.sources:
-            raise ValueError(f"rank {rank} has no data file: {len(expand_sources(spec))} file(s) for {world} ranks")
+            raise DataError(
+                describe_spec(spec), None, f"rank {rank} has no data file: {len(expand_sources(spec))} file(s) for {world} ranks"
+            )
+        self.spec = spec
         self.tokenizer = tokenizer
         self.transform = transform
         self.batch_size = batch_size
@@ -256,7 +280,7 @@ class TrainStream:
         self.position = position or StreamPosition()
 
     def _record_jobs(self, epoch, start):
-        """Groups of ``batch_size`` (index, record) from the epoch order, from record ``start`` on."""
+        """Groups of ``batch_size`` (index, record) from the epoch order, from record ``start`` on; the last may be short."""
         records = epoch_records(self.sources, self.counter, self.seed, epoch, self.rank, self.shuffle_buffer)
         if self.image_gap:
             # Waiting records hold their image bytes: bounded like the shuffle buffer, with
@@ -270,6 +294,9 @@ class TrainStream:
             if len(group) == self.batch_size:
                 yield group
                 group = []
+        if group:
+            # Too few for a batch alone, but it replaces records of the groups before that failed to decode.
+            yield group
 
     def _has_needed_fields(self, record):
         if self.need_tags and not record.tags:
@@ -303,9 +330,10 @@ class TrainStream:
                 yielded += 1
                 yield self._collate([r for _, r in batch_items], views_all[:, : self.batch_size])
         if yielded == 0 and start == 0:
-            raise ValueError(
+            raise DataError(
+                describe_spec(self.spec), None,
                 f"rank {self.rank}: an epoch produced no full batch of {self.batch_size} "
-                f"({self.counter.summary()}); use fewer ranks, a smaller batch or more data"
+                f"({self.counter.summary()}); use fewer ranks, a smaller batch or more data",
             )
 
     def _collate(self, records, views):

@@ -193,12 +193,16 @@ class ChineseClipSplit:
     """
 
     def __init__(self, root, split: str):
-        self.images_path = Path(root) / f"{split}_imgs.tsv"
-        self.texts_path = Path(root) / f"{split}_texts.jsonl"
+        self.images_path, self.texts_path = self.split_files(root, split)
         for path in (self.images_path, self.texts_path):
             if not path.is_file():
                 raise FileNotFoundError(f"Chinese-CLIP split {split!r}: {path} not found")
         self._index: Optional[ImageIndex] = None
+
+    @staticmethod
+    def split_files(root, split: str) -> Tuple[Path, Path]:
+        """The split's image TSV and text JSONL."""
+        return Path(root) / f"{split}_imgs.tsv", Path(root) / f"{split}_texts.jsonl"
 
     def image_index(self, counter: SkipCounter) -> ImageIndex:
         """The image TSV's index; bad lines found building it go to ``counter``."""

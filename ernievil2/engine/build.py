@@ -1,12 +1,13 @@
 """From a config to a ready :class:`~ernievil2.engine.trainer.Trainer` (distributed set-up included)."""
 import os
+import tempfile
 
 import paddle
 import paddle.distributed as dist
 
 from .. import runtime
 from ..checkpoint import load_pretrained
-from ..config import dump_config
+from ..config import check_named_files
 from ..data.augment import TrainTransform
 from ..data.image_ops import EvalTransform
 from ..data.pipeline import TrainStream
@@ -17,9 +18,9 @@ from ..models import build_model
 from ..models.tower import TowerCapabilityError, capability
 from ..registry import ConfigError
 from ..views import TAG_VIEW, image_view_count
-from ..checkpoint.state import CheckpointReadError
-from ..checkpoint.training import clean_temporary, load_checkpoint, resume_candidates
+from ..checkpoint.training import check_free_space, clean_temporary, estimate_checkpoint_bytes
 from .optim import build_optimizer
+from .resume import resume, write_run_config
 from .trainer import Trainer, make_eval_fn
 
 
@@ -76,20 +77,34 @@ def check_patch_keep(model, patch_keep, source=None):
                 raise ConfigError(f"Train.patch_keep.{view}", f"{err} (it has no patch tokens); use 1.0", source) from None
 
 
+def prepare_output_dir(out_dir, source=None):
+    """Create ``out_dir`` and make sure a file can be written there, before anything is built:
+    a ConfigError naming it otherwise (a file in its place, a read-only file system, no permission)."""
+    if os.path.isfile(out_dir):
+        raise ConfigError("Global.output_dir", f"{out_dir} is a file, not a folder", source)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=out_dir)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError("Global.output_dir", f"cannot write into {out_dir}: {err.strerror}", source) from None
+
+
 def build_trainer(config):
+    source = config.get("_source_")
+    if config["Data"]["train"] is None:
+        raise ConfigError("Data.train", "not given: training needs data", source)
+    if config["Loss"] is None:
+        raise ConfigError("Loss", "not given: training needs a loss", source)
+    check_named_files(config)
     rank, world = init_distributed()
     out_dir = config["Global"]["output_dir"]
-    os.makedirs(out_dir, exist_ok=True)
+    prepare_output_dir(out_dir, source)
     log = rank_logger(rank, os.path.join(out_dir, "train.log"))
-    if rank == 0:
-        dump_config(config, os.path.join(out_dir, "config.yaml"))
     runtime.configure(config["Global"]["num_threads"])
     log(runtime.describe())
     seed = config["Global"]["seed"]
-    if config["Data"]["train"] is None:
-        raise ValueError("Data.train: no training data given")
-    if config["Loss"] is None:
-        raise ValueError("Loss: no loss given")
 
     paddle.seed(seed)  # identical initial weights on every rank
     model = build_model(config["Arch"], check_temperature(config["Loss"].get("temperature")))
@@ -155,20 +170,9 @@ def build_trainer(config):
     if rank == 0:
         for path in clean_temporary(out_dir):
             log(f"removed {path}, left by an interrupted save")
-    resume(trainer, out_dir, train["resume"], log)
+        check_free_space(out_dir, estimate_checkpoint_bytes(model, trainer.extra_state()))
+    resumed = resume(trainer, out_dir, train, log)
+    if rank == 0:
+        write_run_config(config, out_dir, trainer.step if resumed else None)
     return trainer
 
-
-def resume(trainer, out_dir, setting, log):
-    """Restore the newest checkpoint that reads; with ``auto``, unreadable ones are skipped and named."""
-    for path in resume_candidates(out_dir, setting):
-        try:
-            loaded = load_checkpoint(path)
-        except CheckpointReadError as err:
-            if setting != "auto":
-                raise
-            log(f"resume: skipped {path}: {err}")
-            continue
-        trainer.restore(path, loaded)
-        return path
-    return None

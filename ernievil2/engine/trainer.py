@@ -14,12 +14,14 @@ import paddle
 import paddle.distributed as dist
 
 from ..checkpoint.state import load_state_strict
+from ..config import plain_config
 from ..evaluation.classify import evaluate_zeroshot
 from ..evaluation.embed import embed_split
 from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
 from ..evaluation.zeroshot import format_report
 from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from .optim import lr_at
+from .rendezvous import RankZeroGate
 from .steps import accumulated_step, average_gradients, batch_to_tensors, train_step, use_tags_as_text
 
 
@@ -63,6 +65,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.eval_fn, self.log, self.writer = eval_fn, log, writer
         self.momentum = momentum  # the momentum queue's MomentumQueue (EMA key encoder and queues), or None
+        self.gate = RankZeroGate(rank, world_size)
         self.needs = loss_fn.needs
         # The model's temperature, as the console shows it when a term reads it, then what the terms log.
         self.log_labels = {"logit_scale": "scale", **loss_fn.logs}
@@ -132,7 +135,7 @@ class Trainer:
         if self.world_size > 1:
             per_rank = []
             dist.all_gather_object(per_rank, local)
-        return {"step": self.step, "ranks": per_rank, "world_size": self.world_size}
+        return {"step": self.step, "ranks": per_rank, "world_size": self.world_size, "config": plain_config(self.config)}
 
     def extra_state(self):
         """The loss's own parameters and the momentum queue (encoder and queues), beside the model."""
@@ -143,24 +146,18 @@ class Trainer:
 
     def save(self):
         state = self.trainer_state()  # a collective: every rank takes part
-        path = None
-        if self.rank == 0:
-            path = save_checkpoint(
-                self.output_dir, self.step, self.model, self.optimizer, self.extra_state(), state, self.train_cfg["keep_checkpoints"]
-            )
-            self.log(f"saved checkpoint {path}")
-        if self.world_size > 1:
-            dist.barrier()
+        return self.gate.alone(lambda: self._write_checkpoint(state))
+
+    def _write_checkpoint(self, state):
+        path = save_checkpoint(
+            self.output_dir, self.step, self.model, self.optimizer, self.extra_state(), state, self.train_cfg["keep_checkpoints"]
+        )
+        self.log(f"saved checkpoint {path}")
         return path
 
     def restore(self, path, loaded=None):
         """Continue from the checkpoint at ``path`` (``loaded``: its contents, if already read)."""
         model_state, opt_state, extra, state = loaded or load_checkpoint(path)
-        if state["world_size"] != self.world_size:
-            raise ValueError(
-                f"{path} was written by {state['world_size']} ranks, this run has {self.world_size}: "
-                "data positions are per rank, so resume with the same number of ranks"
-            )
         load_state_strict(self.model, model_state, source=path)
         self.optimizer.set_state_dict(opt_state)
         self.loss_fn.set_state_dict(extra.get("loss", {}))
@@ -196,23 +193,22 @@ class Trainer:
     def evaluate(self):
         if self.eval_fn is None:
             return None
-        metrics = None
-        if self.rank == 0:
-            metrics = self.eval_fn(self.model)
-            self.model.train()
-            self._record_evaluation(metrics)
-            if self.writer is not None:
-                if "zeroshot" in metrics:
-                    for key in ("top1", "top5"):
-                        self.writer.add_scalar(f"eval_zeroshot/{key}", metrics["zeroshot"][key], self.step)
-                for protocol, result in metrics.items():
-                    if protocol == "zeroshot":
-                        continue
-                    for direction in ("text2image", "image2text", "mean"):
-                        for key in ("r1", "r5", "r10", "mean_recall"):
-                            self.writer.add_scalar(f"eval_{protocol}/{direction}_{key}", result[direction][key], self.step)
-        if self.world_size > 1:
-            dist.barrier()
+        return self.gate.alone(self._evaluate_here)
+
+    def _evaluate_here(self):
+        metrics = self.eval_fn(self.model)
+        self.model.train()
+        self._record_evaluation(metrics)
+        if self.writer is not None:
+            if "zeroshot" in metrics:
+                for key in ("top1", "top5"):
+                    self.writer.add_scalar(f"eval_zeroshot/{key}", metrics["zeroshot"][key], self.step)
+            for protocol, result in metrics.items():
+                if protocol == "zeroshot":
+                    continue
+                for direction in ("text2image", "image2text", "mean"):
+                    for key in ("r1", "r5", "r10", "mean_recall"):
+                        self.writer.add_scalar(f"eval_{protocol}/{direction}_{key}", result[direction][key], self.step)
         return metrics
 
     def train(self):

@@ -26,6 +26,7 @@ import dataclasses
 import io
 import os
 import time
+import unicodedata
 import warnings
 from typing import List, Literal, Optional
 
@@ -36,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, StrictInt
+from starlette.requests import ClientDisconnect
 
 from ..data.errors import DataError
 from ..data.readers import decode_image_bytes
@@ -105,7 +107,8 @@ def check_count(items, name, limit):
 
 
 def check_text(text, where, settings):
-    if not text.strip():
+    # Control and format characters (NUL, zero-width spaces, ...) say nothing: a query of only those is empty.
+    if not "".join(c for c in text if unicodedata.category(c)[0] != "C").strip():
         raise RequestError(422, f"{where} is empty")
     if len(text) > settings.max_text_chars:
         raise RequestError(
@@ -174,11 +177,15 @@ async def read_upload(request, max_bytes):
     if declared.isdigit() and int(declared) > max_bytes:
         raise RequestError(413, too_large)
     chunks, received = [], 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise RequestError(413, too_large)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise RequestError(413, too_large)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # A client gone mid-upload is the client's doing: a 4xx line in the log, not an ERROR traceback.
+        raise RequestError(400, f"the client disconnected after {received} bytes of the upload") from None
     if not received:
         raise RequestError(400, "the request body is empty: send the image file as the body")
     return b"".join(chunks)
