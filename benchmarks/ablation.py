@@ -256,8 +256,9 @@ def on_row_clock(run, seconds_per_step):
 
 def curve_tables(runs, rows, cost_runs=None):
     """MeanRecall by step for every row, and every row read at the first row's training time
-    (on each row's median clock, ``row_costs``, of ``cost_runs`` if given: short runs of the
-    rows in turn time them more evenly than long runs at different hours of a shared machine)."""
+    (on each row's median clock, ``row_costs``, taken from ``cost_runs`` for the rows they time:
+    short runs of the rows in turn time them more evenly than long runs at different hours of a
+    shared machine)."""
     steps = sorted({point[0] for r in runs for point in r["curve"]})
     lines = ["### learning curves (MeanRecall, mean ± std over seeds, at each evaluation)", "",
              "| row | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
@@ -270,7 +271,7 @@ def curve_tables(runs, rows, cost_runs=None):
             values = [point[2] for r in mine for point in r["curve"] if point[0] == step]
             cells.append(mean_std(values) if len(values) == len(mine) else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    costs = row_costs(cost_runs or runs)
+    costs = {**row_costs(runs), **row_costs(cost_runs or [])}
     first = rows[0][0]
     budget = costs[first] * statistics.median(r["steps"] for r in runs if r["row"] == first)
     lines += ["", f"### equal training time ({budget:.0f} s, the first row's median), read off each run's curve", "",
@@ -280,7 +281,7 @@ def curve_tables(runs, rows, cost_runs=None):
         if not mine:
             continue
         values = [at_time(on_row_clock(r, costs[name]), budget) for r in mine]
-        shown = mean_std(values) if None not in values else "beyond the runs' end"
+        shown = mean_std(values) if None not in values else "outside the evaluated steps"
         reached = min(budget / costs[name], max(r["steps"] for r in mine))
         lines.append(f"| {name} | {shown} | {costs[name]:.2f} | {reached:.0f} |")
     return "\n".join(lines)

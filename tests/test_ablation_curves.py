@@ -52,3 +52,13 @@ def test_equal_time_can_take_the_rows_costs_from_separate_timing_runs():
     table = ablation.curve_tables(runs, [("fast", None, None), ("slow", None, None)], timing)
     # 100 s is 80 steps at the timed 1.25 s a step (not 33 at the long run's own 3.0).
     assert "| slow | 42.00 ± 0.00 | 1.25 | 80 |" in table
+
+
+def test_a_row_the_timing_runs_leave_out_keeps_its_own_clock():
+    runs = [
+        {"row": "fast", "seed": 0, "steps": 100, "seconds_per_step": 1.0, "curve": [[50, 50.0, 10.0], [100, 100.0, 20.0]]},
+        {"row": "slow", "seed": 0, "steps": 100, "seconds_per_step": 2.0, "curve": [[50, 100.0, 30.0], [100, 200.0, 50.0]]},
+    ]
+    table = ablation.curve_tables(runs, [("fast", None, None), ("slow", None, None)], [{"row": "fast", "seconds_per_step": 0.5}])
+    # 50 s of the fast row at its timed 0.5 s a step: 25 steps of the slow row, before its first evaluation.
+    assert "| slow | outside the evaluated steps | 2.00 | 25 |" in table
