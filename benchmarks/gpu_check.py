@@ -183,14 +183,14 @@ def train_curve(config, state, batches, steps, dtype):
 
     from ernievil2.engine.optim import build_optimizer
     from ernievil2.engine.steps import batch_to_tensors, train_step
-    from ernievil2.losses.multiview import MultiViewContrastiveLoss
+    from ernievil2.losses import build_loss
     from ernievil2.models import build_model
 
     paddle.seed(SEED)
     model = build_model(config["Arch"])
     model.set_state_dict(state)
     model.train()
-    loss_fn = MultiViewContrastiveLoss([["image_v1", "text_v1", 1.0]])
+    loss_fn = build_loss({"terms": [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]}]})
     optimizer = build_optimizer(model, dict(config["Optimizer"], warmup_steps=10))
     tensors = [batch_to_tensors(b) for b in batches]
     autocast = (lambda: paddle.amp.auto_cast(enable=True, dtype=dtype, level="O1")) if dtype else None
@@ -199,7 +199,7 @@ def train_curve(config, state, batches, steps, dtype):
     with FusedAttentionCounter() as counter:
         for step in range(steps):
             start = time.perf_counter()
-            terms = train_step(model, loss_fn, tensors[step % len(tensors)], loss_fn.required_views, autocast=autocast, scaler=scaler)
+            terms = train_step(model, loss_fn, tensors[step % len(tensors)], loss_fn.needs.views, autocast=autocast, scaler=scaler)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
