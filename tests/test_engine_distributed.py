@@ -13,7 +13,7 @@ import paddle
 import pytest
 import yaml
 
-from tests.dist.launcher import cpu_launcher_only, REPO, launch, launch_nodes, load_module
+from tests.dist.launcher import cpu_launcher_only, crashed_at_start, REPO, launch, launch_nodes, load_module
 from tests.helpers import write_pairs_tsv, write_train_config
 
 WORKER = REPO / "tests" / "dist" / "dist_train_check.py"
@@ -88,3 +88,12 @@ def test_a_long_evaluation_and_checkpoint_write_on_rank_0_do_not_time_out_the_ot
     history = (tmp_path / "out" / "eval_history.jsonl").read_text(encoding="utf-8").splitlines()
     assert [yaml.safe_load(line)["step"] for line in history] == [1, 2]
     assert sorted(os.listdir(tmp_path / "out" / "checkpoints")) == ["latest", "step_000001", "step_000002"]
+
+
+def test_only_a_segfault_before_any_result_earns_a_second_launch(tmp_path):
+    crash = "Container rank 0 status failed cmd [...] code -11 log /tmp/log/workerlog.0"
+    assert crashed_at_start(245, crash, tmp_path)
+    assert not crashed_at_start(0, crash, tmp_path)
+    assert not crashed_at_start(1, "Container rank 1 status failed cmd [...] code 1 log ...", tmp_path)
+    (tmp_path / "rank0.npz").write_bytes(b"")  # a rank got as far as its result: the crash is the test's
+    assert not crashed_at_start(245, crash, tmp_path)
