@@ -363,8 +363,14 @@ def _tower_setting(section, registry, name):
 
 
 def check_cross_sections(config):
-    """Settings that several sections hold must agree: image size, vocabulary size, text length."""
+    """Settings that several sections hold must agree: image size, vocabulary size, text length,
+    sharding and accumulation."""
     from .models import IMAGE_TOWERS, TEXT_TOWERS
+
+    train = config.get("Train") or {}
+    if train.get("sharding_stage", 0) and train.get("accum_steps", 1) > 1:
+        raise ConfigError("Train.accum_steps", f"{train['accum_steps']} micro-batches are not supported with "
+                          f"Train.sharding_stage {train['sharding_stage']}; use sharding_stage 0 or accum_steps 1")
 
     image_size = config["Preprocess"]["image_size"]
     tower_size = _tower_setting(config["Arch"]["image_tower"], IMAGE_TOWERS, "img_size")

@@ -201,3 +201,11 @@ def test_augment_takes_its_image_size_from_preprocess_unless_set():
     assert config["Augment"] == {"image_size": 160, "resize_short": 176}
     config = load_config(BASE, ["Augment={resize_short: 256}"])
     assert config["Augment"] == {"image_size": 224, "resize_short": 256}
+
+
+def test_sharding_with_accumulation_is_refused_at_load_naming_accum_steps():
+    with pytest.raises(ConfigError) as info:
+        load_config(BASE, ["Train.sharding_stage=1", "Train.accum_steps=2"])
+    assert info.value.key == "Train.accum_steps" and "sharding_stage 1" in str(info.value)
+    assert load_config(BASE, ["Train.sharding_stage=1"])["Train"]["accum_steps"] == 1
+    assert load_config(BASE, ["Train.accum_steps=2"])["Train"]["sharding_stage"] == 0

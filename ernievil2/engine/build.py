@@ -55,12 +55,9 @@ def wrap_for_parallel(model, optimizer, train_cfg):
     stage = train_cfg["sharding_stage"]
     if stage == 0:
         return fleet.distributed_model(model), optimizer
-    if stage not in (1, 2):
-        raise ValueError(f"Train.sharding_stage must be 0, 1 or 2, got {stage}")
+    # The config loader has checked the stage's values and its accumulation; the device is known only here.
     if not paddle.is_compiled_with_cuda():
         raise ValueError("Train.sharding_stage needs GPUs (a CUDA build of Paddle); use 0 on CPU")
-    if train_cfg["accum_steps"] > 1:
-        raise ValueError("Train.accum_steps > 1 is not supported with sharding; use sharding_stage 0")
     from paddle.distributed.sharding import group_sharded_parallel
 
     model, optimizer, _ = group_sharded_parallel(model, optimizer, level="os" if stage == 1 else "os_g")
