@@ -54,7 +54,7 @@ DEFAULTS = {
         "text_tower": ANY,  # validated against the text tower registry
     },
     "Tokenizer": {
-        "vocab_file": "vocab/ernie-3.0-base-zh/vocab.txt",
+        "vocab_file": "ernie-3.0-base-zh/vocab.txt",  # the official tokenizer's, bundled (resources/vocab)
         "max_len": 48,
         "do_lower_case": True,
         "backend": "fast",
@@ -272,15 +272,9 @@ def _schema_defaults(schema):
     }
 
 
-# The official tokenizer's vocabulary, bundled with the package (ernievil2/resources/vocab).
-BUNDLED_VOCAB = "ernie-3.0-base-zh/vocab.txt"
-
-
 def default_config():
     """Every section at its defaults, with the official preprocessing and the bundled official vocabulary; unvalidated."""
-    config = _schema_defaults(DEFAULTS)
-    config["Tokenizer"]["vocab_file"] = BUNDLED_VOCAB
-    return config
+    return _schema_defaults(DEFAULTS)
 
 
 def _load_file(path, schema, seen=()):

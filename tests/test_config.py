@@ -209,3 +209,11 @@ def test_sharding_with_accumulation_is_refused_at_load_naming_accum_steps():
     assert info.value.key == "Train.accum_steps" and "sharding_stage 1" in str(info.value)
     assert load_config(BASE, ["Train.sharding_stage=1"])["Train"]["accum_steps"] == 1
     assert load_config(BASE, ["Train.accum_steps=2"])["Train"]["sharding_stage"] == 0
+
+
+def test_the_default_vocabulary_is_the_bundled_one_and_resolves():
+    from ernievil2.config import DEFAULTS
+    from ernievil2.resource_files import resolve_resource
+
+    path = resolve_resource(DEFAULTS["Tokenizer"]["vocab_file"])
+    assert path.endswith("resources/vocab/ernie-3.0-base-zh/vocab.txt")
