@@ -23,7 +23,6 @@ import time
 import cv2
 import numpy as np
 
-
 from ernievil2.data.augment import TrainTransform, make_view_pair, sample_generator
 from ernievil2.data.image_ops import EvalTransform
 from ernievil2.data.readers import decode_image_bytes

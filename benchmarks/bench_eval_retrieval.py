@@ -30,7 +30,6 @@ import time
 import numpy as np
 import psutil
 
-
 from ernievil2.evaluation import retrieval
 
 OFFICIAL_CHUNKS = 10

@@ -36,8 +36,8 @@ DATA = os.path.join(REPO, "demo_data", "fashion_scenes_cn")
 
 
 def load_data(data_dir):
+    from benchmarks.reference_clip import read_official_tsv
     from ernievil2.data.tokenizer import ErnieTokenizer
-    from reference_clip import read_official_tsv
 
     tokenizer = ErnieTokenizer(os.path.join(data_dir, "vocab.txt"), 48)
     return read_official_tsv(os.path.join(data_dir, "train.tsv"), tokenizer), read_official_tsv(os.path.join(data_dir, "test.tsv"), tokenizer)
@@ -45,8 +45,7 @@ def load_data(data_dir):
 
 def plain_towers(args, vocab_size):
     """The plain loop's towers, or ours (demo size) where ``--image``/``--text`` say so."""
-    from reference_clip import PlainText, PlainViT
-
+    from benchmarks.reference_clip import PlainText, PlainViT
     from ernievil2.models.ernie_text import ErnieTextEncoder
     from ernievil2.models.vit import VisionTransformer
 
@@ -68,7 +67,8 @@ def plain_towers(args, vocab_size):
 
 def run_plain(args, data, seed, steps=None, seconds=None):
     import paddle
-    from reference_clip import train_plain
+
+    from benchmarks.reference_clip import train_plain
 
     paddle.seed(seed)
     image, text = plain_towers(args, vocab_size=128)

@@ -38,9 +38,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import gemm_rates, load_average, print_table
+from benchmarks.common import measure as time_call
 
-from benchmarks.common import gemm_rates, load_average, measure as time_call, print_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ARCH_CONFIGS = {
     "tiny": "configs/tiny_official_fixture.yaml",

@@ -348,9 +348,7 @@ def run_case(name, args):
 
     from ernievil2.checkpoint.paddlenlp import official_to_paddlenlp
     from ernievil2.config import load_config
-    from ernievil2.models import build_model
-
-    from ernievil2.models import kernels
+    from ernievil2.models import build_model, kernels
 
     case = CASES[name]
     kernels.use(**{part: part not in case.stock for part in kernels.ENABLED})

@@ -16,10 +16,10 @@ from ernievil2.checkpoint.paddlenlp import (
     write_paddlenlp_dir,
 )
 from ernievil2.config import load_config
-from ernievil2.resource_files import resolve_resource
 from ernievil2.data.image_ops import EvalTransform
 from ernievil2.data.tokenizer import ErnieTokenizer
 from ernievil2.models import build_model
+from ernievil2.resource_files import resolve_resource
 from tests.conftest import REPO
 
 TINY_CONFIG = str(REPO / "configs" / "tiny_official_fixture.yaml")

@@ -8,9 +8,9 @@ import sys
 import cv2
 import numpy as np
 
+from ernievil2.config import default_config
 from ernievil2.data.check import check_corpus, percentiles
 from ernievil2.data.tokenizer import build_tokenizer
-from ernievil2.config import default_config
 from tests.conftest import REPO
 from tests.helpers import jpeg_b64, scene, write_pairs_tsv
 

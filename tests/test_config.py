@@ -2,9 +2,9 @@
 import pytest
 
 from ernievil2.config import load_config
-from ernievil2.resource_files import resolve_resource
 from ernievil2.models import build_model
 from ernievil2.registry import ConfigError
+from ernievil2.resource_files import resolve_resource
 from tests.conftest import REPO
 
 BASE = str(REPO / "configs" / "ernievil2_base_vit16.yaml")

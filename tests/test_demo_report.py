@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from ernievil2.config import load_config
+from ernievil2.demo.report import _font, demo_report, pick_queries, wrap_caption
 from ernievil2.inference.export import export_model, load_model
 from ernievil2.inference.predictor import ExportedModel
-from ernievil2.demo.report import demo_report, pick_queries, wrap_caption, _font
 from tests.conftest import REPO
 
 

@@ -20,7 +20,7 @@ from ernievil2.models import build_model
 from ernievil2.models.tower import layer_scales
 from ernievil2.registry import ConfigError
 from tests.conftest import REPO
-from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config, table_loss
+from tests.helpers import TINY_ARCH, table_loss, write_pairs_tsv, write_train_config
 
 PAIRS = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5], ["image_v1", "tag", 0.5]]
 

@@ -13,7 +13,7 @@ import paddle
 import pytest
 import yaml
 
-from tests.dist.launcher import cpu_launcher_only, crashed_at_start, REPO, launch, launch_nodes, load_module
+from tests.dist.launcher import REPO, cpu_launcher_only, crashed_at_start, launch, launch_nodes, load_module
 from tests.helpers import write_pairs_tsv, write_train_config
 
 WORKER = REPO / "tests" / "dist" / "dist_train_check.py"

@@ -14,7 +14,7 @@ import yaml
 from ernievil2.checkpoint import read_model_state
 from ernievil2.checkpoint.paddlenlp import write_paddlenlp_dir
 from ernievil2.config import load_config
-from ernievil2.resource_files import resolve_resource
+from ernievil2.data.tokenizer import trim_padding
 from ernievil2.inference.deploy import DEPLOY_FILE, read_deploy
 from ernievil2.inference.errors import DeviceUnavailableError, ExportError
 from ernievil2.inference.export import export_model, load_model
@@ -26,7 +26,7 @@ from ernievil2.inference.predictor import (
     pad_text_batch,
     shape_range,
 )
-from ernievil2.data.tokenizer import trim_padding
+from ernievil2.resource_files import resolve_resource
 from tests.conftest import REPO
 
 TINY_CONFIG = str(REPO / "configs" / "tiny_official_fixture.yaml")

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 
+import cv2
 import numpy as np
 import paddle
 import pytest
@@ -29,8 +30,6 @@ from ernievil2.data.tokenizer import ErnieTokenizer
 from ernievil2.evaluation.embed import embed_split
 from tests.conftest import REPO
 from tests.helpers import COLOURS, SHAPES, jpeg_b64, processes_tagged, scene, write_train_config
-
-import cv2
 
 SUITE_SECONDS = 900
 # A hang (the failure this suite exists for) fails the test instead of stalling CI.

@@ -21,8 +21,8 @@ import pytest
 
 from ernievil2.registry import ConfigError
 from tests.conftest import REPO
-from tests.test_fault_injection import live_children
 from tests.helpers import processes_tagged, write_pairs_tsv, write_train_config
+from tests.test_fault_injection import live_children
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -6,7 +6,7 @@ and compares what each rank wrote against the single-process reference.
 
 import numpy as np
 
-from tests.dist.launcher import cpu_launcher_only, REPO, module_fixtures, relative_error
+from tests.dist.launcher import REPO, cpu_launcher_only, module_fixtures, relative_error
 
 WORKER = REPO / "tests" / "dist" / "dist_loss_check.py"
 

@@ -6,13 +6,12 @@ import numpy as np
 import paddle
 import pytest
 
+from ernievil2.config import DEFAULTS
 from ernievil2.engine.optim import build_optimizer
-from ernievil2.losses import LOSS_TERMS, SigmoidPairs, chunked_sigmoid_loss, sigmoid_block_loss
-from ernievil2.losses import build_loss, check_loss_section
+from ernievil2.losses import LOSS_TERMS, SigmoidPairs, build_loss, check_loss_section, chunked_sigmoid_loss, sigmoid_block_loss
 from ernievil2.models import build_model
 from ernievil2.registry import ConfigError
-from ernievil2.config import DEFAULTS
-from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config, queue_loss, table_loss
+from tests.helpers import TINY_ARCH, queue_loss, table_loss, write_pairs_tsv, write_train_config
 from tests.test_engine import run_train
 
 PAIR = [["image_v1", "text_v1", 1.0]]

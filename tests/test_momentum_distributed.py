@@ -8,7 +8,7 @@ ranks, the mean rank loss, the synced gradients and the EMA copies.
 
 import numpy as np
 
-from tests.dist.launcher import cpu_launcher_only, REPO, module_fixtures, relative_error
+from tests.dist.launcher import REPO, cpu_launcher_only, module_fixtures, relative_error
 
 WORKER = REPO / "tests" / "dist" / "dist_momentum_check.py"
 

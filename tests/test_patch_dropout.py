@@ -13,7 +13,7 @@ from ernievil2.models import build_model
 from ernievil2.models.tower import TowerCapabilityError
 from ernievil2.models.vit import VisionTransformer, keep_patch_tokens, kept_patch_count, kept_patch_indices
 from ernievil2.registry import ConfigError
-from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config, table_loss
+from tests.helpers import TINY_ARCH, table_loss, write_pairs_tsv, write_train_config
 from tests.test_engine import final_weights, grads, random_batch, run_train, split
 
 PAIRS = [["image_v1", "text_v1", 1.0], ["image_v2", "text_v2", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5]]

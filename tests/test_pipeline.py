@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from ernievil2.resource_files import resolve_resource
 from ernievil2.data.augment import TrainTransform
 from ernievil2.data.errors import DataError
 from ernievil2.data.pipeline import (
@@ -16,6 +15,7 @@ from ernievil2.data.pipeline import (
     stable_image_id,
 )
 from ernievil2.data.tokenizer import ErnieTokenizer
+from ernievil2.resource_files import resolve_resource
 from tests.helpers import write_pairs_tsv
 
 AUGMENT = {"image_size": 32, "resize_short": 32}

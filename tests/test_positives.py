@@ -8,8 +8,7 @@ import paddle
 import pytest
 
 from ernievil2.config import load_config
-from ernievil2.losses import symmetric_info_nce
-from ernievil2.losses import build_loss, check_loss_section
+from ernievil2.losses import build_loss, check_loss_section, symmetric_info_nce
 from ernievil2.losses.momentum import CrossModalQueue, extra_negative_info_nce, queue_info_nce
 from ernievil2.losses.positives import (
     Positives,

@@ -10,9 +10,9 @@ The ids of positives cross the ranks, so the gathered ids must be right.
 import numpy as np
 import paddle
 import pytest
-from tests.helpers import table_loss
 
-from tests.dist.launcher import cpu_launcher_only, REPO, module_fixtures, relative_error
+from tests.dist.launcher import REPO, cpu_launcher_only, module_fixtures, relative_error
+from tests.helpers import table_loss
 
 WORKER = REPO / "tests" / "dist" / "dist_positives_check.py"
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ernievil2.resource_files import resolve_resource
 from ernievil2.data.tokenizer import ErnieTokenizer, basic_tokenize, load_vocab, wordpiece
+from ernievil2.resource_files import resolve_resource
 
 VOCAB = resolve_resource("ernie-3.0-base-zh/vocab.txt")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ernievil2.demo import fashion_scenes as fs
 from ernievil2.data import vocab_builder as vb
+from ernievil2.demo import fashion_scenes as fs
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_TEXT_LENGTH = 48

@@ -11,16 +11,20 @@ loads as it is (``Global.pretrained`` or ``--weights``).
 """
 import argparse
 
+import paddle
 import yaml
 
-import paddle
 from ernievil2.checkpoint import load_pretrained, read_model_state
-from ernievil2.checkpoint.paddlenlp import PADDLENLP_TEXT_EPSILON, paddlenlp_config_from_arch, read_paddlenlp_dir, write_paddlenlp_dir
+from ernievil2.checkpoint.paddlenlp import (
+    PADDLENLP_TEXT_EPSILON,
+    paddlenlp_config_from_arch,
+    read_paddlenlp_dir,
+    write_paddlenlp_dir,
+)
 from ernievil2.checkpoint.state import atomic_save
 from ernievil2.config import load_config
 from ernievil2.models import build_model
 from ernievil2.resource_files import resolve_resource
-
 
 # A ValueError here means a checkpoint or folder that is not what the command expects: a one-line error too (ernievil2.cli.run).
 USER_ERRORS = (ValueError,)

@@ -8,9 +8,8 @@
 """
 import argparse
 
-from ernievil2.inference.predictor import ExportedModel
 from ernievil2.demo.report import compare_trained, demo_report, load_trained_run
-
+from ernievil2.inference.predictor import ExportedModel
 
 # A ValueError here means an export or data folder that is not what the report expects: a one-line error too (ernievil2.cli.run).
 USER_ERRORS = (ValueError,)

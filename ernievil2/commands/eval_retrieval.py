@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from ernievil2.commands import positive_int
 from ernievil2.evaluation import retrieval
 

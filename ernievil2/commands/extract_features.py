@@ -20,7 +20,6 @@ from ernievil2.data.sources import add_data_arguments, spec_from_args
 from ernievil2.evaluation.embed import embed_split
 from ernievil2.evaluation.retrieval import save_features
 
-
 # A ValueError here means a bad data file or spec: a one-line error too (ernievil2.cli.run).
 USER_ERRORS = (ValueError,)
 

@@ -31,7 +31,6 @@ from .readers import ChineseClipSplit, decode_image_bytes, open_pairs
 from .tokenizer import trim_padding
 
 
-
 @dataclasses.dataclass
 class StreamPosition:
     """Where a rank's stream stands: the epoch, and how many of its records are used up.

@@ -7,6 +7,7 @@ import paddle.distributed as dist
 
 from .. import runtime
 from ..checkpoint import load_pretrained
+from ..checkpoint.training import check_free_space, clean_temporary, estimate_checkpoint_bytes
 from ..config import check_named_files
 from ..data.augment import TrainTransform
 from ..data.image_ops import EvalTransform
@@ -18,7 +19,6 @@ from ..models import build_model
 from ..models.tower import TowerCapabilityError, capability
 from ..registry import ConfigError
 from ..views import TAG_VIEW, image_view_count
-from ..checkpoint.training import check_free_space, clean_temporary, estimate_checkpoint_bytes
 from .optim import build_optimizer
 from .resume import resume, write_run_config
 from .trainer import Trainer, make_eval_fn

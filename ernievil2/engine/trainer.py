@@ -14,12 +14,12 @@ import paddle
 import paddle.distributed as dist
 
 from ..checkpoint.state import load_state_strict
+from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from ..config import plain_config
 from ..evaluation.classify import evaluate_zeroshot
 from ..evaluation.embed import embed_split
 from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
 from ..evaluation.zeroshot import format_report
-from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from .optim import lr_at
 from .rendezvous import RankZeroGate
 from .steps import accumulated_step, average_gradients, batch_to_tensors, train_step, use_tags_as_text

@@ -13,9 +13,9 @@ import numpy as np
 import paddle
 
 from ..data.errors import DataError, SkipCounter
-from ..iters import batched, first_of_each
 from ..data.parallel import OrderedPool
 from ..data.readers import ChineseClipSplit, decode_image_bytes, open_pairs
+from ..iters import batched, first_of_each
 from .retrieval import make_features, text_positives_csr
 
 _TRANSFORM = None

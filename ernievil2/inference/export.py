@@ -19,8 +19,8 @@ import paddle.nn as nn
 from paddle.static import InputSpec
 
 from ..checkpoint import load_pretrained
-from ..resource_files import resolve_resource
 from ..models import build_model
+from ..resource_files import resolve_resource
 from .deploy import (
     DEPLOY_FILE,
     FORMAT_VERSION,
