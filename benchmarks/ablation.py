@@ -101,6 +101,8 @@ PRESETS = {
         ("full table", terms(FULL), {}),
         # The tags in place of the caption on half of the steps (Train.tag_as_text_prob): no second text batch.
         ("single-view, tags as text on 50% of steps", terms(SINGLE), {**NO_AUGMENT, "Train.tag_as_text_prob": 0.5}),
+        # The tag table with half of the image view's patches (FLIP): a cheaper step to spend on the tags.
+        ("+ tag view (0.5), 50% of patches", terms(SINGLE + [["image_v1", "tag", 0.5]]), {**NO_AUGMENT, **KEEP_HALF}),
     ],
     # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
     "sigmoid": [
