@@ -41,6 +41,10 @@ def run(main, argv=None, more_user_errors=()):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001  (re-raised below unless it is the user's)
+        # Paddle hands a Ctrl-C that lands inside a Python backward (a PyLayer) back as an OSError.
+        if isinstance(err, OSError) and "KeyboardInterrupt:" in str(err):
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if isinstance(err, user_errors() + tuple(more_user_errors)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USER_ERROR

@@ -79,3 +79,12 @@ def test_extract_features_with_a_broken_image_under_raise_names_the_line(tmp_pat
         "--output", str(tmp_path / "f.npz"),
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_a_ctrl_c_that_paddle_wrapped_inside_a_backward_is_an_interruption():
+    from ernievil2.cli import EXIT_INTERRUPTED, run
+
+    def main(argv):
+        raise OSError("(External)\n  Error message in backward of GradNodePyLayer__Linear\n  KeyboardInterrupt: <EMPTY MESSAGE>")
+
+    assert run(main) == EXIT_INTERRUPTED
