@@ -626,3 +626,94 @@ def test_cli_writes_the_noise_it_is_asked_for(synthetic_dir, tmp_path):
     assert meta["spec"]["caption_mismatch_rate"] == 0.5
     assert f"{meta['splits']['train']['noise']['mismatched']} mismatched" in result.stdout
     assert meta["splits"]["train"]["noise"]["mismatched"] > 0
+
+
+# ----------------------------------------------------------------------------- a domain of one's own
+
+HELD_OUT = (3, 5, 8)
+TITLE_RE = re.compile(
+    "^(?P<style>{}) (?P<items>.+)$".format("|".join(fs.STYLE_WORDS))
+)
+TITLE_ITEM_RE = re.compile("^({})({})$".format("|".join(c.name for c in fs.COLOURS), "|".join(c.noun for c in fs.CLASSES)))
+
+
+def test_scenes_draw_only_from_the_chosen_classes(source):
+    seen = tuple(c for c in range(len(fs.CLASSES)) if c not in HELD_OUT)
+    spec = fs.DemoSpec(num_train=300, num_test=100, classes=seen)
+    for split in ("train", "test"):
+        classes = Counter(item.class_id for record in fs.iter_split(source, split, spec) for item in record.scene.items)
+        assert set(classes) == set(seen), split  # every chosen class appears, no other
+
+
+def test_every_scene_holds_a_required_class_and_any_other(source):
+    spec = fs.DemoSpec(num_train=400, num_test=0, required_classes=HELD_OUT)
+    records = list(fs.iter_split(source, "train", spec))
+    assert all(any(item.class_id in HELD_OUT for item in record.scene.items) for record in records)
+    others = Counter(item.class_id for record in records for item in record.scene.items if item.class_id not in HELD_OUT)
+    assert set(others) == set(range(len(fs.CLASSES))) - set(HELD_OUT)
+    kinds = [(item.class_id, item.colour_id) for record in records for item in record.scene.items]
+    assert all(len(set(k)) == len(k) for k in ([(i.class_id, i.colour_id) for i in r.scene.items] for r in records))
+    assert len(kinds) > len(records)  # multi-item scenes too
+
+
+def test_titles_name_a_style_word_then_every_item_in_reading_order(source):
+    spec = fs.DemoSpec(num_train=100, num_test=60, required_classes=HELD_OUT, caption_style="title")
+    for split in ("train", "test"):
+        for record in fs.iter_split(source, split, spec):
+            assert record.templates == (fs.TITLE,) * len(record.captions)
+            styles = set()
+            for caption in record.captions:
+                match = TITLE_RE.match(caption)
+                assert match, caption
+                styles.add(match["style"])
+                named = [TITLE_ITEM_RE.match(word).groups() for word in match["items"].split(" ")]
+                in_order = sorted(record.scene.items, key=lambda i: i.position)
+                assert named == [(fs.COLOURS[i.colour_id].name, fs.CLASSES[i.class_id].noun) for i in in_order]
+            assert len(styles) == len(record.captions)  # an image's titles differ in their style word
+
+
+def test_eval_titles_each_fit_exactly_one_image(source):
+    # A title fixes the items and their reading order, not their cells: two scenes can share one,
+    # and the eval splits redraw until none does.
+    spec = fs.DemoSpec(num_train=300, num_test=300, items_per_scene_weights=(1, 1, 0, 0), required_classes=HELD_OUT,
+                       caption_style="title")
+
+    def ambiguous(records):
+        meanings = Counter(fs.scene_meaning(r.scene, "ordered") for r in records)
+        return sum(meanings[fs.scene_meaning(r.scene, "ordered")] > 1 for r in records)
+
+    assert ambiguous(list(fs.iter_split(source, "train", spec)))
+    test = list(fs.iter_split(source, "test", spec))
+    assert ambiguous(test) == 0 and sum(r.redraws for r in test) > 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"classes": (0, 10)}, "classes must be distinct Fashion-MNIST labels"),
+        ({"classes": (1, 1, 2)}, "classes must be distinct"),
+        ({"classes": (0, 1), "required_classes": (5,)}, r"required_classes \[5\] are not among classes"),
+        ({"caption_style": "poem"}, "caption_style must be one of scene, title"),
+        ({"caption_style": "title", "caption_mismatch_rate": 0.2}, "caption noise is drawn in the scene style only"),
+        ({"caption_style": "title", "eval_captions_per_image": 11}, "titles have 10 style words"),
+    ],
+)
+def test_bad_class_or_style_fields_are_named(fields, message):
+    with pytest.raises(ValueError, match=message):
+        fs.validate_spec(fs.DemoSpec(**fields))
+
+
+def test_cli_builds_a_title_corpus_of_held_out_classes(synthetic_dir, tmp_path):
+    out = tmp_path / "shop"
+    command = [
+        sys.executable, str(REPO / "tools" / "make_demo_data.py"), "--source-dir", str(synthetic_dir), "--output", str(out),
+        "--num-train", "20", "--num-test", "10", "--num-zeroshot", "0", "--canvas-size", "32",
+        "--required-classes", "3,5,8", "--caption-style", "title",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert meta["spec"]["required_classes"] == [3, 5, 8] and meta["spec"]["caption_style"] == "title"
+    assert meta["splits"]["test"]["template_counts"] == {fs.TITLE: 20}
+    assert all(TITLE_RE.match(row[0]) for row in read_tsv(out / "train.tsv"))
+    bad = subprocess.run(command[:-4] + ["--required-classes", "3,x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected comma-separated Fashion-MNIST labels" in bad.stderr

@@ -4,6 +4,8 @@
     python tools/make_demo_data.py --output demo_data/fashion_scenes_cn
     python tools/make_demo_data.py --output /tmp/tiny --num-train 500 --num-test 100 --canvas-size 32
     python tools/make_demo_data.py --output demo_data/noisy40 --num-train 10000 --caption-mismatch 0.4 --tag-wrong 0.1
+    # a user's own domain: scenes with a garment of three held-out classes, product-title captions
+    python tools/make_demo_data.py --output /tmp/shop --num-train 1000 --num-test 2000 --required-classes 3,5,8 --caption-style title
 
 Writes train.tsv / test.tsv (and val.tsv with --num-val) in the official ERNIE-ViL layout
 ``caption \\t image_id \\t base64 image \\t tags``, the eval splits again in the Chinese-CLIP
@@ -16,6 +18,7 @@ import sys
 import time
 
 from ernievil2.demo.fashion_scenes import (
+    CAPTION_STYLES,
     DemoSpec,
     build_demo_dataset,
     existing_meta_matches,
@@ -29,6 +32,14 @@ PROGRESS_EVERY = 1000
 
 # A ValueError here means bad arguments or Fashion-MNIST source files: a one-line error too (ernievil2.cli.run).
 USER_ERRORS = (ValueError,)
+
+
+def labels(text):
+    """``0,1,4`` -> (0, 1, 4)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated Fashion-MNIST labels like 0,1,4, got {text!r}") from None
 
 
 def parse_args(argv=None):
@@ -67,6 +78,15 @@ def parse_args(argv=None):
     )
     noise.add_argument("--tag-missing", type=float, default=0.0, metavar="RATE", help="share of multi-item scenes missing one tag")
     noise.add_argument("--tag-wrong", type=float, default=0.0, metavar="RATE", help="share of scenes with one tag's colour or garment wrong")
+    domain = parser.add_argument_group("a domain of one's own (the fine-tuning benchmark's corpora, docs/finetuning.md)")
+    domain.add_argument("--classes", type=labels, default=(), metavar="L,L,...", help="Fashion-MNIST labels 0-9 the scenes draw from (default: all)")
+    domain.add_argument(
+        "--required-classes", type=labels, default=(), metavar="L,L,...", help="labels of which every scene holds at least one"
+    )
+    domain.add_argument(
+        "--caption-style", choices=CAPTION_STYLES, default=defaults.caption_style,
+        help="scene: the demo's sentences; title: product titles (a style word, then the items in reading order)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
     return parser.parse_args(argv)
 
@@ -89,6 +109,9 @@ def spec_from_args(args):
         caption_partial_rate=args.caption_partial,
         tag_missing_rate=args.tag_missing,
         tag_wrong_rate=args.tag_wrong,
+        classes=args.classes,
+        required_classes=args.required_classes,
+        caption_style=args.caption_style,
     )
 
 

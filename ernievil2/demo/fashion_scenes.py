@@ -138,6 +138,13 @@ CAPTION_TEMPLATES = (
 )
 TEMPLATES_BY_NAME = {t.name: t for t in CAPTION_TEMPLATES}
 
+# Caption styles. ``scene``: the sentences above. ``title``: a shop's product title, a style
+# word the image cannot show and then the items in reading order, the way a user's own corpus
+# words things differently from the pre-training captions (``韩版 红色连衣裙 蓝色凉鞋``).
+CAPTION_STYLES = ("scene", "title")
+TITLE = "product_title"  # the template name titles are counted under in meta.json
+STYLE_WORDS = ("新款", "韩版", "百搭", "简约", "复古", "修身", "休闲", "通勤", "潮流", "气质")
+
 SPLITS = ("train", "val", "test")
 EVAL_SPLITS = ("val", "test")
 SPLIT_SEED_CODE = {"train": 0, "val": 1, "test": 2}
@@ -188,6 +195,12 @@ class DemoSpec:
     caption_partial_rate: float = 0.0
     tag_missing_rate: float = 0.0
     tag_wrong_rate: float = 0.0
+    # A domain of one's own (docs/finetuning.md): the Fashion-MNIST labels scenes draw their
+    # garments from (empty: all ten), the labels of which every scene holds at least one
+    # (empty: no such rule), and the caption style (CAPTION_STYLES).
+    classes: tuple = ()
+    required_classes: tuple = ()
+    caption_style: str = "scene"
 
     def num_scenes(self, split):
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
@@ -211,7 +224,10 @@ def validate_spec(spec):
         raise ValueError(f"items_per_scene_weights needs {len(POSITIONS)} non-negative weights, got {weights}")
     if spec.eval_captions_per_image < 1:
         raise ValueError(f"eval_captions_per_image must be >= 1, got {spec.eval_captions_per_image}")
-    for num_items, weight in enumerate(weights, start=1):
+    check_classes(spec)
+    if spec.caption_style == "title" and spec.eval_captions_per_image > len(STYLE_WORDS):
+        raise ValueError(f"titles have {len(STYLE_WORDS)} style words: eval_captions_per_image={spec.eval_captions_per_image} is too many")
+    for num_items, weight in enumerate(weights if spec.caption_style == "scene" else (), start=1):
         available = len(templates_fitting_any_scene(num_items, spec.max_caption_chars))
         if weight and available < spec.eval_captions_per_image:
             raise ValueError(
@@ -227,6 +243,31 @@ def validate_spec(spec):
     for group in (CAPTION_NOISE_RATES, TAG_NOISE_RATES):
         if sum(getattr(spec, name) for name in group) > 1:
             raise ValueError(f"{' + '.join(group)} must be at most 1, got {sum(getattr(spec, name) for name in group):g}")
+
+
+def check_classes(spec):
+    """The class and caption-style fields of ``spec``: ValueError naming the bad one."""
+    for name in ("classes", "required_classes"):
+        labels = getattr(spec, name)
+        bad = [c for c in labels if not isinstance(c, int) or not 0 <= c < len(CLASSES)]
+        if bad or len(set(labels)) != len(labels):
+            raise ValueError(f"{name} must be distinct Fashion-MNIST labels in [0, {len(CLASSES) - 1}], got {list(labels)}")
+    outside = sorted(set(spec.required_classes) - set(scene_classes(spec)))
+    if outside:
+        raise ValueError(f"required_classes {outside} are not among classes {list(spec.classes)}")
+    if spec.caption_style not in CAPTION_STYLES:
+        raise ValueError(f"caption_style must be one of {', '.join(CAPTION_STYLES)}, got {spec.caption_style!r}")
+    if spec.caption_style == "title" and any(getattr(spec, name) for name in CAPTION_NOISE_RATES):
+        raise ValueError("caption noise is drawn in the scene style only: use caption_style 'scene' with caption noise")
+    if spec.classes or spec.required_classes:
+        kinds = len(scene_classes(spec)) * len(COLOURS)
+        if kinds < len(POSITIONS):
+            raise ValueError(f"{len(scene_classes(spec))} classes give {kinds} colour x garment kinds, fewer than a scene's {len(POSITIONS)} items")
+
+
+def scene_classes(spec):
+    """The Fashion-MNIST labels a scene of ``spec`` may hold."""
+    return tuple(spec.classes) or tuple(range(len(CLASSES)))
 
 
 # ----------------------------------------------------------------------------- source files
@@ -386,12 +427,26 @@ def sample_scene(rng, pools, spec):
     weights = np.asarray(spec.items_per_scene_weights, dtype=np.float64)
     count = int(rng.choice(len(POSITIONS), p=weights / weights.sum())) + 1
     positions = rng.choice(len(POSITIONS), size=count, replace=False)
-    kinds = rng.choice(len(CLASSES) * len(COLOURS), size=count, replace=False)
+    kinds = sample_kinds(rng, spec, count)
     items = []
     for position, kind in zip(positions, kinds):
         class_id, colour_id = divmod(int(kind), len(COLOURS))
         items.append(place_item(rng, pools, spec, int(position), class_id, colour_id))
     return Scene(tuple(items), sample_background(rng))
+
+
+def sample_kinds(rng, spec, count):
+    """``count`` distinct colour x garment kinds (``class_id * len(COLOURS) + colour_id``) from
+    the spec's classes, the first of a required class when the spec names any."""
+    if not spec.classes and not spec.required_classes:  # the draw of every build before class choice
+        return rng.choice(len(CLASSES) * len(COLOURS), size=count, replace=False)
+    allowed = [c * len(COLOURS) + k for c in scene_classes(spec) for k in range(len(COLOURS))]
+    if not spec.required_classes:
+        return [allowed[i] for i in rng.choice(len(allowed), size=count, replace=False)]
+    required = [kind for kind in allowed if kind // len(COLOURS) in spec.required_classes]
+    first = required[int(rng.integers(len(required)))]
+    rest = [kind for kind in allowed if kind != first]
+    return [first] + [rest[i] for i in rng.choice(len(rest), size=count - 1, replace=False)]
 
 
 def place_item(rng, pools, spec, position, class_id, colour_id):
@@ -490,7 +545,24 @@ def templates_fitting_any_scene(num_items, max_chars):
     return fitting_templates(items, max_chars)
 
 
-def draw_captions(rng, scene, num_captions, max_chars):
+def draw_captions(rng, scene, num_captions, spec):
+    """``num_captions`` (template name, caption) pairs in the spec's caption style."""
+    if spec.caption_style == "title":
+        styles = rng.choice(len(STYLE_WORDS), size=num_captions, replace=False)
+        return tuple((TITLE, product_title(scene, STYLE_WORDS[style])) for style in styles)
+    return tuple((template.name, caption) for template, caption in draw_sentences(rng, scene, num_captions, spec.max_caption_chars))
+
+
+def product_title(scene, style):
+    """``韩版 红色连衣裙 蓝色凉鞋``: the style word, then the items in reading order."""
+    return " ".join([style] + [COLOURS[item.colour_id].name + CLASSES[item.class_id].noun for item in in_reading_order(scene)])
+
+
+def in_reading_order(scene):
+    return sorted(scene.items, key=lambda item: item.position)
+
+
+def draw_sentences(rng, scene, num_captions, max_chars):
     """``num_captions`` (template, caption) pairs from distinct templates that fit in
     ``max_chars``, each caption with its own item order."""
     eligible = fitting_templates(scene.items, max_chars)
@@ -503,24 +575,36 @@ def draw_captions(rng, scene, num_captions, max_chars):
     return tuple(captions)
 
 
-def scene_meaning(scene, positional):
-    """What a caption of ``scene`` pins down: colour and class (and position, if the template
-    names positions) of every item. Captions are complete descriptions, so an image fits a
-    caption exactly when the image's meaning of that kind equals the caption's."""
-    if positional:
-        return ("placed", frozenset((i.position, i.colour_id, i.class_id) for i in scene.items))
-    return ("items", frozenset((i.colour_id, i.class_id) for i in scene.items))
+# The meanings a caption of each style can give: colour x garment of every item, with their
+# positions (a sentence naming positions) or their reading order (a product title).
+STYLE_MEANINGS = {"scene": ("items", "placed"), "title": ("ordered",)}
 
 
-def scene_meanings(scene):
-    """Every caption meaning that ``scene`` fits."""
-    return {scene_meaning(scene, False), scene_meaning(scene, True)}
+def meaning_kind(template_name):
+    if template_name == TITLE:
+        return "ordered"
+    return "placed" if TEMPLATES_BY_NAME[template_name].per_item else "items"
+
+
+def scene_meaning(scene, kind):
+    """What a caption of ``kind`` (STYLE_MEANINGS) says about ``scene``. Captions are complete
+    descriptions, so an image fits a caption exactly when the image's meaning of that kind
+    equals the caption's."""
+    if kind == "ordered":
+        return (kind, tuple((i.colour_id, i.class_id) for i in in_reading_order(scene)))
+    if kind == "placed":
+        return (kind, frozenset((i.position, i.colour_id, i.class_id) for i in scene.items))
+    return (kind, frozenset((i.colour_id, i.class_id) for i in scene.items))
+
+
+def scene_meanings(scene, caption_style):
+    """Every meaning a caption of ``caption_style`` can give that ``scene`` fits."""
+    return {scene_meaning(scene, kind) for kind in STYLE_MEANINGS[caption_style]}
 
 
 def scene_tags(scene):
     """Detector-style tags in reading order: ``红色T恤,蓝色运动鞋``."""
-    items = sorted(scene.items, key=lambda item: item.position)
-    return ",".join(COLOURS[item.colour_id].name + CLASSES[item.class_id].noun for item in items)
+    return ",".join(COLOURS[item.colour_id].name + CLASSES[item.class_id].noun for item in in_reading_order(scene))
 
 
 # ----------------------------------------------------------------------------- web noise
@@ -567,7 +651,8 @@ def noisy_caption(rng, scene, kind, pools, spec):
         described = with_wrong_attribute(rng, scene)
     else:  # partial
         described = with_some_items(rng, scene, int(rng.integers(1, len(scene.items))))
-    return draw_captions(rng, described, 1, spec.max_caption_chars)[0]
+    template, caption = draw_sentences(rng, described, 1, spec.max_caption_chars)[0]
+    return template.name, caption
 
 
 def noisy_tags(rng, scene, kind):
@@ -615,9 +700,9 @@ def iter_split(source, split, spec):
     for index in range(spec.num_scenes(split)):
         for redraws in range(MAX_REDRAWS + 1):
             scene = sample_scene(rng, pools, spec)
-            captions = draw_captions(rng, scene, num_captions, spec.max_caption_chars)
-            claims = {scene_meaning(scene, template.per_item) for template, _ in captions}
-            fits = scene_meanings(scene)
+            captions = draw_captions(rng, scene, num_captions, spec)
+            claims = {scene_meaning(scene, meaning_kind(name)) for name, _ in captions}
+            fits = scene_meanings(scene, spec.caption_style)
             if not is_eval or (claims.isdisjoint(fitted) and fits.isdisjoint(claimed)):
                 break
         fitted |= fits
@@ -638,7 +723,7 @@ def iter_split(source, split, spec):
             captions=tuple(text for _, text in captions),
             tags=tags,
             image=encode_image(rgb, spec.image_format, spec.jpeg_quality),
-            templates=tuple(template.name for template, _ in captions),
+            templates=tuple(name for name, _ in captions),
             redraws=redraws,
             noise=noise,
         )
@@ -674,7 +759,8 @@ def duplicate_stats(texts):
 class SplitStats:
     """What meta.json reports about a split, accumulated while it streams to disk."""
 
-    def __init__(self):
+    def __init__(self, caption_style="scene"):
+        self.caption_style = caption_style
         self.items_per_scene = Counter()
         self.classes = Counter()
         self.colours = Counter()
@@ -699,8 +785,8 @@ class SplitStats:
         self.templates.update(record.templates)
         self.tsv_captions.append(record.captions[0])
         self.all_captions.extend(record.captions)
-        self.fits.update(scene_meanings(record.scene))
-        self.claims.extend(scene_meaning(record.scene, TEMPLATES_BY_NAME[name].per_item) for name in record.templates)
+        self.fits.update(scene_meanings(record.scene, self.caption_style))
+        self.claims.extend(scene_meaning(record.scene, meaning_kind(name)) for name in record.templates)
         self.redrawn_scenes += record.redraws > 0
         self.image_bytes += len(record.image)
         self.noise.update(record.noise)
@@ -712,7 +798,7 @@ class SplitStats:
             "class_counts": {c.noun: self.classes[c.noun] for c in CLASSES},
             "colour_counts": {c.name: self.colours[c.name] for c in COLOURS},
             "position_counts": {p: self.positions[p] for p in POSITIONS},
-            "template_counts": {t.name: self.templates[t.name] for t in CAPTION_TEMPLATES},
+            "template_counts": {name: self.templates[name] for name in ([TITLE] if self.caption_style == "title" else TEMPLATES_BY_NAME)},
             "max_caption_chars": max(map(len, self.all_captions), default=0),
             "distinct_source_images": len(self.source_rows),
             "mean_image_bytes": round(self.image_bytes / max(1, len(self.tsv_captions)), 1),
@@ -866,7 +952,7 @@ def existing_meta_matches(out_dir, spec, source):
 def write_split(source, split, spec, out_dir, on_progress):
     """Stream one split into its files; returns (stats dict, written file names)."""
     out_dir = Path(out_dir)
-    stats = SplitStats()
+    stats = SplitStats(spec.caption_style)
     names = [f"{split}.tsv"]
     if spec.cn_clip_eval and split in EVAL_SPLITS:
         names += [f"{split}_imgs.tsv", f"{split}_texts.jsonl"]
