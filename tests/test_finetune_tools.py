@@ -20,8 +20,8 @@ from ernievil2.engine.steps import train_step
 from ernievil2.engine.trainer import evaluate_model
 from ernievil2.models import build_model
 from ernievil2.registry import ConfigError
-from tests.helpers import TINY_ARCH, table_loss, write_pairs_tsv, write_train_config
-from tests.test_engine import PAIRS, final_weights, optimizer_section, random_batch, run_train
+from tests.helpers import TINY_ARCH, table_loss, write_train_config
+from tests.test_engine import PAIRS, final_weights, optimizer_section, random_batch, run_train, train_data  # noqa: F401  (a fixture)
 from tests.test_zeroshot import tiny  # noqa: F401  (a fixture)
 
 
@@ -137,14 +137,8 @@ def test_sweep_needs_a_validation_split_and_good_alphas(tiny, tmp_path, capsys):
     assert "--alphas: 'half' is not a number" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    return write_pairs_tsv(folder / "train.tsv", 24, seed=1), write_pairs_tsv(folder / "val.tsv", 8, seed=2)
-
-
-def test_wise_ft_alpha_leaves_the_interpolated_model_in_the_output_folder_and_evaluates_it(tmp_path, data):
-    train, val = data
+def test_wise_ft_alpha_leaves_the_interpolated_model_in_the_output_folder_and_evaluates_it(tmp_path, train_data):  # noqa: F811
+    train, val = train_data
     pretrained = tiny_model_weights(tmp_path / "pretrained.pdparams", 5)
     config = write_train_config(
         tmp_path, train, {"format": "official_tsv", "path": str(val)},
@@ -175,8 +169,8 @@ def test_wise_ft_alpha_leaves_the_interpolated_model_in_the_output_folder_and_ev
     assert not (out / "model.pdparams").exists()
 
 
-def test_wise_ft_alpha_config_errors(tmp_path, data):
-    config = write_train_config(tmp_path, data[0])
+def test_wise_ft_alpha_config_errors(tmp_path, train_data):  # noqa: F811
+    config = write_train_config(tmp_path, train_data[0])
     with pytest.raises(ConfigError, match="Train.wise_ft_alpha: mixes the fine-tuned weights with Global.pretrained's, which is not set"):
         load_config(str(config), ["Train.wise_ft_alpha=0.5"])
     with pytest.raises(ConfigError, match=r"Train.wise_ft_alpha: must be in \[0, 1\], got 1.5"):
@@ -229,8 +223,8 @@ def test_unlocked_layers_errors_name_the_key():
         lock_layers(deep_model(), optimizer_section(text={"unlocked_layers": 5}))
 
 
-def test_unlocked_layers_is_checked_when_the_config_loads(tmp_path, data):
-    config = write_train_config(tmp_path, data[0])
+def test_unlocked_layers_is_checked_when_the_config_loads(tmp_path, train_data):  # noqa: F811
+    config = write_train_config(tmp_path, train_data[0])
     with pytest.raises(ConfigError, match="Optimizer.image.unlocked_layers: must be >= 0, got -1"):
         load_config(str(config), ["Optimizer.image.unlocked_layers=-1"])
     with pytest.raises(ConfigError, match="Optimizer.text.unlocked_layers: expected int"):
