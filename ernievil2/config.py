@@ -35,8 +35,11 @@ class Nullable:
         return f"null or a {self.kind.__name__}"
 
 
-# Optimizer.image and Optimizer.text: a tower's own lr, weight decay and layer decay (null: the section's).
-TOWER_OPTIMIZER = {"lr": Nullable(float), "weight_decay": Nullable(float), "layer_decay": Nullable(float)}
+# Optimizer.image and Optimizer.text: a tower's own lr, weight decay and layer decay (null: the section's),
+# and how many of its last layer groups train (null: all of them).
+TOWER_OPTIMIZER = {
+    "lr": Nullable(float), "weight_decay": Nullable(float), "layer_decay": Nullable(float), "unlocked_layers": Nullable(int),
+}
 # Keys that say which component (or data format) a section describes.
 COMPONENT_KEYS = ("name", "format")
 
@@ -95,6 +98,8 @@ DEFAULTS = {
         "sharding_stage": 0,  # 0 (plain data parallel) | 1 | 2
         # Share of its patches each image view's tower sees in training (FLIP's patch dropout).
         "patch_keep": dict.fromkeys(IMAGE_VIEWS, 1.0),
+        # The fine-tuned weights' share of the final model, the rest Global.pretrained's (WiSE-FT); null: no mixing.
+        "wise_ft_alpha": Nullable(float),
     },
     "Optimizer": {
         "name": "AdamW",
@@ -150,7 +155,7 @@ def _one_of(*choices):
 
 POSITIVE, NON_NEGATIVE, FRACTION = _between(0, None, low_open=True), _between(0, None), _between(0, 1)
 LAYER_DECAY = _between(0, 1, low_open=True)
-RANGES_OF_TOWER_KEYS = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "layer_decay": LAYER_DECAY}
+RANGES_OF_TOWER_KEYS = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "layer_decay": LAYER_DECAY, "unlocked_layers": NON_NEGATIVE}
 # Values checked at load time beyond their type, as (check, what it means); null passes
 # wherever the key allows it.
 RANGES = {
@@ -173,6 +178,7 @@ RANGES = {
     "Train.amp_dtype": _one_of("float16", "bfloat16"),
     "Train.amp_level": _one_of("O1", "O2"),
     "Train.sharding_stage": _one_of(0, 1, 2),
+    "Train.wise_ft_alpha": FRACTION,
     **{f"Train.patch_keep.{view}": _between(0, 1, low_open=True) for view in IMAGE_VIEWS},
     "Optimizer.name": _one_of("AdamW"),
     "Optimizer.lr": POSITIVE,
@@ -358,10 +364,13 @@ def _tower_setting(section, registry, name):
 
 def check_cross_sections(config):
     """Settings that several sections hold must agree: image size, vocabulary size, text length,
-    sharding and accumulation."""
+    sharding and accumulation, weight interpolation and the weights it mixes with."""
     from .models import IMAGE_TOWERS, TEXT_TOWERS
 
     train = config.get("Train") or {}
+    if train.get("wise_ft_alpha") is not None and not config["Global"]["pretrained"]:
+        raise ConfigError("Train.wise_ft_alpha", "mixes the fine-tuned weights with Global.pretrained's, which is not set; "
+                          "set Global.pretrained or leave Train.wise_ft_alpha null")
     if train.get("sharding_stage", 0) and train.get("accum_steps", 1) > 1:
         raise ConfigError("Train.accum_steps", f"{train['accum_steps']} micro-batches are not supported with "
                           f"Train.sharding_stage {train['sharding_stage']}; use sharding_stage 0 or accum_steps 1")

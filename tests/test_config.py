@@ -176,7 +176,7 @@ def test_per_tower_optimizer_values_are_checked_at_load(override, key):
 
 def test_per_tower_optimizer_values_default_to_null():
     config = load_config(BASE, ["Optimizer.text.lr=5e-5"])
-    assert config["Optimizer"]["image"] == {"lr": None, "weight_decay": None, "layer_decay": None}
+    assert config["Optimizer"]["image"] == {"lr": None, "weight_decay": None, "layer_decay": None, "unlocked_layers": None}
     assert config["Optimizer"]["text"]["lr"] == 5e-5
 
 

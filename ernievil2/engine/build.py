@@ -7,6 +7,7 @@ import paddle.distributed as dist
 
 from .. import runtime
 from ..checkpoint import load_pretrained
+from ..checkpoint.interpolate import remove_final_model
 from ..checkpoint.training import check_free_space, clean_temporary, estimate_checkpoint_bytes
 from ..config import check_named_files
 from ..data.augment import TrainTransform
@@ -88,6 +89,18 @@ def prepare_output_dir(out_dir, source=None):
         raise ConfigError("Global.output_dir", f"cannot write into {out_dir}: {err.strerror}", source) from None
 
 
+def check_wise_ft_source(config, source=None):
+    """``Train.wise_ft_alpha`` reads ``Global.pretrained`` again at the end: it must not lie in the output
+    folder, whose final model and checkpoints this run replaces."""
+    pretrained, out_dir = config["Global"]["pretrained"], config["Global"]["output_dir"]
+    if config["Train"]["wise_ft_alpha"] is None:
+        return
+    inside = os.path.commonpath([os.path.realpath(pretrained), os.path.realpath(out_dir)]) == os.path.realpath(out_dir)
+    if inside:
+        raise ConfigError("Train.wise_ft_alpha", f"mixes with Global.pretrained ({pretrained}), which lies in Global.output_dir "
+                          f"({out_dir}), whose weights this run replaces; copy it elsewhere or train into another folder", source)
+
+
 def build_trainer(config):
     source = config.get("_source_")
     if config["Data"]["train"] is None:
@@ -98,6 +111,7 @@ def build_trainer(config):
     rank, world = init_distributed()
     out_dir = config["Global"]["output_dir"]
     prepare_output_dir(out_dir, source)
+    check_wise_ft_source(config, source)
     log = rank_logger(rank, os.path.join(out_dir, "train.log"))
     runtime.configure(config["Global"]["num_threads"])
     log(runtime.describe())
@@ -167,6 +181,7 @@ def build_trainer(config):
     if rank == 0:
         for path in clean_temporary(out_dir):
             log(f"removed {path}, left by an interrupted save")
+        remove_final_model(out_dir, log)
         check_free_space(out_dir, estimate_checkpoint_bytes(model, trainer.extra_state()))
     resumed = resume(trainer, out_dir, train, log)
     if rank == 0:

@@ -1,4 +1,4 @@
-"""AdamW with per-tower settings, layer-wise lr decay, tower freezing, warmup + cosine.
+"""AdamW with per-tower settings, layer-wise lr decay, tower and layer locking, warmup + cosine.
 
 What carries weight decay and how a tower's layers group is the tower's own
 answer (``ernievil2/models/tower.py``); this module only turns the answers and
@@ -8,7 +8,7 @@ import math
 
 import paddle
 
-from ..models.tower import TowerCapabilityError, layer_scales
+from ..models.tower import TowerCapabilityError, capability, layer_scales
 from ..registry import ConfigError, did_you_mean
 
 # Keys of Optimizer.image / Optimizer.text; null takes the section's own value.
@@ -44,6 +44,32 @@ def freeze_towers(model, towers):
             param.stop_gradient = True
             frozen.append(model.tower_prefix(kind) + name)
     return frozen
+
+
+def lock_layers(model, section):
+    """Train only the last ``Optimizer.<tower>.unlocked_layers`` layer groups of each tower that sets it
+    (its ``layer_groups()``: the head last, the embeddings first; 0 locks the whole tower); returns the
+    locked parameter names."""
+    locked = []
+    for kind, tower in model.towers().items():
+        count = (section.get(kind) or {}).get("unlocked_layers")
+        if count is None:
+            continue
+        key = f"Optimizer.{kind}.unlocked_layers"
+        try:
+            groups = capability(tower, "layer_groups", "unlock its layers by count")()
+        except TowerCapabilityError as err:
+            raise ConfigError(key, f"{err}; leave it null (or lock the whole tower with Optimizer.freeze)") from None
+        if count > len(groups):
+            raise ConfigError(key, f"{count} is more than the {len(groups)} layer groups of the {type(tower).__name__} tower "
+                              "(embeddings, blocks, head); null trains them all")
+        params = dict(tower.named_parameters())
+        prefix = model.tower_prefix(kind)
+        for group in groups[: len(groups) - count]:
+            for name in group:
+                params[name].stop_gradient = True
+                locked.append(prefix + name)
+    return locked
 
 
 def param_settings(model, section):
@@ -86,6 +112,7 @@ def build_optimizer(model, section, loss=None):
     bias) train too, at the base lr and without weight decay, like the temperature.
     """
     freeze_towers(model, section["freeze"])
+    lock_layers(model, section)
     groups = param_groups(model, section)
     loss_params = [] if loss is None else [p for p in loss.parameters() if not p.stop_gradient]
     if loss_params:

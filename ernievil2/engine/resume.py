@@ -17,11 +17,12 @@ from ..config import dump_config, plain_config
 from ..registry import ConfigError
 
 # Keys (or whole sections) that do not change what the steps compute, or only as asked:
-# the schedule's length, logging, checkpointing, evaluation, threads and the bad-record policy.
+# the schedule's length, logging, checkpointing, evaluation, threads, the bad-record policy, and the
+# mixing of the final model (checkpoints keep the fine-tuned weights).
 ALLOWED_CHANGES = (
     "Global.output_dir", "Global.device", "Global.num_threads", "Global.pretrained",
     "Train.max_steps", "Train.log_every", "Train.save_every", "Train.eval_every", "Train.keep_checkpoints",
-    "Train.resume", "Train.force_resume",
+    "Train.resume", "Train.force_resume", "Train.wise_ft_alpha",
     "Data.val", "Data.num_workers", "Data.on_error", "Eval", "Preprocess",
 )
 SHOWN_VALUE = 60  # characters of a changed value in a message

@@ -13,6 +13,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
+from ..checkpoint.interpolate import interpolate_into
 from ..checkpoint.state import load_state_strict
 from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from ..config import plain_config
@@ -272,6 +273,10 @@ class Trainer:
             }
             with open(os.path.join(self.output_dir, "train_summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)
+        alpha = cfg.get("wise_ft_alpha")
+        if alpha is not None:
+            # After the last save: the checkpoints keep the fine-tuned weights, so a resume stays exact.
+            self.gate.alone(lambda: interpolate_into(self.model, self.config["Global"]["pretrained"], alpha, self.output_dir, self.log))
         return self.evaluate()
 
     def _samples_per_step(self):
@@ -288,34 +293,10 @@ def _curve_point(protocol, result):
 def make_eval_fn(config, tokenizer, transform, log=print):
     """Retrieval evaluation on ``Data.val`` (both protocols) and zero-shot classification on
     ``Eval.zeroshot``, each when set; logged as tables, written as JSON."""
-    spec = config["Data"]["val"]
-    eval_cfg = config["Eval"]
     out_dir = config["Global"]["output_dir"]
-    on_error = config["Data"]["on_error"]
 
     def run(model):
-        results = {}
-        if spec is not None:
-            features, counter = embed_split(
-                model, spec, tokenizer, transform, eval_cfg["batch_size"], eval_cfg["num_workers"], on_error, printer=log
-            )
-            results["multi_gt"] = evaluate_multi_gt(features)
-            if len(features.text_emb) == len(features.image_emb):
-                results["official"] = evaluate_official(features.text_emb, features.image_emb)
-            for protocol, metrics in results.items():
-                log(f"retrieval ({protocol}, {len(features.text_emb)} texts):\n{official_table(metrics)}")
-            if counter.total:
-                log(f"evaluation data: {counter.summary()}")
-                counter.write_report(os.path.join(out_dir, "eval_skipped.tsv"))
-        if eval_cfg["zeroshot"] is not None:
-            report, counter = evaluate_zeroshot(
-                model, tokenizer, transform, eval_cfg["zeroshot"], eval_cfg["batch_size"], eval_cfg["num_workers"], on_error, printer=log
-            )
-            log(format_report(report))
-            if counter.total:
-                log(f"zero-shot data: {counter.summary()}")
-                counter.write_report(os.path.join(out_dir, "eval_zeroshot_skipped.tsv"))
-            results["zeroshot"] = report
+        results = evaluate_model(model, config, tokenizer, transform, log, out_dir)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "eval_metrics.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
@@ -323,3 +304,35 @@ def make_eval_fn(config, tokenizer, transform, log=print):
 
     return run
 
+
+def evaluate_model(model, config, tokenizer, transform, log=print, report_dir=None):
+    """``{"multi_gt", "official" (one caption per image), "zeroshot"}`` of ``model`` on ``Data.val`` and
+    ``Eval.zeroshot``, each when set; the tables are logged, skipped records listed in ``report_dir``."""
+    spec = config["Data"]["val"]
+    eval_cfg = config["Eval"]
+    on_error = config["Data"]["on_error"]
+    results = {}
+    if spec is not None:
+        features, counter = embed_split(
+            model, spec, tokenizer, transform, eval_cfg["batch_size"], eval_cfg["num_workers"], on_error, printer=log
+        )
+        results["multi_gt"] = evaluate_multi_gt(features)
+        if len(features.text_emb) == len(features.image_emb):
+            results["official"] = evaluate_official(features.text_emb, features.image_emb)
+        for protocol, metrics in results.items():
+            log(f"retrieval ({protocol}, {len(features.text_emb)} texts):\n{official_table(metrics)}")
+        if counter.total:
+            log(f"evaluation data: {counter.summary()}")
+            if report_dir:
+                counter.write_report(os.path.join(report_dir, "eval_skipped.tsv"))
+    if eval_cfg["zeroshot"] is not None:
+        report, counter = evaluate_zeroshot(
+            model, tokenizer, transform, eval_cfg["zeroshot"], eval_cfg["batch_size"], eval_cfg["num_workers"], on_error, printer=log
+        )
+        log(format_report(report))
+        if counter.total:
+            log(f"zero-shot data: {counter.summary()}")
+            if report_dir:
+                counter.write_report(os.path.join(report_dir, "eval_zeroshot_skipped.tsv"))
+        results["zeroshot"] = report
+    return results

@@ -82,4 +82,5 @@ def layer_scales(tower, layer_decay):
     left_out = [name for name in names if name not in scales]
     if left_out:
         raise ValueError(f"{type(tower).__name__}.layer_groups() leaves out {left_out[:5]}")
-    return scales
+    # Locked layers (Optimizer.<tower>.unlocked_layers) keep their place in the decay, but no lr.
+    return {name: scales[name] for name in names}
