@@ -3,6 +3,7 @@ an HTTP server on 127.0.0.1 serving checkpoints made from the tiny official fixt
 import hashlib
 import http.server
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from ernievil2.checkpoint.paddlenlp import write_paddlenlp_dir
 from ernievil2.checkpoint.released import RECORDED_DIGEST, Release, ReleasedFile, ReleasedModelError, resolve_weights
 from ernievil2.commands import convert_checkpoint
 from ernievil2.config import check_named_files, load_config
+from ernievil2.inference.export import deploy_config
 from ernievil2.models import build_model
 from ernievil2.registry import ConfigError
 from tests.conftest import REPO
@@ -26,11 +28,13 @@ class Server:
 
     def __init__(self):
         self.files, self.cut, self.requests = {}, set(), []
+        self.delay = 0.0
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 owner.requests.append(self.path)
+                time.sleep(owner.delay)
                 body = owner.files.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -204,3 +208,32 @@ def test_a_released_name_passes_config_checks_without_a_download(tmp_path, cache
     with pytest.raises(ConfigError, match="Global.pretrained.*did you mean 'ernie_vil-2.0-base-zh'"):
         check_named_files(config)
 
+
+
+def test_processes_that_ask_at_once_download_once(monkeypatch, server, fixture_weights, cache):
+    # Each rank of a node reads Global.pretrained at the same moment.
+    publish(monkeypatch, "tiny-official", official_release(server, fixture_weights))
+    server.delay = 0.5  # long enough that both ask before the first download ends
+    paths, errors = [], []
+
+    def resolve():
+        try:
+            paths.append(resolve_weights("tiny-official"))
+        except Exception as err:  # noqa: BLE001  (reported by the assert below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=resolve) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(paths) == 2 and paths[0] == paths[1]
+    assert server.requests == ["/tiny/OFFICIAL.pdparams"]
+
+
+def test_an_export_records_the_name_not_this_machines_cache_path(monkeypatch, server, fixture_weights, cache):
+    publish(monkeypatch, "tiny-official", official_release(server, fixture_weights))
+    config = load_config(TINY_CONFIG)
+    model = build_model(config["Arch"])
+    load_pretrained(model, "tiny-official")
+    assert deploy_config(config, model, "tiny-official", {})["source"]["weights"] == "tiny-official"

@@ -10,8 +10,10 @@ Plain ``urllib``, not PaddleNLP's ``get_path_from_url``: importing PaddleNLP tak
 downloader cannot record a digest for a file that has none published, and its offline failure
 does not say where the file should go, which is what a user on a machine without internet needs.
 """
+import contextlib
 import dataclasses
 import difflib
+import fcntl
 import hashlib
 import http.client
 import os
@@ -112,12 +114,31 @@ def resolve_weights(path):
         return path
     release = RELEASED[name]
     folder = os.path.join(cache_root(), name)
-    missing = [f for f in release.files if not os.path.isfile(os.path.join(folder, f.name))]
-    if missing:
-        fetch(name, missing, folder)
+    if _missing(release, folder):
+        with _download_lock(name):
+            # Another process (a rank on this node) may have fetched the files while this one waited.
+            missing = _missing(release, folder)
+            if missing:
+                fetch(name, missing, folder)
     for item in release.files:
         verify(os.path.join(folder, item.name), item)
     return os.path.join(folder, release.weights) if release.weights else folder
+
+
+def _missing(release, folder):
+    return [f for f in release.files if not os.path.isfile(os.path.join(folder, f.name))]
+
+
+@contextlib.contextmanager
+def _download_lock(name):
+    """One download of a model at a time on this machine; the lock file sits beside its folder."""
+    os.makedirs(cache_root(), exist_ok=True)
+    with open(os.path.join(cache_root(), f".{name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _md5(path, chunk=1 << 20):
