@@ -91,7 +91,7 @@ def not_found_message(path):
     names = sorted(RELEASED) + sorted(ALIASES)
     close = difflib.get_close_matches(os.fspath(path), names, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{path}: no such file or folder, and not a released model name (known: {', '.join(sorted(RELEASED))}){hint}"
+    return f"{path}: file or folder not found, and not a released model name (known: {', '.join(sorted(RELEASED))}){hint}"
 
 
 def check_weights_path(path):
