@@ -12,6 +12,7 @@ from ernievil2 import cli
 from ernievil2.checkpoint import load_pretrained, read_model_state, released
 from ernievil2.checkpoint.paddlenlp import write_paddlenlp_dir
 from ernievil2.checkpoint.released import RECORDED_DIGEST, Release, ReleasedFile, ReleasedModelError, resolve_weights
+from ernievil2.checkpoint.state import CheckpointReadError
 from ernievil2.commands import convert_checkpoint
 from ernievil2.config import check_named_files, load_config
 from ernievil2.inference.export import deploy_config
@@ -143,6 +144,14 @@ def test_a_paddlenlp_release_is_a_checked_folder(monkeypatch, server, fixture_we
     convert_checkpoint.main(["to-ours", "tiny-nlp", str(tmp_path / "ours.pdparams")])  # the name works there too
     same_state(read_model_state(str(tmp_path / "ours.pdparams")), read_model_state(str(fixture_weights)))
     assert len(server.requests) == 2
+
+
+def test_a_folder_whose_config_is_not_an_ernievil_config_is_one_clear_error(tmp_path, fixture_weights):
+    arch = load_config(TINY_CONFIG)["Arch"]
+    write_paddlenlp_dir(str(tmp_path), arch, read_model_state(str(fixture_weights)))
+    (tmp_path / "config.json").write_text('{"vocab_size": 40000, "hidden_size": 768}')  # the flat, pre-2.5 form
+    with pytest.raises(CheckpointReadError, match="config.json: not an ErnieViLConfig .*vision_config"):
+        read_model_state(str(tmp_path))
 
 
 def test_a_corrupted_cached_file_is_detected(monkeypatch, server, fixture_weights, cache):
