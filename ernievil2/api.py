@@ -21,6 +21,7 @@ import paddle
 
 from .checkpoint import MODEL_WEIGHTS, latest_checkpoint, load_pretrained
 from .checkpoint.paddlenlp import PADDLENLP_WEIGHTS, read_paddlenlp_dir
+from .checkpoint.released import not_found_message, released_name, resolve_weights
 from .config import default_config, load_config
 from .data.errors import SkipCounter
 from .data.image_ops import EvalTransform
@@ -86,13 +87,9 @@ def resolve_source(source, config=None):
     """Decide how to load ``source`` (see :func:`load`); raises :class:`ModelSourceError` naming what to pass."""
     path = os.fspath(source)
     if not os.path.exists(path):
-        if os.sep not in path and "." not in os.path.basename(path):
-            raise ModelSourceError(
-                f"{path!r} is neither a file nor a folder. Loading a released model by name is not available yet: "
-                "download OPEN_ERNIE_VIL2_BASE_ViT.pdparams and pass its path with "
-                "config='configs/ernievil2_base_vit16.yaml', or pass a training output folder or an export folder"
-            )
-        raise ModelSourceError(f"{path}: no such file or folder")
+        if released_name(path) is None:
+            raise ModelSourceError(not_found_message(path))
+        path = resolve_weights(path)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, DEPLOY_FILE)):
         if config is not None:
             raise ModelSourceError(f"{path} is an export: it carries its own settings ({DEPLOY_FILE}); do not pass config")

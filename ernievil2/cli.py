@@ -13,6 +13,7 @@ EXIT_INTERRUPTED = 130
 
 
 def user_errors():
+    from .checkpoint.released import ReleasedModelError
     from .checkpoint.state import CheckpointMismatchError, CheckpointReadError, CheckpointWriteError
     from .data.errors import DataError
     from .data.parallel import WorkerCrashError
@@ -24,7 +25,7 @@ def user_errors():
 
     return (
         ConfigError, DataError, DataFormatError, CheckpointMismatchError, CheckpointReadError, CheckpointWriteError, EmptyFileError,
-        RetrievalInputError, WorkerCrashError,
+        RetrievalInputError, WorkerCrashError, ReleasedModelError,
         ExportError, GalleryError, OptionsError, DeviceUnavailableError, FileNotFoundError, IsADirectoryError,
         NotADirectoryError, PermissionError,
     )

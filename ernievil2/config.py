@@ -48,7 +48,7 @@ DEFAULTS = {
         "seed": 42,
         "device": "cpu",
         "output_dir": "output",
-        "pretrained": ANY,  # path of a checkpoint to start from (official, converted or ours)
+        "pretrained": ANY,  # checkpoint to start from: a path (official, PaddleNLP or ours) or a released name
         "num_threads": ANY,  # matmul (MKL) threads; null: every core available (ernievil2/runtime.py)
     },
     "Arch": {
@@ -421,13 +421,16 @@ def check_named_files(config):
     """Every file and folder a training config names is there, of its kind, readable and not empty;
     else a ConfigError naming the key. Run when training starts, not at every load: a tool that
     only reads ``Arch`` from a config (export, feature extraction) needs none of its data."""
+    from .checkpoint.released import check_weights_path
     from .data.pipeline import check_spec_paths
     from .files import check_path
 
     checks = [(f"Data.{key}", check_spec_paths, (config["Data"][key],)) for key in ("train", "val") if config["Data"].get(key) is not None]
     checks += [(f"Eval.zeroshot.{key}", check_path, (path,)) for key, path in (config["Eval"].get("zeroshot") or {}).items() if path is not None]
-    if config["Global"]["pretrained"]:
-        checks.append(("Global.pretrained", check_path, (config["Global"]["pretrained"], None)))
+    pretrained = config["Global"]["pretrained"]
+    if pretrained:
+        # A released model's name passes: it is downloaded when the weights are read, not here.
+        checks.append(("Global.pretrained", check_weights_path, (pretrained,)))
     for key, check, args in checks:
         try:
             check(*args)

@@ -172,9 +172,9 @@ def test_progress_bar_when_asked(tiny, capfd):
 
 def test_sources_that_are_not_models_name_what_to_pass(tmp_path, tiny):
     _, root = tiny
-    with pytest.raises(ModelSourceError, match="by name is not available yet.*config="):
-        ernievil2.load("ernie-vil2-base")
-    with pytest.raises(ModelSourceError, match="no such file"):
+    with pytest.raises(ModelSourceError, match="not a released model name .*did you mean 'ernie_vil-2.0-base-zh'"):
+        ernievil2.load("ernie-vil-2.0-base-zh")
+    with pytest.raises(ModelSourceError, match="file or folder not found"):
         ernievil2.load(str(tmp_path / "missing.pdparams"))
     lonely = tmp_path / "lonely.pdparams"
     lonely.write_bytes((root / "w.pdparams").read_bytes())

@@ -2,6 +2,7 @@
 import os
 
 from .paddlenlp import paddlenlp_to_official, read_paddlenlp_dir
+from .released import resolve_weights
 from .state import CheckpointMismatchError, atomic_save, load_state_strict, read_state
 
 # A training checkpoint folder (ours) keeps the weights under this name.
@@ -14,8 +15,10 @@ def read_model_state(path):
     Accepts: an official ``.pdparams`` (e.g. ``OPEN_ERNIE_VIL2_BASE_ViT.pdparams``)
     or ours; a PaddleNLP ``save_pretrained`` folder or its ``model_state.pdparams``;
     a training checkpoint folder of ours, or a training output folder (its latest checkpoint), or
-    the ``latest`` pointer file of its ``checkpoints/`` (the checkpoint it names).
+    the ``latest`` pointer file of its ``checkpoints/`` (the checkpoint it names); a released
+    model's name (``ernie_vil-2.0-base-zh``: downloaded into the cache on first use, see ``released.py``).
     """
+    path = resolve_weights(path)
     if os.path.basename(path) == "latest" and os.path.isfile(path):
         path = latest_checkpoint(os.path.dirname(path)) or path
     if os.path.isdir(path):

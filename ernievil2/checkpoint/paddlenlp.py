@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from .state import CheckpointMismatchError
+from .state import CheckpointMismatchError, CheckpointReadError
 
 # (our key pattern, PaddleNLP key pattern); {i} is a layer index.
 RENAMES = [
@@ -234,7 +234,11 @@ def read_paddlenlp_dir(folder):
             raise FileNotFoundError(f"{path} not found (a PaddleNLP save_pretrained folder has config.json and {PADDLENLP_WEIGHTS}; found: {present})")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
-    return arch_from_paddlenlp_config(config), paddlenlp_to_official(paddle.load(weights_path))
+    try:
+        arch = arch_from_paddlenlp_config(config)
+    except (KeyError, TypeError) as err:
+        raise CheckpointReadError(f"{config_path}: not an ErnieViLConfig (no {err} in its vision_config/text_config)") from None
+    return arch, paddlenlp_to_official(paddle.load(weights_path))
 
 
 def paddlenlp_vocab_text(vocab_file):

@@ -17,6 +17,8 @@ Below: the arguments several commands share, and what they read from them.
 """
 import argparse
 
+WEIGHTS_HELP = "official .pdparams, PaddleNLP folder, our checkpoint, or a released name (ernie_vil-2.0-base-zh)"
+
 
 def positive_int(text):
     value = int(text)
@@ -29,7 +31,7 @@ def add_model_arguments(parser, required=True):
     """The options every command that runs a trained model takes (eval_zeroshot, make_tags)."""
     parser.add_argument("-c", "--config", required=required, help="the model's config (Arch, Tokenizer, Preprocess)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
-    parser.add_argument("--weights", required=required, help="official .pdparams, PaddleNLP folder, or our checkpoint")
+    parser.add_argument("--weights", required=required, help=WEIGHTS_HELP)
     parser.add_argument("--templates", help="prompt templates, one a line with {} (default: the Chinese set shipped)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="default: Eval.batch_size")
     parser.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default: Eval.num_workers)")

@@ -1,6 +1,6 @@
 """Convert weights between PaddleNLP's ErnieViLModel and ours (= the official layout), and mix two models.
 
-    # a PaddleNLP save_pretrained folder (e.g. ernie_vil-2.0-base-zh) -> our .pdparams (+ its Arch)
+    # a PaddleNLP save_pretrained folder, or the released name ernie_vil-2.0-base-zh -> our .pdparams (+ its Arch)
     python tools/convert_checkpoint.py to-ours PADDLENLP_DIR ernievil2_base.pdparams --arch-out arch.yaml
     # ours / official .pdparams (or a training checkpoint folder) -> a PaddleNLP folder
     python tools/convert_checkpoint.py to-paddlenlp ernievil2_base.pdparams OUT_DIR -c configs/ernievil2_base_vit16.yaml
@@ -28,6 +28,7 @@ from ernievil2.checkpoint.paddlenlp import (
     read_paddlenlp_dir,
     write_paddlenlp_dir,
 )
+from ernievil2.checkpoint.released import resolve_weights
 from ernievil2.checkpoint.state import atomic_save
 from ernievil2.config import load_config
 from ernievil2.data.image_ops import EvalTransform
@@ -50,9 +51,10 @@ USER_ERRORS = (ValueError,)
 
 
 def to_ours(args):
-    arch, state = read_paddlenlp_dir(args.source)
+    source = resolve_weights(args.source)  # a released name too (ernie_vil-2.0-base-zh): its cached folder
+    arch, state = read_paddlenlp_dir(source)
     model = build_model(arch)
-    load_pretrained(model, args.source)  # strict: proves every key and shape fits our model
+    load_pretrained(model, source)  # strict: proves every key and shape fits our model
     atomic_save({k: paddle.to_tensor(v) for k, v in state.items()}, args.target)
     if args.arch_out:
         with open(args.arch_out, "w", encoding="utf-8") as f:

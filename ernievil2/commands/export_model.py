@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from ernievil2.commands import WEIGHTS_HELP
 from ernievil2.config import load_config
 from ernievil2.inference.deploy import RUNTIMES, check_runtime
 from ernievil2.inference.errors import DeviceUnavailableError
@@ -48,7 +49,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
-    parser.add_argument("--weights", required=True, help="official .pdparams, PaddleNLP folder, or our checkpoint")
+    parser.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     parser.add_argument("--output", required=True, help="export folder")
     parser.add_argument("--format", choices=tuple(RUNTIMES), default=None,
                         help="paddle (Paddle Inference) or onnx (ONNX Runtime); default: onnx for int8, else paddle")

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from ernievil2.commands import batch_settings, trained_model
+from ernievil2.commands import WEIGHTS_HELP, batch_settings, trained_model
 from ernievil2.data.errors import skip_report_path
 from ernievil2.data.sources import add_data_arguments, spec_from_args
 from ernievil2.evaluation.embed import embed_split
@@ -35,7 +35,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
-    parser.add_argument("--weights", required=True, help="official .pdparams, PaddleNLP folder, or our checkpoint")
+    parser.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     add_data_arguments(parser)
     parser.add_argument("--output", required=True, help="features .npz")
     parser.add_argument("--official-txt", help="also write the official embedding text format here")

@@ -19,6 +19,7 @@ import paddle.nn as nn
 from paddle.static import InputSpec
 
 from ..checkpoint import load_pretrained
+from ..checkpoint.released import released_name
 from ..models import build_model
 from ..resource_files import resolve_resource
 from .deploy import (
@@ -121,7 +122,8 @@ def deploy_config(config, model, weights, files, fmt="paddle", precision="fp32")
         },
         "source": {
             # None: random initialisation (benchmarks, tests).
-            "weights": None if weights is None else os.path.abspath(weights),
+            # A released model's name stays the name: its cache path differs from machine to machine.
+            "weights": None if weights is None else (released_name(weights) or os.path.abspath(weights)),
             "config": config.get("_source_"),
             "paddle_version": paddle.__version__,
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
