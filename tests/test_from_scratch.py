@@ -37,7 +37,10 @@ def test_xavier_scales_with_width_and_bert_is_002():
     xavier, bert = text_tower(init="xavier"), text_tower(init="bert")
     ffn = xavier.encoder_stack.block[0].ffn.i.weight  # [128, 512]
     assert std(ffn) == pytest.approx(math.sqrt(2 / (WIDTH + 4 * WIDTH)), rel=0.05)
-    assert std(xavier.word_emb.weight) == pytest.approx(math.sqrt(2 / (100 + WIDTH)), rel=0.1)
+    # token tables: rows of the width's scale, whatever their number (the released vocabulary has 40k)
+    big_vocab = ErnieTextEncoder(vocab_size=40000, hidden_size=WIDTH, num_layers=1, num_heads=4, intermediate_size=4 * WIDTH)
+    for table in (xavier.word_emb.weight, xavier.pos_emb.weight, big_vocab.word_emb.weight):
+        assert std(table) == pytest.approx(WIDTH**-0.5, rel=0.1)
     for param in (bert.encoder_stack.block[0].ffn.i.weight, bert.word_emb.weight, bert.pooler.weight):
         assert std(param) == pytest.approx(0.02, rel=0.1)
     assert float(np.abs(xavier.encoder_stack.block[0].ffn.i.bias.numpy()).max()) == 0.0
