@@ -414,11 +414,13 @@ def check_named_files(config):
     only reads ``Arch`` from a config (export, feature extraction) needs none of its data."""
     from .data.pipeline import check_spec_paths
     from .files import check_path
+    from .losses.distill import distill_entries
 
     checks = [(f"Data.{key}", check_spec_paths, (config["Data"][key],)) for key in ("train", "val") if config["Data"].get(key) is not None]
     checks += [(f"Eval.zeroshot.{key}", check_path, (path,)) for key, path in (config["Eval"].get("zeroshot") or {}).items() if path is not None]
     if config["Global"]["pretrained"]:
         checks.append(("Global.pretrained", check_path, (config["Global"]["pretrained"], None)))
+    checks += [(key, check_path, (teacher, None)) for key, teacher in distill_entries(config.get("Loss")) if teacher is not None]
     for key, check, args in checks:
         try:
             check(*args)

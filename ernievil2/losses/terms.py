@@ -6,6 +6,8 @@ A term is an object with
 - ``ids``: the identity kinds it needs per row (``"image"``, ``"caption"``; see ``positives.py``);
 - ``momentum``: the :class:`~ernievil2.losses.momentum.MomentumQueueConfig` of the momentum keys it
   needs, or None;
+- ``teacher``: the :class:`~ernievil2.losses.distill.TeacherNeeds` of the frozen teacher whose embeddings
+  it reads, or None;
 - ``uses_logit_scale``: whether it reads the model's temperature;
 - ``logs``: ``{logged key: console label}`` of the values the training log line shows besides the
   ``loss/...`` ones;
@@ -59,6 +61,7 @@ class LossInputs(NamedTuple):
     queue: Optional[QueueState] = None
     keys: Optional[dict] = None  # {"image", "text"}: the momentum copy's features
     positives: Optional[object] = None  # positives.Positives: candidates of the row's own image/caption
+    teacher: Optional[object] = None  # distill.TeacherBatch: the frozen teacher's unit rows of this step
 
 
 def _check_view(where, view):
@@ -116,6 +119,7 @@ class Term:
     views = gathered_views = frozenset()
     ids = ()
     momentum = None
+    teacher = None
     uses_logit_scale = True
     logs = {}
 
