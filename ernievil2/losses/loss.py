@@ -182,7 +182,7 @@ def build_loss(section, rank=0, world_size=1, global_batch=None):
 class Loss(nn.Layer):
     """``sum(weight * term loss)`` over its terms (``terms.py``), on features of the views they read.
 
-    ``forward(features, logit_scale, image_ids=None, caption_ids=None, momentum=None)``
+    ``forward(features, logit_scale, image_ids=None, caption_ids=None, momentum=None, teacher=None)``
     takes ``{view: (B, D) tensor}``, raw or already normalised (rows are
     L2-normalised here; normalising twice changes nothing), and the scalar logit
     scale owned by the model. It returns ``loss`` and what each term logs, all
@@ -196,6 +196,9 @@ class Loss(nn.Layer):
     and the momentum queue's same-image mask; they are gathered from every rank
     (no gradient) with the features. ``momentum``: the step's
     :class:`~ernievil2.losses.momentum.MomentumBatch`, when a term reads the queue.
+    ``teacher``: the step's :class:`~ernievil2.losses.distill.TeacherBatch` (the frozen
+    teacher's rows of the same samples), when a distill term reads it; its rows are
+    gathered (no gradient) where the term scores every rank's.
 
     Terms with parameters of their own (the sigmoid term's scale and bias) are
     sub-layers: they go into ``state_dict`` (checkpoints) and ``parameters()``
@@ -222,7 +225,7 @@ class Loss(nn.Layer):
 
     @property
     def needs(self):
-        """The views, ids and momentum keys the terms read, and whether one reads the model's temperature."""
+        """The views, ids, momentum keys and teacher the terms read, and whether one reads the model's temperature."""
         kinds = set(self.positives.identities if self.positives is not None else ())
         for term in self.terms:
             kinds.update(term.ids)
