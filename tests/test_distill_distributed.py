@@ -5,6 +5,7 @@ teacher's without, and the similarity matrices are over the global batch.
 """
 import numpy as np
 
+from tests.dist.dist_loss_check import LOCAL_BATCH
 from tests.dist.launcher import REPO, cpu_launcher_only, module_fixtures, relative_error
 
 WORKER = REPO / "tests" / "dist" / "dist_distill_check.py"
@@ -30,7 +31,7 @@ def test_tower_gradients_after_data_parallel_are_the_global_gradients(ranks, ref
 
 def test_each_rank_holds_world_size_times_its_slice_of_the_input_gradient(ranks, reference, worker):
     for index, rank in enumerate(ranks):
-        rows = slice(index * worker.LOCAL_BATCH, (index + 1) * worker.LOCAL_BATCH)
+        rows = slice(index * LOCAL_BATCH, (index + 1) * LOCAL_BATCH)
         for view in worker.VIEWS:
             expected = worker.WORLD_SIZE * reference[f"input/{view}"][rows]
             assert relative_error(rank[f"input/{view}"], expected) < 1e-9, view

@@ -36,8 +36,8 @@ import paddle.nn.functional as F
 from ..registry import ConfigError
 from ..validate import positive_number
 from ..views import VIEW_MODALITY
-from .contrastive import _check_gathered, contrastive_logits
-from .terms import Term, _check_view
+from .contrastive import check_gathered, contrastive_logits
+from .terms import Term, check_view
 
 DISTILL_MODES = ("feature", "similarity")
 
@@ -81,8 +81,8 @@ def similarity_distillation(student_a, student_b, teacher_a, teacher_b, student_
     or none). Each local row is scored against every candidate; the loss is the
     mean over the local rows, so the mean over equal ranks is the global batch's.
     """
-    _check_gathered(student_a, student_b, student_a_all, student_b_all, rank)
-    _check_gathered(teacher_a, teacher_b, teacher_a_all, teacher_b_all, rank)
+    check_gathered(student_a, student_b, student_a_all, student_b_all, rank)
+    check_gathered(teacher_a, teacher_b, teacher_a_all, teacher_b_all, rank)
     if (student_a_all is None) != (teacher_a_all is None):
         raise ValueError("the student's and the teacher's rows must be gathered together (both or neither)")
     if student_a_all is None:
@@ -96,7 +96,7 @@ def _parse_views(views, mode):
     if not isinstance(views, (list, tuple)) or not views:
         raise ConfigError("views", f"expected a non-empty list of view names, got {views!r}")
     for index, view in enumerate(views):
-        _check_view(f"views[{index}]", view)
+        check_view(f"views[{index}]", view)
     if len(set(views)) != len(views):
         raise ConfigError("views", f"a view is listed twice: {list(views)}")
     if mode == "similarity":
@@ -147,7 +147,6 @@ class DistillTerm(Term):
                 gathered.get(a), gathered.get(b), teacher_all.get(a), teacher_all.get(b), inputs.rank,
             )
         return {"loss": loss, "loss/distill": loss}
-
 
 
 def distill_entries(loss_section):

@@ -64,7 +64,8 @@ class LossInputs(NamedTuple):
     teacher: Optional[object] = None  # distill.TeacherBatch: the frozen teacher's unit rows of this step
 
 
-def _check_view(where, view):
+def check_view(where, view):
+    """A ConfigError keyed ``where`` unless ``view`` is a known view's name."""
     if not isinstance(view, str):
         raise ConfigError(where, f"a view name must be a string, got {view!r}")
     if view not in KNOWN_VIEWS:
@@ -95,8 +96,8 @@ def parse_view_pairs(pairs):
         if not isinstance(entry, (list, tuple)) or len(entry) != 3:
             raise ConfigError(where, f"expected [view_a, view_b, weight], got {entry!r}")
         view_a, view_b, weight = entry
-        _check_view(where, view_a)
-        _check_view(where, view_b)
+        check_view(where, view_a)
+        check_view(where, view_b)
         if view_a == view_b:
             raise ConfigError(where, f"view {view_a!r} is paired with itself")
         check_weight(weight, where)

@@ -14,10 +14,9 @@ import sys
 
 import numpy as np
 import paddle
-import paddle.distributed as dist
 
 from ernievil2.losses.distill import DistillTerm, TeacherBatch
-from tests.dist.dist_loss_check import LOCAL_BATCH, SEED, TinyDualEncoder, build_model, global_inputs
+from tests.dist.dist_loss_check import SEED, TinyDualEncoder, build_model, global_inputs, start_rank
 from tests.helpers import table_loss
 
 VIEWS = ("image_v1", "text_v1")
@@ -55,11 +54,7 @@ def single_process_reference(world_size=WORLD_SIZE):
 
 
 def main(out_dir):
-    paddle.set_device("cpu")
-    dist.init_parallel_env()
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    inputs = {v: x[rows] for v, x in global_inputs(world_size).items()}
+    rank, world_size, inputs = start_rank()
     result = loss_and_gradients(paddle.DataParallel(build_model()), build_loss(rank, world_size), inputs)
     np.savez(os.path.join(out_dir, f"rank{rank}.npz"), world_size=world_size, **result)
 
