@@ -1,5 +1,7 @@
 """The distill loss term: its maths against numpy, its config errors, and a short run with a frozen teacher."""
+import copy
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,11 +11,12 @@ import pytest
 
 from ernievil2.config import load_config
 from ernievil2.engine.build import build_trainer
+from ernievil2.engine.steps import batch_to_tensors, encode_views
 from ernievil2.losses.distill import TeacherBatch, feature_distillation, similarity_distillation
 from ernievil2.losses.loss import build_loss, check_loss_section
 from ernievil2.registry import ConfigError
 from tests.conftest import REPO
-from tests.helpers import write_pairs_tsv, write_train_config
+from tests.helpers import TINY_ARCH, write_pairs_tsv, write_train_config
 
 
 def unit(rows):
@@ -225,3 +228,55 @@ def test_a_teacher_of_null_without_pretrained_weights_is_a_one_line_error(tmp_pa
     missing = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "-c", str(config)],
                              capture_output=True, text=True, cwd=str(REPO), timeout=300)
     assert missing.returncode == 2 and "Loss.terms[1].teacher" in missing.stderr and "nowhere.pdparams" in missing.stderr, missing.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode", ["similarity", "feature"])
+def test_the_teachers_rows_line_up_with_the_students_over_micro_batches(tmp_path, pretrained, mode):
+    """Without dropout the student at step 0 is the teacher: the term is 0 only if every row meets its own."""
+    source, train = pretrained
+    arch = copy.deepcopy(TINY_ARCH)
+    arch["text_tower"].update(hidden_dropout=0.0, attention_dropout=0.0)
+    loss = {"terms": [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]},
+                      {"name": "distill", "mode": mode, "views": ["image_v1", "text_v1"]}]}
+    config = write_train_config(tmp_path, train, Arch=arch, Loss=loss, Global={"pretrained": str(source)},
+                                Train={"max_steps": 2, "save_every": 0, "batch_size": 3, "accum_steps": 2})
+    trainer = build_trainer(load_config(str(config)))
+    batches = iter(trainer.stream)
+    try:
+        micro = [batch_to_tensors(next(batches)) for _ in range(2)]
+        assert abs(trainer.run_step(micro)["loss/distill"]) < 1e-6
+        # the rows of the second micro-batch against the teacher's of the first: far from 0
+        shuffled = trainer.teacher.batch_for(micro[::-1])
+        features, scale = encode_views(trainer.model, {k: paddle.concat([m[k] for m in micro]) for k in micro[0]}, trainer.needs.views)
+        assert float(trainer.loss_fn(features, scale, teacher=shuffled)["loss/distill"]) > 1e-2
+    finally:
+        trainer.stream.close()
+
+
+def train_cli(config):
+    """``tools/train.py`` in a process of its own (a resumed optimizer finds its parameters by their names, which
+    count the layers a process has built)."""
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "-c", str(config)],
+                            capture_output=True, text=True, cwd=str(REPO), timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def test_a_resumed_run_rebuilds_the_teacher_and_ends_where_the_straight_run_does(tmp_path, pretrained):
+    source, train = pretrained
+    loss = {"terms": [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]}, {"name": "distill", "mode": "similarity"}]}
+    outs = []
+    for name in ("straight", "resumed"):
+        (tmp_path / name).mkdir()
+        config = write_train_config(tmp_path / name, train, Loss=loss, Global={"pretrained": str(source)},
+                                    Train={"max_steps": 4, "save_every": 2, "batch_size": 4})
+        train_cli(config)
+        outs.append(tmp_path / name / "out" / "checkpoints")
+    shutil.rmtree(outs[1] / "step_000004")
+    (outs[1] / "latest").write_text("step_000002\n")
+    log = train_cli(tmp_path / "resumed" / "config.yaml")
+    assert "distillation teacher: " in log and "at step 2" in log
+    straight, resumed = (paddle.load(str(out / "step_000004" / "model.pdparams")) for out in outs)
+    assert sorted(straight) == sorted(resumed)
+    for key in straight:
+        np.testing.assert_array_equal(np.asarray(straight[key]), np.asarray(resumed[key]), err_msg=key)
