@@ -424,6 +424,7 @@ def check_named_files(config):
     from .checkpoint.released import check_weights_path
     from .data.pipeline import check_spec_paths
     from .files import check_path
+    from .losses.distill import distill_entries
 
     checks = [(f"Data.{key}", check_spec_paths, (config["Data"][key],)) for key in ("train", "val") if config["Data"].get(key) is not None]
     checks += [(f"Eval.zeroshot.{key}", check_path, (path,)) for key, path in (config["Eval"].get("zeroshot") or {}).items() if path is not None]
@@ -431,6 +432,7 @@ def check_named_files(config):
     if pretrained:
         # A released model's name passes: it is downloaded when the weights are read, not here.
         checks.append(("Global.pretrained", check_weights_path, (pretrained,)))
+    checks += [(key, check_weights_path, (teacher,)) for key, teacher in distill_entries(config.get("Loss")) if teacher is not None]
     for key, check, args in checks:
         try:
             check(*args)

@@ -14,6 +14,7 @@ from ..data.augment import TrainTransform
 from ..data.image_ops import EvalTransform
 from ..data.pipeline import TrainStream
 from ..data.tokenizer import build_tokenizer
+from ..losses.distill import check_teacher_source
 from ..losses.loss import build_loss, check_temperature
 from ..losses.momentum import MomentumQueue
 from ..models import build_model
@@ -22,6 +23,7 @@ from ..registry import ConfigError
 from ..views import TAG_VIEW, image_view_count
 from .optim import build_optimizer
 from .resume import resume, write_run_config
+from .teacher import build_teacher
 from .trainer import Trainer, make_eval_fn
 
 
@@ -107,6 +109,10 @@ def build_trainer(config):
         raise ConfigError("Data.train", "not given: training needs data", source)
     if config["Loss"] is None:
         raise ConfigError("Loss", "not given: training needs a loss", source)
+    try:
+        check_teacher_source(config["Loss"], config["Global"]["pretrained"])
+    except ConfigError as err:
+        raise err.located(source) from None
     check_named_files(config)
     rank, world = init_distributed()
     out_dir = config["Global"]["output_dir"]
@@ -133,6 +139,7 @@ def build_trainer(config):
     global_batch = train["batch_size"] * train["accum_steps"] * world
     loss_fn = build_loss(config["Loss"], rank, world, global_batch)
     needs = loss_fn.needs
+    teacher = None if needs.teacher is None else build_teacher(config, needs.teacher, log)
     if not needs.logit_scale:
         # No term reads it: untrained (DataParallel would wait for its gradient), kept in the weights.
         model.contrastive_loss_mm.temperature_b.stop_gradient = True
@@ -177,7 +184,7 @@ def build_trainer(config):
     eval_fn = None
     if data["val"] is not None or config["Eval"]["zeroshot"] is not None:
         eval_fn = make_eval_fn(config, tokenizer, EvalTransform.from_config(config["Preprocess"]), log)
-    trainer = Trainer(config, model, loss_fn, optimizer, stream, rank, world, train_model, eval_fn, log, writer, momentum)
+    trainer = Trainer(config, model, loss_fn, optimizer, stream, rank, world, train_model, eval_fn, log, writer, momentum, teacher)
     if rank == 0:
         for path in clean_temporary(out_dir):
             log(f"removed {path}, left by an interrupted save")

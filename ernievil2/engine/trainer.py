@@ -57,6 +57,7 @@ class Trainer:
         log=print,
         writer=None,
         momentum=None,
+        teacher=None,
     ):
         self.config = config
         self.train_cfg, self.opt_cfg = config["Train"], config["Optimizer"]
@@ -66,6 +67,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.eval_fn, self.log, self.writer = eval_fn, log, writer
         self.momentum = momentum  # the momentum queue's MomentumQueue (EMA key encoder and queues), or None
+        self.teacher = teacher  # a distill term's frozen Teacher (engine/teacher.py), or None; never checkpointed
         self.gate = RankZeroGate(rank, world_size)
         self.needs = loss_fn.needs
         # The model's temperature, as the console shows it when a term reads it, then what the terms log.
@@ -98,6 +100,8 @@ class Trainer:
         loss_kwargs = {kw: paddle.concat([b[key] for b in micro_batches]) for kw, key in self.needs.ids.items()}
         if self.momentum is not None:
             loss_kwargs["momentum"] = self.momentum.keys_for(micro_batches, self.step, tags)
+        if self.teacher is not None:
+            loss_kwargs["teacher"] = self.teacher.batch_for(micro_batches, tags, self.autocast)
         # The loss's own parameters (the sigmoid term's scale and bias) are outside
         # DataParallel: their gradients are averaged over ranks here.
         synced = [p for p in self.loss_fn.parameters() if not p.stop_gradient]

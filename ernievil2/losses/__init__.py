@@ -1,4 +1,4 @@
-"""Contrastive losses: pure maths, the gradient-carrying gather, the loss terms, the momentum queue.
+"""Contrastive losses: pure maths, the gradient-carrying gather, the loss terms, the momentum queue, distillation.
 
 ``Loss`` is one list of terms (``loss.py``), each a :data:`LOSS_TERMS` entry.
 """
@@ -9,6 +9,7 @@ from .contrastive import (
     in_batch_accuracy,
     symmetric_info_nce,
 )
+from .distill import DistillTerm, TeacherBatch, TeacherNeeds, feature_distillation, similarity_distillation
 from .distributed import check_equal_local_batch, gather_with_grad
 from .loss import LOSS_TERMS, Loss, Needs, build_loss, check_loss_section
 from .momentum import (
@@ -39,12 +40,15 @@ __all__ = [
     "QUEUE_MODES",
     "VIEW_MODALITY",
     "CrossModalQueue",
+    "DistillTerm",
     "MomentumBatch",
     "MomentumEncoder",
     "MomentumQueue",
     "MomentumQueueConfig",
     "MomentumQueueTerm",
     "SigmoidPairs",
+    "TeacherBatch",
+    "TeacherNeeds",
     "Term",
     "ViewPair",
     "build_loss",
@@ -55,6 +59,7 @@ __all__ = [
     "contrastive_logits",
     "ema_update_",
     "extra_negative_info_nce",
+    "feature_distillation",
     "gather_with_grad",
     "in_batch_accuracy",
     "parse_momentum_queue",
@@ -67,5 +72,6 @@ __all__ = [
     "same_image_mask",
     "sigmoid_block_loss",
     "sigmoid_logits",
+    "similarity_distillation",
     "symmetric_info_nce",
 ]

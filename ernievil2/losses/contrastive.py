@@ -36,7 +36,8 @@ def in_batch_accuracy(logits, labels):
     return hits.astype(logits.dtype).mean()
 
 
-def _check_gathered(a_local, b_local, a_all, b_all, rank):
+def check_gathered(a_local, b_local, a_all, b_all, rank):
+    """A ValueError unless the paired rows match and the gathered ones (both or neither) hold them at ``rank``."""
     if (a_all is None) != (b_all is None):
         raise ValueError("a_all and b_all must be given together (both gathered or neither)")
     if a_local.shape[0] != b_local.shape[0]:
@@ -65,7 +66,7 @@ def symmetric_info_nce(a_local, b_local, logit_scale, a_all=None, b_all=None, ra
     among the candidates; both directions share it, since rows ``i`` of ``a``
     and ``b`` are the same sample.
     """
-    _check_gathered(a_local, b_local, a_all, b_all, rank)
+    check_gathered(a_local, b_local, a_all, b_all, rank)
     if a_all is None:
         a_all, b_all, rank = a_local, b_local, 0
     labels = contrastive_labels(a_local.shape[0], rank)

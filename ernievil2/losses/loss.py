@@ -9,6 +9,7 @@
         - {name: info_nce, weight: 1.0, pairs: [[image_v1, text_v1, 1.0], [image_v1, image_v2, 0.5]]}
         - {name: momentum_queue, weight: 1.0, size: 4096, mode: both}
         - {name: sigmoid, pairs: [[image_v1, text_v1, 1.0]]}
+        - {name: distill, weight: 1.0, mode: similarity, views: [image_v1, text_v1], teacher: null}
 
 Each term is ``{name: <a LOSS_TERMS entry>, weight: <default 1>, <its own keys>}``;
 the total is ``sum(weight * term loss)``, not divided by the sum of weights: a
@@ -25,6 +26,7 @@ import paddle.nn.functional as F
 from ..registry import ConfigError, Registry
 from ..validate import boolean, check_known_keys, positive_number
 from .contrastive import contrastive_labels
+from .distill import DistillTerm
 from .distributed import all_gather_rows, check_equal_local_batch, gather_with_grad
 from .momentum import MomentumQueueConfig, same_image_mask
 from .positives import IDENTITY_INPUTS, Positives, any_identity, parse_positives, positive_mask
@@ -32,7 +34,9 @@ from .sigmoid import SigmoidPairs
 from .terms import InfoNCEPairs, LossInputs, MomentumQueueTerm, QueueState, check_weight
 
 # The terms ``Loss.terms`` names. A project adds its own with ``LOSS_TERMS.register(name, builder)``.
-LOSS_TERMS = Registry("loss term", {"info_nce": InfoNCEPairs, "momentum_queue": MomentumQueueTerm, "sigmoid": SigmoidPairs})
+LOSS_TERMS = Registry(
+    "loss term", {"info_nce": InfoNCEPairs, "momentum_queue": MomentumQueueTerm, "sigmoid": SigmoidPairs, "distill": DistillTerm}
+)
 
 TEMPERATURE_KEYS = {"init": 0.07, "learnable": True, "max_logit_scale": 100.0}
 LOSS_KEYS = ("temperature", "positives", "terms")
@@ -47,6 +51,7 @@ class Needs(NamedTuple):
     ids: dict  # {loss keyword: batch array} of the ids the terms read
     momentum: Optional[object]  # the MomentumQueueConfig of the momentum keys a term reads, or None
     logit_scale: bool  # whether a term reads the model's temperature (else it is not trained)
+    teacher: Optional[object] = None  # the distill term's TeacherNeeds (the frozen teacher to run), or None
 
 
 def check_temperature(section):
@@ -130,6 +135,14 @@ def check_loss_section(section):
         _, options = _weight_and_options(entry, key)
         declared.append(LOSS_TERMS.check(options, key, context))
     _check_momentum(entries, [d if isinstance(d, MomentumQueueConfig) else None for d in declared])
+    _check_teachers([entry.get("name") == "distill" for entry in entries])
+
+
+def _check_teachers(distills):
+    """At most one distill term (``distills``: whether each term is one): one teacher per run."""
+    listed = [index for index, distill in enumerate(distills) if distill]
+    if len(listed) > 1:
+        raise ConfigError(f"Loss.terms[{listed[1]}]", "a second distill term: list one (one teacher, one mode)")
 
 
 def _check_momentum(entries, queues):
@@ -162,13 +175,14 @@ def build_loss(section, rank=0, world_size=1, global_batch=None):
         terms.append(LOSS_TERMS.build(options, key, context))
         weights.append(weight)
     _check_momentum(entries, [term.momentum for term in terms])
+    _check_teachers([term.teacher is not None for term in terms])
     return Loss(terms, weights, rank, world_size, positives=context["positives"])
 
 
 class Loss(nn.Layer):
     """``sum(weight * term loss)`` over its terms (``terms.py``), on features of the views they read.
 
-    ``forward(features, logit_scale, image_ids=None, caption_ids=None, momentum=None)``
+    ``forward(features, logit_scale, image_ids=None, caption_ids=None, momentum=None, teacher=None)``
     takes ``{view: (B, D) tensor}``, raw or already normalised (rows are
     L2-normalised here; normalising twice changes nothing), and the scalar logit
     scale owned by the model. It returns ``loss`` and what each term logs, all
@@ -182,6 +196,9 @@ class Loss(nn.Layer):
     and the momentum queue's same-image mask; they are gathered from every rank
     (no gradient) with the features. ``momentum``: the step's
     :class:`~ernievil2.losses.momentum.MomentumBatch`, when a term reads the queue.
+    ``teacher``: the step's :class:`~ernievil2.losses.distill.TeacherBatch` (the frozen
+    teacher's rows of the same samples), when a distill term reads it; its rows are
+    gathered (no gradient) where the term scores every rank's.
 
     Terms with parameters of their own (the sigmoid term's scale and bias) are
     sub-layers: they go into ``state_dict`` (checkpoints) and ``parameters()``
@@ -201,10 +218,14 @@ class Loss(nn.Layer):
         self.rank, self.world_size, self.gather = rank, world_size, gather
         queues = [term.momentum for term in self.terms if term.momentum is not None]
         self.momentum_config = queues[0] if queues else None
+        teachers = [term for term in self.terms if term.teacher is not None]
+        self.teacher_needs = teachers[0].teacher if teachers else None
+        # The teacher's views a term scores against every rank's rows.
+        self.teacher_gathered = frozenset().union(*(term.gathered_views for term in teachers))
 
     @property
     def needs(self):
-        """The views, ids and momentum keys the terms read, and whether one reads the model's temperature."""
+        """The views, ids, momentum keys and teacher the terms read, and whether one reads the model's temperature."""
         kinds = set(self.positives.identities if self.positives is not None else ())
         for term in self.terms:
             kinds.update(term.ids)
@@ -213,6 +234,7 @@ class Loss(nn.Layer):
             ids=dict(IDENTITY_INPUTS[kind] for kind in ("image", "caption") if kind in kinds),
             momentum=self.momentum_config,
             logit_scale=any(term.uses_logit_scale for term in self.terms),
+            teacher=self.teacher_needs,
         )
 
     @property
@@ -220,7 +242,7 @@ class Loss(nn.Layer):
         """``{logged key: console label}``: the values the training log line shows besides the ``loss/...`` ones."""
         return {key: label for term in self.terms for key, label in term.logs.items()}
 
-    def forward(self, features, logit_scale, image_ids=None, caption_ids=None, momentum=None):
+    def forward(self, features, logit_scale, image_ids=None, caption_ids=None, momentum=None, teacher=None):
         needs = self.needs
         ids = self._checked_ids(needs.ids, image_ids, caption_ids)
         share = self._checked_momentum(momentum)
@@ -231,7 +253,8 @@ class Loss(nn.Layer):
             mask = same_image_mask(image_ids.astype("int64"), momentum.queue.ids) if share > 0 and momentum.config.mask_same_image else None
             queue = QueueState(momentum.queue, momentum.config.extra_negatives, share, mask)
         positives = self._positives(ids, bool(gathered), share, momentum)
-        inputs = LossInputs(local, gathered, logit_scale, self.rank, queue, None if momentum is None else momentum.keys, positives)
+        keys = None if momentum is None else momentum.keys
+        inputs = LossInputs(local, gathered, logit_scale, self.rank, queue, keys, positives, self._teacher(teacher, bool(gathered)))
         out = {}
         total = 0.0
         for term, weight in zip(self.terms, self.weights):
@@ -241,6 +264,19 @@ class Loss(nn.Layer):
             out.update(terms)
         out["loss"] = total
         return out
+
+    def _teacher(self, teacher, gathered):
+        """The step's :class:`TeacherBatch`, its rows normalised and, when the student's are, gathered (no gradient)."""
+        if (teacher is None) != (self.teacher_needs is None):
+            raise ValueError(
+                "teacher (the step's TeacherBatch) goes with a distill term, and only with one"
+                if teacher is not None else "the distill term needs the teacher's embeddings of the step (teacher=)"
+            )
+        if teacher is None:
+            return None
+        features = self._normalised_views(teacher.features, self.teacher_needs.views)
+        rows = {v: all_gather_rows(features[v], self.world_size) for v in sorted(self.teacher_gathered)} if gathered else None
+        return teacher._replace(features=features, gathered=rows)
 
     def _checked_ids(self, wanted, image_ids, caption_ids):
         """``{kind: int64 [B]}`` of the positives' identities (empty without positives)."""

@@ -6,6 +6,8 @@ A term is an object with
 - ``ids``: the identity kinds it needs per row (``"image"``, ``"caption"``; see ``positives.py``);
 - ``momentum``: the :class:`~ernievil2.losses.momentum.MomentumQueueConfig` of the momentum keys it
   needs, or None;
+- ``teacher``: the :class:`~ernievil2.losses.distill.TeacherNeeds` of the frozen teacher whose embeddings
+  it reads, or None;
 - ``uses_logit_scale``: whether it reads the model's temperature;
 - ``logs``: ``{logged key: console label}`` of the values the training log line shows besides the
   ``loss/...`` ones;
@@ -59,9 +61,11 @@ class LossInputs(NamedTuple):
     queue: Optional[QueueState] = None
     keys: Optional[dict] = None  # {"image", "text"}: the momentum copy's features
     positives: Optional[object] = None  # positives.Positives: candidates of the row's own image/caption
+    teacher: Optional[object] = None  # distill.TeacherBatch: the frozen teacher's unit rows of this step
 
 
-def _check_view(where, view):
+def check_view(where, view):
+    """A ConfigError keyed ``where`` unless ``view`` is a known view's name."""
     if not isinstance(view, str):
         raise ConfigError(where, f"a view name must be a string, got {view!r}")
     if view not in KNOWN_VIEWS:
@@ -92,8 +96,8 @@ def parse_view_pairs(pairs):
         if not isinstance(entry, (list, tuple)) or len(entry) != 3:
             raise ConfigError(where, f"expected [view_a, view_b, weight], got {entry!r}")
         view_a, view_b, weight = entry
-        _check_view(where, view_a)
-        _check_view(where, view_b)
+        check_view(where, view_a)
+        check_view(where, view_b)
         if view_a == view_b:
             raise ConfigError(where, f"view {view_a!r} is paired with itself")
         check_weight(weight, where)
@@ -116,6 +120,7 @@ class Term:
     views = gathered_views = frozenset()
     ids = ()
     momentum = None
+    teacher = None
     uses_logit_scale = True
     logs = {}
 

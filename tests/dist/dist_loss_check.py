@@ -128,12 +128,17 @@ def single_process_reference(world_size=WORLD_SIZE):
     return loss_and_gradients(build_model(), loss_fn, global_inputs(world_size), "global")
 
 
-def main(out_dir):
+def start_rank():
+    """Join the process group on CPU: (rank, world size, this rank's slice of the global inputs)."""
     paddle.set_device("cpu")
     dist.init_parallel_env()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    inputs = {v: x[rows] for v, x in global_inputs(world_size).items()}
+    return rank, world_size, {v: x[rows] for v, x in global_inputs(world_size).items()}
+
+
+def main(out_dir):
+    rank, world_size, inputs = start_rank()
     model = paddle.DataParallel(build_model())
     exact_loss = table_loss(PAIRS, rank=rank, world_size=world_size)
     result = loss_and_gradients(model, exact_loss, inputs, "exact")
