@@ -28,6 +28,7 @@ old one) and tabled on stdout; ``report`` tables a saved file.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,10 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_DATA = "demo_data/transfer/source"
 TARGET_DATA = "demo_data/transfer/target"
+# General-domain pairs a user can get besides their own (public captioned images): here 1,000 new
+# scenes of the source's kind, none of them seen in pre-training, mixed into the target corpus.
+REFERENCE_DATA = "demo_data/transfer/reference"
+MIXED_TRAIN = "demo_data/transfer/target_and_reference.tsv"
 SOURCE_MODEL = "output/transfer/source"
 WORK = "output/transfer/runs"
 PRETRAIN_CONFIG = "configs/demo/pretrain_full_vocab.yaml"
@@ -49,6 +54,7 @@ CORPORA = {
         "--seed", "1", "--num-train", "1000", "--num-val", "500", "--num-test", "2000", "--num-zeroshot", "0",
         "--required-classes", ",".join(map(str, HELD_OUT)), "--caption-style", "title",
     ],
+    REFERENCE_DATA: ["--seed", "2", "--num-train", "1000", "--num-test", "0", "--num-zeroshot", "0", "--classes", ",".join(map(str, SEEN))],
 }
 INTRA = [["image_v1", "text_v1", 1.0], ["image_v1", "image_v2", 0.5], ["text_v1", "text_v2", 0.5]]
 # base.yaml's views: a crop of the canvas and a light blur, so that image_v2 is another look.
@@ -71,6 +77,7 @@ ROWS = {
     "scratch": ({"Global.pretrained": None, "Optimizer.lr": 1.0e-3}, "from scratch on the target corpus (the demo's pre-training lr)"),
     "full": ({}, "full fine-tuning"),
     "lit": ({"Optimizer.freeze": ["image"]}, "image tower locked (LiT)"),
+    "text_locked": ({"Optimizer.freeze": ["text"]}, "text tower locked"),
     "last_n": (
         {"Optimizer.image.unlocked_layers": 3, "Optimizer.text.unlocked_layers": 2},
         "the last blocks unlocked: image 2 of 4 + head, text 1 of 2 + head",
@@ -80,6 +87,7 @@ ROWS = {
     "distill_sim": (loss(PLAIN, {"name": "distill", "mode": "similarity", "weight": 1.0}), "+ similarity distillation from the source"),
     "distill_feat": (loss(PLAIN, {"name": "distill", "mode": "feature", "weight": 1.0}), "+ feature distillation from the source"),
     "intra": ({**loss(info_nce(INTRA)), **TWO_VIEWS}, "+ intra-modal pairs (image-image, text-text 0.5)"),
+    "replay": ({"Data.train": {"format": "official_tsv", "path": MIXED_TRAIN}}, "the target corpus mixed with 1,000 general-domain pairs"),
 }
 
 
@@ -91,6 +99,10 @@ def prepare(args):
     """The corpora and the source model, each only when missing (both steps are idempotent)."""
     for out, flags in CORPORA.items():
         subprocess.run([sys.executable, "tools/make_demo_data.py", "--output", out, *flags], cwd=REPO, check=True)
+    with open(os.path.join(REPO, MIXED_TRAIN), "w", encoding="utf-8") as mixed:
+        for folder in (TARGET_DATA, REFERENCE_DATA):
+            with open(os.path.join(REPO, folder, "train.tsv"), encoding="utf-8") as f:
+                mixed.writelines(f)
     if os.path.isfile(os.path.join(REPO, SOURCE_MODEL, "train_summary.json")):
         print(f"{SOURCE_MODEL}: trained already")
         return
@@ -192,8 +204,18 @@ def read_state(path):
     return read_model_state(os.path.join(REPO, path))
 
 
-def run_dir(row, seed, steps, lr):
-    return os.path.join(WORK, row, f"seed{seed}_steps{steps}" + (f"_lr{lr:g}" if lr is not None else ""))
+def run_dir(label, seed, steps, lr):
+    name = re.sub(r"\W+", "_", label).strip("_")
+    return os.path.join(WORK, name, f"seed{seed}_steps{steps}" + (f"_lr{lr:g}" if lr is not None else ""))
+
+
+def with_distill_weight(row, overrides, weight):
+    """(the row's label, its overrides) with its distill term weighed ``weight`` (rows without one: unchanged)."""
+    terms = (overrides.get("Loss") or {}).get("terms", [])
+    if weight is None or not any(term["name"] == "distill" for term in terms):
+        return row, overrides
+    terms = [{**term, "weight": weight} if term["name"] == "distill" else term for term in terms]
+    return f"{row} w={weight:g}", {**overrides, "Loss": {**overrides["Loss"], "terms": terms}}
 
 
 def run_rows(args):
@@ -209,30 +231,43 @@ def run_rows(args):
         for lr in args.lrs or [None]:
             for seed in args.seeds:
                 if row == "wise":
-                    runs += wise_runs(scorer, source_state, seed, args.steps, lr, args.alphas)
+                    runs += wise_runs(scorer, source_state, args.wise_of, seed, args.steps, lr, args.alphas)
                     continue
-                out = run_dir(row, seed, args.steps, lr)
+                label, row_overrides = with_distill_weight(row, overrides, args.distill_weight)
+                row_overrides = {**row_overrides, **dict(args.set)}
+                out = run_dir(label, seed, args.steps, lr)
                 os.makedirs(os.path.join(REPO, out), exist_ok=True)
-                fine_tune(os.path.join(REPO, out), run_overrides(overrides, seed, args.steps, lr, out))
+                fine_tune(os.path.join(REPO, out), run_overrides(row_overrides, seed, args.steps, lr, out))
                 with open(os.path.join(REPO, out, "train_summary.json"), encoding="utf-8") as f:
                     seconds = json.load(f)["step_seconds"] / args.steps
                 scores = scorer.score(read_state(out), with_val=bool(args.lrs))
-                runs.append({"row": row, "seed": seed, "steps": args.steps, "lr": lr, "seconds_per_step": seconds, **scores})
+                runs.append({"row": label + args.label, "seed": seed, "steps": args.steps, "lr": lr, "seconds_per_step": seconds, **scores})
                 print(runs[-1], flush=True)
     return runs
 
 
-def wise_runs(scorer, source_state, seed, steps, lr, alphas):
-    """The ``full`` row's model of this seed mixed with the source at each alpha."""
+def wise_runs(scorer, source_state, of, seed, steps, lr, alphas):
+    """Row ``of``'s model of this seed mixed with the source at each alpha."""
     from ernievil2.checkpoint.interpolate import interpolate_states
 
-    tuned = read_state(run_dir("full", seed, steps, lr))
+    tuned = read_state(run_dir(of, seed, steps, lr))
     runs = []
     for alpha in alphas:
         scores = scorer.score(interpolate_states(source_state, tuned, alpha), with_val=True)
-        runs.append({"row": f"wise a={alpha:g}", "seed": seed, "steps": steps, "lr": lr, **scores})
+        label = f"wise a={alpha:g}" if of == "full" else f"{of} + wise a={alpha:g}"
+        runs.append({"row": label, "seed": seed, "steps": steps, "lr": lr, **scores})
         print(runs[-1], flush=True)
     return runs
+
+
+def override(text):
+    """``KEY=VALUE``: a config key and its yaml value."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 COLUMNS = (("target", "target MR"), ("target_val", "target val MR"), ("source", "source MR"), ("zeroshot", "zero-shot top-1"),
@@ -279,6 +314,11 @@ def main(argv=None):
     run.add_argument("--steps", type=int, default=100)
     run.add_argument("--lrs", nargs="+", type=float, default=None, help="train each row at each lr (and score the val split)")
     run.add_argument("--alphas", nargs="+", type=float, default=[0.3, 0.5, 0.7], help="mixing weights of the wise row")
+    run.add_argument("--distill-weight", type=float, default=None, help="the distill term's weight in the rows that have one")
+    run.add_argument("--set", type=override, action="append", default=[], metavar="KEY=VALUE", help="one more override of every row")
+    run.add_argument("--label", default="", help="appended to the row names (say what --set changed)")
+    run.add_argument("--wise-of", default="full",
+                     help="the row whose fine-tuned models the wise row mixes with the source")
     run.add_argument("--out", default=None, help="JSON the runs are merged into")
     report = commands.add_parser("report", help="table saved runs")
     report.add_argument("path")
