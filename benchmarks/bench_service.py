@@ -310,7 +310,7 @@ def main(argv=None):
     rate_before, rates = best_gemm_rate()
     with tempfile.TemporaryDirectory() as folder:
         export_dir, index_dir = prepare(args.arch, args.gallery_size, folder, args.format)
-        from ernievil2.inference.build import load_galleries
+        from ernievil2.inference.galleries import load_galleries
         from ernievil2.inference.predictor import ExportedModel, PredictorOptions
 
         model = ExportedModel(export_dir, PredictorOptions(cpu_threads=args.threads))

@@ -91,7 +91,7 @@ TAG_PAIR = ["image_v1", "tag", 0.5]
 
 # What a "stock" configuration switches back to Paddle's own path, one name each:
 # "malloc": glibc's default allocator settings (ernievil2/runtime.py keeps freed memory);
-# "linear", "heads": Paddle's Linear backward and transposed attention heads (ernievil2/models/kernels.py).
+# "linear", "heads": Paddle's Linear backward and transposed attention heads (ernievil2/models/cpu_ops.py).
 STOCK_PARTS = ("malloc", "linear", "heads")
 
 
@@ -348,10 +348,10 @@ def run_case(name, args):
 
     from ernievil2.checkpoint.paddlenlp import official_to_paddlenlp
     from ernievil2.config import load_config
-    from ernievil2.models import build_model, kernels
+    from ernievil2.models import build_model, cpu_ops
 
     case = CASES[name]
-    kernels.use(**{part: part not in case.stock for part in kernels.ENABLED})
+    cpu_ops.use(**{part: part not in case.stock for part in cpu_ops.ENABLED})
     config = load_config(str(REPO / ARCH_CONFIGS[args.arch]))
     arch = config["Arch"]
     inputs = make_inputs(args.batch, arch["image_tower"]["img_size"], args.text_len, args.tag_len, arch["text_tower"]["vocab_size"], SEED)

@@ -234,6 +234,7 @@ def run_rows(args):
                     runs += wise_runs(scorer, source_state, args.wise_of, seed, args.steps, lr, args.alphas)
                     continue
                 label, row_overrides = with_distill_weight(row, overrides, args.distill_weight)
+                label += args.label
                 row_overrides = {**row_overrides, **dict(args.set)}
                 out = run_dir(label, seed, args.steps, lr)
                 os.makedirs(os.path.join(REPO, out), exist_ok=True)
@@ -241,7 +242,7 @@ def run_rows(args):
                 with open(os.path.join(REPO, out, "train_summary.json"), encoding="utf-8") as f:
                     seconds = json.load(f)["step_seconds"] / args.steps
                 scores = scorer.score(read_state(out), with_val=bool(args.lrs))
-                runs.append({"row": label + args.label, "seed": seed, "steps": args.steps, "lr": lr, "seconds_per_step": seconds, **scores})
+                runs.append({"row": label, "seed": seed, "steps": args.steps, "lr": lr, "seconds_per_step": seconds, **scores})
                 print(runs[-1], flush=True)
     return runs
 

@@ -28,9 +28,9 @@ from .data.image_ops import EvalTransform
 from .data.readers import IMAGE_EXTENSIONS, decode_image_bytes
 from .data.sources import DESCRIPTIONS, data_spec, seen_format
 from .data.tokenizer import build_tokenizer, trim_padding
-from .inference.build import build_galleries, save_galleries
 from .inference.deploy import DEPLOY_FILE
 from .inference.errors import DeviceUnavailableError
+from .inference.galleries import build_galleries, save_galleries
 from .inference.index import load_gallery
 from .inference.inputs import iter_image_files, iter_pair_images
 from .inference.predictor import ExportedModel, PredictorOptions, length_sorted_batches

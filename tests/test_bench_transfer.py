@@ -91,3 +91,15 @@ def test_wise_row_mixes_the_source_with_the_full_rows_model_of_each_seed(wired):
     assert runs[("wise a=0", 1)]["target"] == 0.0  # the source
     assert runs[("wise a=0.5", 0)]["target"] == 5.0 and runs[("wise a=0.5", 1)]["target"] == 5.5
     assert runs[("wise a=1", 1)]["target"] == runs[("full", 1)]["target"] == 11.0
+
+
+def test_a_labelled_variant_of_a_row_trains_into_its_own_folder(wired):
+    calls, tmp_path = wired
+    out = tmp_path / "variants.json"
+    bench.main(["run", "--rows", "distill_sim", "--seeds", "0", "--steps", "5", "--out", str(out)])
+    bench.main(["run", "--rows", "distill_sim", "--distill-weight", "0.3", "--set", "Train.batch_size=64", "--label", " b64",
+                "--seeds", "0", "--steps", "5", "--out", str(out)])
+    assert calls[0]["Global.output_dir"] != calls[1]["Global.output_dir"]
+    assert calls[1]["Train.batch_size"] == 64
+    assert [t["weight"] for t in calls[1]["Loss"]["terms"] if t["name"] == "distill"] == [0.3]
+    assert [r["row"] for r in json.loads(out.read_text(encoding="utf-8"))] == ["distill_sim", "distill_sim w=0.3 b64"]

@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from ernievil2.cli import run_command
 from ernievil2.commands.export_model import PARITY_TOLERANCE
 from ernievil2.config import load_config
-from ernievil2.inference.build import build_galleries
 from ernievil2.inference.deploy import DEPLOY_FILE, check_runtime, model_id, read_deploy
 from ernievil2.inference.errors import DeviceUnavailableError, ExportError, OptionsError
 from ernievil2.inference.export import export_model, load_model
+from ernievil2.inference.galleries import build_galleries
 from ernievil2.inference.inputs import iter_tsv_images
 from ernievil2.inference.onnx_export import quantize_file, read_calibration
 from ernievil2.inference.predictor import ExportedModel, PredictorOptions

@@ -18,7 +18,9 @@ from ernievil2.commands.infer import print_hits
 from ernievil2.config import load_config
 from ernievil2.data.errors import DataError, SkipCounter
 from ernievil2.inference.batching import DynamicBatcher, QueueFullError
-from ernievil2.inference.build import (
+from ernievil2.inference.errors import GalleryError
+from ernievil2.inference.export import export_model, load_model
+from ernievil2.inference.galleries import (
     build_galleries,
     caption_ids,
     caption_image_id,
@@ -26,8 +28,6 @@ from ernievil2.inference.build import (
     load_galleries,
     save_galleries,
 )
-from ernievil2.inference.errors import GalleryError
-from ernievil2.inference.export import export_model, load_model
 from ernievil2.inference.index import ITEMS_FILE, THUMBNAIL_SIZE, Gallery, load_gallery, make_thumbnail, save_embeddings
 from ernievil2.inference.inputs import iter_tsv_images
 from ernievil2.inference.predictor import ExportedModel, PredictorOptions

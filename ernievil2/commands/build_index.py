@@ -15,9 +15,9 @@ import sys
 
 from ernievil2.data.errors import ON_ERROR_CHOICES, SkipCounter, skip_report_path
 from ernievil2.data.sources import add_data_arguments, spec_from_args
-from ernievil2.inference.build import build_galleries, save_galleries
 from ernievil2.inference.cli import add_predictor_arguments, predictor_options
 from ernievil2.inference.errors import USER_ERRORS
+from ernievil2.inference.galleries import build_galleries, save_galleries
 from ernievil2.inference.index import THUMBNAIL_SIZE
 from ernievil2.inference.inputs import iter_image_files, iter_pair_images, iter_tsv_images
 from ernievil2.inference.predictor import ExportedModel

@@ -14,9 +14,9 @@ import sys
 
 import uvicorn
 
-from ernievil2.inference.build import load_galleries
 from ernievil2.inference.cli import add_predictor_arguments, predictor_options
 from ernievil2.inference.errors import USER_ERRORS
+from ernievil2.inference.galleries import load_galleries
 from ernievil2.inference.predictor import ExportedModel
 from ernievil2.inference.service import ServiceSettings, create_app
 

@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 from ..data.errors import DataError
 from ..data.readers import decode_image_bytes
 from .batching import DynamicBatcher, QueueFullError
-from .build import caption_image_id
+from .galleries import caption_image_id
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 

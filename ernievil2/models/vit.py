@@ -11,7 +11,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .kernels import Linear, merge_heads, split_heads
+from .cpu_ops import Linear, merge_heads, split_heads
 from .layers import DropPath, check_init, init_weights, run_block, scaled_dot_attention
 from .tower import groups_by_prefix, norms_and_biases
 

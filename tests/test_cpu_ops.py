@@ -1,19 +1,19 @@
-"""The CPU kernels of ernievil2/models/kernels.py compute what Paddle's own path computes, forward and backward."""
+"""The CPU replacements of ernievil2/models/cpu_ops.py compute what Paddle's own path computes, forward and backward."""
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
-from ernievil2.models import kernels
+from ernievil2.models import cpu_ops
 from ernievil2.models.ernie_text import ErnieBlock
 from ernievil2.models.vit import Block
 
 
 @pytest.fixture
 def switches():
-    before = dict(kernels.ENABLED)
-    yield kernels.use
-    kernels.use(**before)
+    before = dict(cpu_ops.ENABLED)
+    yield cpu_ops.use
+    cpu_ops.use(**before)
 
 
 def tensor(array, grad=True):
@@ -36,7 +36,7 @@ def test_linear_matches_numpy_forward_and_backward(switches, bias, x_grad, w_gra
     x, w, b, up = rng.normal(size=(2, 5, 4)), rng.normal(size=(4, 3)), rng.normal(size=3), rng.normal(size=(2, 5, 3))
     inputs = [tensor(x, x_grad), tensor(w, w_grad)] + ([tensor(b)] if bias else [])
     switches(linear=True)
-    out, grads = forward_backward(kernels.linear, inputs, up.astype(np.float32))
+    out, grads = forward_backward(cpu_ops.linear, inputs, up.astype(np.float32))
     np.testing.assert_allclose(out, x @ w + (b if bias else 0), rtol=1e-5, atol=1e-5)
     rows_x, rows_up = x.reshape(-1, 4), up.reshape(-1, 3)
     expected = [up @ w.T if x_grad else None, rows_x.T @ rows_up if w_grad else None] + ([rows_up.sum(0)] if bias else [])
@@ -48,7 +48,7 @@ def test_linear_matches_numpy_forward_and_backward(switches, bias, x_grad, w_gra
 
 
 def test_linear_layer_keeps_paddles_parameters_and_skips_the_pylayer_without_gradients(switches):
-    layer = kernels.Linear(4, 3)
+    layer = cpu_ops.Linear(4, 3)
     assert isinstance(layer, paddle.nn.Linear)
     assert [(n, p.shape) for n, p in layer.named_parameters()] == [("weight", [4, 3]), ("bias", [3])]
     with paddle.no_grad():
@@ -65,12 +65,12 @@ def test_split_and_merge_heads_are_the_transposes(switches, parts, fast):
     x = rng.normal(size=(batch, seq, parts * heads * width)).astype(np.float32)
     switches(heads=fast)
     xt = tensor(x)
-    pieces = kernels.split_heads(xt, heads, parts)
+    pieces = cpu_ops.split_heads(xt, heads, parts)
     reference = x.reshape(batch, seq, parts, heads, width).transpose(2, 0, 3, 1, 4)
     assert len(pieces) == parts
     for got, want in zip(pieces, reference):
         np.testing.assert_array_equal(got.numpy(), want)
-    merged = [kernels.merge_heads(p) for p in pieces]
+    merged = [cpu_ops.merge_heads(p) for p in pieces]
     for got in merged:
         assert got.shape == [batch, seq, heads * width]
     np.testing.assert_array_equal(np.concatenate([m.numpy() for m in merged], -1), x)
@@ -126,7 +126,7 @@ def test_unknown_kernel_names_are_errors(switches):
 
 def test_linear_under_to_static_uses_paddles_op(switches):
     # Export traces the towers: the PyLayer must stay out of the static graph.
-    layer = kernels.Linear(4, 3)
+    layer = cpu_ops.Linear(4, 3)
     static = paddle.jit.to_static(layer, input_spec=[paddle.static.InputSpec([None, 4], "float32")], full_graph=True)
     x = paddle.ones([2, 4])
     np.testing.assert_allclose(static(x).numpy(), F.linear(x, layer.weight, layer.bias).numpy(), rtol=1e-6)
