@@ -1,5 +1,6 @@
 """Data.replay: general-domain pairs mixed into every fine-tuning epoch (the interleaving, the replay
 passes, the stream's sharding, determinism and exact resume, the config keys, a training run)."""
+import copy
 import itertools
 
 import numpy as np
@@ -11,6 +12,7 @@ from ernievil2.data.errors import DataError, SkipCounter
 from ernievil2.data.pipeline import TrainStream, expand_sources, interleave, rank_sources, replay_records, stable_image_id
 from ernievil2.data.tokenizer import ErnieTokenizer
 from ernievil2.engine.build import build_trainer
+from ernievil2.engine.resume import check_resumable
 from ernievil2.registry import ConfigError
 from ernievil2.resource_files import resolve_resource
 from tests.conftest import REPO
@@ -251,3 +253,16 @@ def test_two_training_steps_with_replay(tmp_path):
     trainer.train()
     assert len(seen) == 8 and any(i.startswith("g") for i in seen) and any(i.startswith("t") for i in seen)
     assert f"replay: {replay} at share 0.5" in (tmp_path / "out" / "train.log").read_text(encoding="utf-8")
+
+
+def test_a_checkpoint_from_before_the_replay_keys_resumes_unless_replay_is_set(tmp_path):
+    config = load_config(str(write_train_config(tmp_path, "a.tsv")))
+    older = copy.deepcopy(config)
+    del older["Data"]["replay"], older["Data"]["replay_share"]
+    state = {"step": 1, "world_size": 1, "config": older}
+    logged = []
+    check_resumable(config, "ckpt", state, 1, logged.append)  # the new keys at their defaults: the same run
+    assert logged == []
+    config["Data"]["replay"] = {"format": "official_tsv", "path": "general.tsv"}
+    with pytest.raises(ConfigError, match=r"Data.replay.path \(None -> 'general.tsv'\)"):
+        check_resumable(config, "ckpt", state, 1, logged.append)
