@@ -88,6 +88,10 @@ ROWS = {
     "distill_feat": (loss(PLAIN, {"name": "distill", "mode": "feature", "weight": 1.0}), "+ feature distillation from the source"),
     "intra": ({**loss(info_nce(INTRA)), **TWO_VIEWS}, "+ intra-modal pairs (image-image, text-text 0.5)"),
     "replay": ({"Data.train": {"format": "official_tsv", "path": MIXED_TRAIN}}, "the target corpus mixed with 1,000 general-domain pairs"),
+    "replay_share": (
+        {"Data.replay": {"format": "official_tsv", "path": f"{REFERENCE_DATA}/train.tsv"}, "Data.replay_share": 0.5},
+        "half of each batch from the 1,000 general-domain pairs (Data.replay)",
+    ),
 }
 
 
@@ -132,6 +136,8 @@ def run_overrides(row_overrides, seed, steps, lr, out):
         "Train.save_every": 0,
         "Train.resume": "never",
         "Data.val": None,
+        # The config's own replay is a row of its own: the others fine-tune on the target alone.
+        "Data.replay": None,
     }
     if lr is not None:
         base["Optimizer.lr"] = lr

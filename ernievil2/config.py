@@ -73,6 +73,8 @@ DEFAULTS = {
     "Data": {
         "train": ANY,  # {format: official_tsv|chinese_clip|jsonl_folder, path/root/...}
         "val": ANY,  # same form; evaluated every Train.eval_every steps
+        "replay": ANY,  # same form: general-domain pairs mixed into every epoch of train (against forgetting)
+        "replay_share": 0.5,  # the expected share of each batch's records drawn from replay
         "on_error": "raise",  # raise | skip (bad records counted and logged)
         "num_workers": 2,
         "shuffle_buffer": 2048,
@@ -167,6 +169,7 @@ RANGES = {
     "Data.on_error": _one_of("raise", "skip"),
     "Data.num_workers": NON_NEGATIVE,
     "Data.shuffle_buffer": NON_NEGATIVE,
+    "Data.replay_share": _between(0, 1, low_open=True, high_open=True),
     "Train.max_steps": POSITIVE,
     "Train.batch_size": POSITIVE,
     "Train.accum_steps": POSITIVE,
@@ -426,7 +429,7 @@ def check_named_files(config):
     from .files import check_path
     from .losses.distill import distill_entries
 
-    checks = [(f"Data.{key}", check_spec_paths, (config["Data"][key],)) for key in ("train", "val") if config["Data"].get(key) is not None]
+    checks = [(f"Data.{key}", check_spec_paths, (config["Data"][key],)) for key in PAIR_SPECS if config["Data"].get(key) is not None]
     checks += [(f"Eval.zeroshot.{key}", check_path, (path,)) for key, path in (config["Eval"].get("zeroshot") or {}).items() if path is not None]
     pretrained = config["Global"]["pretrained"]
     if pretrained:
@@ -440,16 +443,22 @@ def check_named_files(config):
             raise ConfigError(key, str(err), config.get("_source_")) from None
 
 
+# The Data keys that name a corpus of pairs.
+PAIR_SPECS = ("train", "val", "replay")
+
+
 def check_data_specs(config):
     from .data.readers import check_pair_spec
 
-    for key in ("train", "val"):
+    for key in PAIR_SPECS:
         spec = config["Data"].get(key)
         if spec is not None:
             try:
                 check_pair_spec(spec)
             except ValueError as err:
                 raise ConfigError(f"Data.{key}", str(err)) from None
+    if config["Data"].get("replay") is not None and config["Data"].get("replay_share") is None:
+        raise ConfigError("Data.replay_share", "must be a number in (0, 1) when Data.replay is set, got null")
 
 
 def check_zeroshot(config):

@@ -1,6 +1,6 @@
 """Read a corpus through as training will, decode every image, and report what is wrong with it.
 
-    python tools/check_data.py -c configs/my_train.yaml                   # Data.train (and Data.val)
+    python tools/check_data.py -c configs/my_train.yaml                   # Data.train (and Data.val, Data.replay)
     python tools/check_data.py --data pairs.tsv                           # official TSV
     python tools/check_data.py --data pairs.jsonl                         # JSONL + image files
     python tools/check_data.py --data datasets/MUGE --split train         # Chinese-CLIP folder
@@ -17,7 +17,7 @@ from ernievil2.data.sources import add_data_arguments, spec_from_args
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", help="training config: its Data.train/val, Tokenizer and Data.num_workers "
+    parser.add_argument("-c", "--config", help="training config: its Data.train/val/replay, Tokenizer and Data.num_workers "
                         "(default: the official tokenizer, and --data)")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value")
     add_data_arguments(parser, required=False, split="train")
@@ -27,7 +27,7 @@ def main(argv=None):
     if not (args.config or args.data):
         parser.error("give --data, or -c CONFIG whose Data.train to check")
 
-    from ernievil2.config import default_config, load_config
+    from ernievil2.config import PAIR_SPECS, default_config, load_config
     from ernievil2.data.check import check_corpus
     from ernievil2.data.tokenizer import build_tokenizer
 
@@ -35,7 +35,7 @@ def main(argv=None):
     if args.data:
         specs = [spec_from_args(args)]
     else:
-        specs = [spec for spec in (config["Data"]["train"], config["Data"]["val"]) if spec is not None]
+        specs = [config["Data"][key] for key in PAIR_SPECS if config["Data"][key] is not None]
     workers = config["Data"]["num_workers"] if args.num_workers is None else args.num_workers
     tokenizer = build_tokenizer(config)
     started = time.time()

@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import glob
 import hashlib
+import itertools
 
 import numpy as np
 
@@ -170,9 +171,13 @@ def shuffled(records, buffer_size, rng):
         yield buffer[index]
 
 
-def epoch_records(sources, counter, seed, epoch, rank, buffer_size):
-    """This rank's records for one epoch, in their shuffled order."""
-    rng = np.random.default_rng([seed, epoch, rank, 0])
+# The last number of the generator seeds [seed, epoch, rank, code, ...] that draw an epoch's order
+# (augmentation's is 1, in TrainStream._jobs): one stream of numbers per purpose.
+EPOCH_ORDER, REPLAY_DRAWS, REPLAY_PASS = 0, 2, 3
+
+
+def shuffled_pass(sources, counter, rng, buffer_size):
+    """One pass over (spec, shard) ``sources``: the files in an order drawn from ``rng``, then its shuffle buffer."""
     order = rng.permutation(len(sources)) if len(sources) > 1 else [0]
 
     def read():
@@ -181,6 +186,48 @@ def epoch_records(sources, counter, seed, epoch, rank, buffer_size):
             yield from open_pairs(spec, counter, shard)
 
     return shuffled(read(), buffer_size, rng)
+
+
+def epoch_records(sources, counter, seed, epoch, rank, buffer_size):
+    """This rank's records for one epoch, in their shuffled order."""
+    return shuffled_pass(sources, counter, np.random.default_rng([seed, epoch, rank, EPOCH_ORDER]), buffer_size)
+
+
+def replay_records(sources, counter, seed, epoch, rank, buffer_size, where):
+    """This rank's replay records for one epoch: pass after pass over ``sources``, each in its own order.
+
+    Pass ``p`` is shuffled by a generator seeded from (seed, epoch, rank, p), so the
+    whole endless stream is a pure function of them. A pass without a single good
+    record (an empty shard, every record bad) raises a DataError naming ``where``:
+    the next pass would find none either.
+    """
+    for n in itertools.count():
+        empty = True
+        for record in shuffled_pass(sources, counter, np.random.default_rng([seed, epoch, rank, REPLAY_PASS, n]), buffer_size):
+            empty = False
+            yield record
+        if empty:
+            raise DataError(where, None, f"rank {rank}: the replay data gave no good record ({counter.summary()})")
+
+
+def interleave(train, replay, share, rng):
+    """``train``'s records with ``replay``'s mixed in, each in its own order.
+
+    Before each output record one draw from ``rng`` picks ``replay``'s next record
+    with probability ``share``, else ``train``'s next; the output ends at the first
+    draw for ``train`` once it is used up. So every train record comes once, and a
+    share ``share`` of the output is replay on average (``share / (1 - share)``
+    replay records per train record).
+    """
+    train = iter(train)
+    while True:
+        if rng.random() < share:
+            yield next(replay)
+        else:
+            record = next(train, None)
+            if record is None:
+                return
+            yield record
 
 
 # --- per-batch work, run in worker processes ----------------------------------
@@ -233,6 +280,14 @@ class TrainStream:
     appears twice within ``gap`` consecutive records of this rank; 0 keeps
     the shuffled order. A record replacing one that failed to decode can
     still repeat an image of its batch.
+
+    ``replay``: a second pair spec (general-domain pairs, against forgetting
+    when fine-tuning), sharded like ``spec``, whose records are mixed into
+    each epoch with :func:`interleave` so that on average a share
+    ``replay_share`` of the records is theirs. An epoch is still one pass over
+    ``spec``; the replay records cycle through their corpus in passes of their
+    own order (:func:`replay_records`). The merged order is a pure function of
+    (seed, epoch, rank), so the position still resumes it exactly.
     """
 
     def __init__(
@@ -254,6 +309,8 @@ class TrainStream:
         on_error="raise",
         position=None,
         one_caption_per_image=0,
+        replay=None,
+        replay_share=0.5,
     ):
         if image_views not in (1, 2):
             raise ValueError(f"image_views must be 1 or 2, got {image_views}")
@@ -274,6 +331,11 @@ class TrainStream:
         if isinstance(one_caption_per_image, bool) or not isinstance(one_caption_per_image, int) or one_caption_per_image < 0:
             raise ValueError(f"one_caption_per_image must be a gap of records >= 0, got {one_caption_per_image!r}")
         self.image_gap = one_caption_per_image
+        if not 0 < replay_share < 1:
+            raise ValueError(f"replay_share must be in (0, 1), got {replay_share!r}")
+        self.replay = replay
+        self.replay_sources = None if replay is None else rank_sources(expand_sources(replay), rank, world)
+        self.replay_share = replay_share
         self.pool = OrderedPool(num_workers, _init_worker, (transform,), prefetch)
         self.counter = SkipCounter(on_error)
         self.position = position or StreamPosition()
@@ -281,6 +343,11 @@ class TrainStream:
     def _record_jobs(self, epoch, start):
         """Groups of ``batch_size`` (index, record) from the epoch order, from record ``start`` on; the last may be short."""
         records = epoch_records(self.sources, self.counter, self.seed, epoch, self.rank, self.shuffle_buffer)
+        if self.replay is not None:
+            replay = replay_records(
+                self.replay_sources, self.counter, self.seed, epoch, self.rank, self.shuffle_buffer, describe_spec(self.replay)
+            )
+            records = interleave(records, replay, self.replay_share, np.random.default_rng([self.seed, epoch, self.rank, REPLAY_DRAWS]))
         if self.image_gap:
             # Waiting records hold their image bytes: bounded like the shuffle buffer, with
             # room for a few captions of each image of a step even when nothing is shuffled.

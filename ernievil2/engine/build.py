@@ -12,7 +12,7 @@ from ..checkpoint.training import check_free_space, clean_temporary, estimate_ch
 from ..config import check_named_files
 from ..data.augment import TrainTransform
 from ..data.image_ops import EvalTransform
-from ..data.pipeline import TrainStream
+from ..data.pipeline import TrainStream, describe_spec
 from ..data.tokenizer import build_tokenizer
 from ..losses.distill import check_teacher_source
 from ..losses.loss import build_loss, check_temperature
@@ -175,7 +175,11 @@ def build_trainer(config):
         on_error=data["on_error"],
         # The gap is the step's batch: the micro-batches of one step are scored together.
         one_caption_per_image=global_batch // world if data["one_caption_per_image"] else 0,
+        replay=data["replay"],
+        replay_share=data["replay_share"],
     )
+    if data["replay"] is not None:
+        log(f"replay: {describe_spec(data['replay'])} at share {data['replay_share']}")
     writer = None
     if rank == 0:
         from visualdl import LogWriter

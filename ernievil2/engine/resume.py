@@ -13,7 +13,7 @@ import os
 
 from ..checkpoint.state import CheckpointReadError
 from ..checkpoint.training import load_checkpoint, resume_candidates
-from ..config import dump_config, plain_config
+from ..config import default_config, dump_config, plain_config
 from ..registry import ConfigError
 
 # Keys (or whole sections) that do not change what the steps compute, or only as asked:
@@ -39,8 +39,14 @@ def flatten(config, prefix=""):
 
 
 def changed_keys(before, after):
-    """{dotted key: (before, after)} of the keys whose values differ (a missing key is None)."""
+    """{dotted key: (before, after)} of the keys whose values differ (a missing key is None).
+
+    A key of a fixed section that ``before`` lacks was added to the configs after its checkpoint
+    was written: it counts at its default, which keeps the behaviour of the version that wrote it.
+    """
     old, new = flatten(plain_config(before)), flatten(plain_config(after))
+    added = {key: value for key, value in flatten(default_config()).items() if key not in old}
+    old = {**added, **old}
     return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
 
 
