@@ -31,7 +31,7 @@ def test_the_config_loads_as_shipped_with_the_released_name(tmp_path, monkeypatc
     assert config["Arch"]["image_tower"] == base["Arch"]["image_tower"]
     # The training-start check accepts the name once the placeholder data is given, and fetches nothing.
     train = write_pairs_tsv(tmp_path / "train.tsv", 4)
-    check_named_files(load_config(FINETUNE, [f"Data.train.path={train}", "Data.val=null"]))
+    check_named_files(load_config(FINETUNE, [f"Data.train.path={train}", f"Data.replay.path={train}", "Data.val=null"]))
     assert not (tmp_path / "home").exists()
 
 
@@ -44,6 +44,7 @@ def test_two_steps_on_the_tiny_official_fixture(tmp_path, shared_dir):
         f"Global.pretrained={weights}",
         f"Global.output_dir={out}",
         f"Data.train.path={train}",
+        f"Data.replay.path={write_pairs_tsv(tmp_path / 'general.tsv', 8)}",  # the recipe's replay, a corpus of its own
         "Data.val=null",
         "Data.num_workers=0",
         "Train.max_steps=2",
@@ -57,7 +58,7 @@ def test_two_steps_on_the_tiny_official_fixture(tmp_path, shared_dir):
     build_trainer(config).train()  # what tools/train.py runs
 
     log = (out / "train.log").read_text(encoding="utf-8")
-    assert f"loaded weights from {weights}" in log
+    assert f"loaded weights from {weights}" in log and "replay: " in log
     losses = [float(v) for v in re.findall(r"step \d+/2 loss=(\S+)", log)]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), log
     start, end = read_model_state(str(weights)), read_model_state(str(out))
