@@ -21,6 +21,7 @@ from ..evaluation.classify import evaluate_zeroshot
 from ..evaluation.embed import embed_split
 from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
 from ..evaluation.zeroshot import format_report
+from ..losses.momentum import current_layout
 from .optim import lr_at
 from .rendezvous import RankZeroGate
 from .steps import accumulated_step, average_gradients, batch_to_tensors, train_step, use_tags_as_text
@@ -163,6 +164,7 @@ class Trainer:
     def restore(self, path, loaded=None):
         """Continue from the checkpoint at ``path`` (``loaded``: its contents, if already read)."""
         model_state, opt_state, extra, state = loaded or load_checkpoint(path)
+        extra = current_layout(extra)
         load_state_strict(self.model, model_state, source=path)
         self.optimizer.set_state_dict(opt_state)
         self.loss_fn.set_state_dict(extra.get("loss", {}))

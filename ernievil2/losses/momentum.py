@@ -485,6 +485,21 @@ class MomentumQueue(nn.Layer):
         self.queue.enqueue(keys, image_ids, world_size=self.world_size, caption_ids=caption_ids)
 
 
+def current_layout(extra):
+    """A checkpoint's extra state as today's trainer writes it: the queue's encoder and queues under ``momentum``.
+
+    Checkpoints written before the queue was one object kept the encoder under ``momentum_model`` and the
+    queues in the loss's state (``queue.*``); they are moved to where :class:`MomentumQueue` keeps them.
+    """
+    if "momentum_model" not in extra:
+        return extra
+    loss = extra.get("loss", {})
+    queues = {key: value for key, value in loss.items() if key.startswith("queue.")}
+    encoder = {f"encoder.{key}": value for key, value in extra["momentum_model"].items()}
+    rest = {key: value for key, value in extra.items() if key not in ("loss", "momentum_model")}
+    return {**rest, "loss": {key: value for key, value in loss.items() if key not in queues}, "momentum": {**encoder, **queues}}
+
+
 # ---------------------------------------------------------------- the loss term
 
 
