@@ -338,6 +338,15 @@ def test_a_momentum_checkpoint_of_the_layout_before_the_queue_was_one_object_res
         np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
+def test_a_checkpoint_without_a_queue_is_refused_with_one_error_line_when_the_run_lists_one(tmp_path, train_data):
+    run_train(write_train_config(tmp_path, train_data[0]), "Train.max_steps=2", "Train.save_every=0")
+    loss = {"terms": [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]}, {"name": "momentum_queue", "size": 8, "mode": "both"}]}
+    refused = run_train(write_train_config(tmp_path, train_data[0], Loss=loss), "Train.max_steps=3", "Train.force_resume=true", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    [line] = [text for text in refused.stderr.splitlines() if text.startswith("error: ")]
+    assert "step_000002 has no momentum queue, but Loss.terms lists a momentum_queue" in line
+
+
 def test_accumulation_with_queue_and_tags_over_micro_batches_of_different_lengths(tmp_path):
     """Each micro-batch is trimmed to its own longest text, so their lengths differ."""
     train = write_pairs_tsv(tmp_path / "train.tsv", 16, seed=5)

@@ -14,7 +14,7 @@ import paddle
 import paddle.distributed as dist
 
 from ..checkpoint.interpolate import interpolate_into
-from ..checkpoint.state import load_state_strict
+from ..checkpoint.state import CheckpointMismatchError, load_state_strict
 from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from ..config import plain_config
 from ..evaluation.classify import evaluate_zeroshot
@@ -170,7 +170,7 @@ class Trainer:
         self.loss_fn.set_state_dict(extra.get("loss", {}))
         if self.momentum is not None:
             if "momentum" not in extra:
-                raise ValueError(f"{path} has no momentum queue, but Loss.terms lists a momentum_queue")
+                raise CheckpointMismatchError(f"{path} has no momentum queue, but Loss.terms lists a momentum_queue")
             load_state_strict(self.momentum, extra["momentum"], source=f"{path} (momentum queue)")
         mine = state["ranks"][self.rank]
         self.stream.load_state_dict(mine)
