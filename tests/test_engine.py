@@ -293,6 +293,60 @@ def test_momentum_queue_trains_checkpoints_and_resumes_exactly(tmp_path, train_d
             np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=key)
 
 
+def checkpoint_arrays(step_dir):
+    """``{file/key: array}`` of a checkpoint's model and extra state, nested dicts flattened."""
+    out = {}
+    for name in ("model.pdparams", "extra.pdparams"):
+        pending = [(name, paddle.load(str(step_dir / name)))]
+        while pending:
+            prefix, value = pending.pop()
+            if isinstance(value, dict):
+                pending += [(f"{prefix}/{k}", v) for k, v in value.items()]
+            else:
+                out[prefix] = np.asarray(value)
+    return out
+
+
+def test_a_momentum_checkpoint_of_the_layout_before_the_queue_was_one_object_resumes_exactly(tmp_path, train_data):
+    """Before, the encoder was saved as ``momentum_model`` and the queues (ids and caption ids too) inside the
+    loss's state."""
+    queue = {"name": "momentum_queue", "size": 8, "mode": "both", "momentum": 0.9, "warmup_steps": 1}
+    pairs = {"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]}
+    loss = {"positives": {"mode": "masked", "same_caption": True}, "terms": [pairs, queue]}
+    runs = {}
+    for run in ("straight", "resumed"):
+        (tmp_path / run).mkdir()
+        runs[run] = write_train_config(tmp_path / run, train_data[0], Loss=loss)
+    steps = ["Train.max_steps=6", "Train.save_every=3"]
+    for config in runs.values():
+        run_train(config, *steps)
+    ckpt = tmp_path / "resumed" / "out" / "checkpoints"
+    shutil.rmtree(ckpt / "step_000006")
+    (ckpt / "latest").write_text("step_000003\n")
+    extra = paddle.load(str(ckpt / "step_000003" / "extra.pdparams"))
+    momentum = extra.pop("momentum")
+    extra["momentum_model"] = {k.removeprefix("encoder."): v for k, v in momentum.items() if k.startswith("encoder.")}
+    extra["loss"].update({k: v for k, v in momentum.items() if k.startswith("queue.")})
+    assert len(extra["momentum_model"]) + len(extra["loss"]) == len(momentum)  # the loss has no state of its own
+    paddle.save(extra, str(ckpt / "step_000003" / "extra.pdparams"))
+
+    assert "at step 3" in run_train(runs["resumed"], *steps).stdout
+    expected = checkpoint_arrays(tmp_path / "straight" / "out" / "checkpoints" / "step_000006")
+    got = checkpoint_arrays(ckpt / "step_000006")
+    assert sorted(got) == sorted(expected) and "extra.pdparams/momentum/queue.caption_ids" in got
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def test_a_checkpoint_without_a_queue_is_refused_with_one_error_line_when_the_run_lists_one(tmp_path, train_data):
+    run_train(write_train_config(tmp_path, train_data[0]), "Train.max_steps=2", "Train.save_every=0")
+    loss = {"terms": [{"name": "info_nce", "pairs": [["image_v1", "text_v1", 1.0]]}, {"name": "momentum_queue", "size": 8, "mode": "both"}]}
+    refused = run_train(write_train_config(tmp_path, train_data[0], Loss=loss), "Train.max_steps=3", "Train.force_resume=true", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    [line] = [text for text in refused.stderr.splitlines() if text.startswith("error: ")]
+    assert "step_000002 has no momentum queue, but Loss.terms lists a momentum_queue" in line
+
+
 def test_accumulation_with_queue_and_tags_over_micro_batches_of_different_lengths(tmp_path):
     """Each micro-batch is trimmed to its own longest text, so their lengths differ."""
     train = write_pairs_tsv(tmp_path / "train.tsv", 16, seed=5)

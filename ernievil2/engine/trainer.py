@@ -14,13 +14,14 @@ import paddle
 import paddle.distributed as dist
 
 from ..checkpoint.interpolate import interpolate_into
-from ..checkpoint.state import load_state_strict
+from ..checkpoint.state import CheckpointMismatchError, load_state_strict
 from ..checkpoint.training import clean_temporary, load_checkpoint, save_checkpoint
 from ..config import plain_config
 from ..evaluation.classify import evaluate_zeroshot
 from ..evaluation.embed import embed_split
 from ..evaluation.retrieval import evaluate_multi_gt, evaluate_official, official_table
 from ..evaluation.zeroshot import format_report
+from ..losses.momentum import current_layout
 from .optim import lr_at
 from .rendezvous import RankZeroGate
 from .steps import accumulated_step, average_gradients, batch_to_tensors, train_step, use_tags_as_text
@@ -163,12 +164,13 @@ class Trainer:
     def restore(self, path, loaded=None):
         """Continue from the checkpoint at ``path`` (``loaded``: its contents, if already read)."""
         model_state, opt_state, extra, state = loaded or load_checkpoint(path)
+        extra = current_layout(extra)
         load_state_strict(self.model, model_state, source=path)
         self.optimizer.set_state_dict(opt_state)
         self.loss_fn.set_state_dict(extra.get("loss", {}))
         if self.momentum is not None:
             if "momentum" not in extra:
-                raise ValueError(f"{path} has no momentum queue, but Loss.terms lists a momentum_queue")
+                raise CheckpointMismatchError(f"{path} has no momentum queue, but Loss.terms lists a momentum_queue")
             load_state_strict(self.momentum, extra["momentum"], source=f"{path} (momentum queue)")
         mine = state["ranks"][self.rank]
         self.stream.load_state_dict(mine)

@@ -19,6 +19,7 @@ from .momentum import (
     MomentumEncoder,
     MomentumQueue,
     MomentumQueueConfig,
+    MomentumQueueTerm,
     ema_update_,
     extra_negative_info_nce,
     parse_momentum_queue,
@@ -27,7 +28,7 @@ from .momentum import (
     same_image_mask,
 )
 from .sigmoid import SigmoidPairs, chunked_sigmoid_loss, ring_shift, ring_sigmoid_loss, sigmoid_block_loss, sigmoid_logits
-from .terms import InfoNCEPairs, LossInputs, MomentumQueueTerm, Term, ViewPair, pairwise_term, parse_view_pairs
+from .terms import InfoNCEPairs, LossInputs, Term, ViewPair, pairwise_term, parse_view_pairs
 
 __all__ = [
     "KEY_VIEWS",

@@ -28,10 +28,10 @@ from ..validate import boolean, check_known_keys, positive_number
 from .contrastive import contrastive_labels
 from .distill import DistillTerm
 from .distributed import all_gather_rows, check_equal_local_batch, gather_with_grad
-from .momentum import MomentumQueueConfig, same_image_mask
-from .positives import IDENTITY_INPUTS, Positives, any_identity, parse_positives, positive_mask
+from .momentum import MomentumQueueTerm, check_queue_terms
+from .positives import IDENTITY_INPUTS, Positives, parse_positives, positive_mask
 from .sigmoid import SigmoidPairs
-from .terms import InfoNCEPairs, LossInputs, MomentumQueueTerm, QueueState, check_weight
+from .terms import InfoNCEPairs, LossInputs, check_weight
 
 # The terms ``Loss.terms`` names. A project adds its own with ``LOSS_TERMS.register(name, builder)``.
 LOSS_TERMS = Registry(
@@ -134,7 +134,7 @@ def check_loss_section(section):
         key = f"Loss.terms[{index}]"
         _, options = _weight_and_options(entry, key)
         declared.append(LOSS_TERMS.check(options, key, context))
-    _check_momentum(entries, [d if isinstance(d, MomentumQueueConfig) else None for d in declared])
+    check_queue_terms(entries, declared)
     _check_teachers([entry.get("name") == "distill" for entry in entries])
 
 
@@ -143,21 +143,6 @@ def _check_teachers(distills):
     listed = [index for index, distill in enumerate(distills) if distill]
     if len(listed) > 1:
         raise ConfigError(f"Loss.terms[{listed[1]}]", "a second distill term: list one (one teacher, one mode)")
-
-
-def _check_momentum(entries, queues):
-    """At most one momentum queue (``queues``: its config at its index, None elsewhere); its extra negatives go to
-    an info_nce term, and without the brivl loss it has no loss for a weight to scale."""
-    listed = [(index, queue) for index, queue in enumerate(queues) if queue is not None]
-    if len(listed) > 1:
-        raise ConfigError(f"Loss.terms[{listed[1][0]}]", "a second momentum_queue: list one")
-    if not listed:
-        return
-    index, queue = listed[0]
-    if queue.extra_negatives and "info_nce" not in [entry.get("name") for entry in entries]:
-        raise ConfigError(f"Loss.terms[{index}].mode", f"{queue.mode}: the queue's negatives join the info_nce terms, and none is listed")
-    if not queue.brivl and "weight" in entries[index]:
-        raise ConfigError(f"Loss.terms[{index}].weight", "only the brivl loss uses it; mode extra_negatives adds no loss of its own")
 
 
 def build_loss(section, rank=0, world_size=1, global_batch=None):
@@ -174,7 +159,7 @@ def build_loss(section, rank=0, world_size=1, global_batch=None):
         weight, options = _weight_and_options(entry, key)
         terms.append(LOSS_TERMS.build(options, key, context))
         weights.append(weight)
-    _check_momentum(entries, [term.momentum for term in terms])
+    check_queue_terms(entries, [term.momentum for term in terms])
     _check_teachers([term.teacher is not None for term in terms])
     return Loss(terms, weights, rank, world_size, positives=context["positives"])
 
@@ -195,7 +180,8 @@ class Loss(nn.Layer):
     ``image_ids`` / ``caption_ids`` (int64 ``[B]``, -1 where unknown) feed them
     and the momentum queue's same-image mask; they are gathered from every rank
     (no gradient) with the features. ``momentum``: the step's
-    :class:`~ernievil2.losses.momentum.MomentumBatch`, when a term reads the queue.
+    :class:`~ernievil2.losses.momentum.MomentumBatch`, when a term reads the queue;
+    the terms get it as it is.
     ``teacher``: the step's :class:`~ernievil2.losses.distill.TeacherBatch` (the frozen
     teacher's rows of the same samples), when a distill term reads it; its rows are
     gathered (no gradient) where the term scores every rank's.
@@ -245,16 +231,11 @@ class Loss(nn.Layer):
     def forward(self, features, logit_scale, image_ids=None, caption_ids=None, momentum=None, teacher=None):
         needs = self.needs
         ids = self._checked_ids(needs.ids, image_ids, caption_ids)
-        share = self._checked_momentum(momentum)
+        self._check_momentum(momentum)
         local = self._normalised_views(features, needs.views)
         gathered = self._gathered_views({v: local[v] for v in frozenset().union(*(t.gathered_views for t in self.terms))})
-        queue = None
-        if momentum is not None:
-            mask = same_image_mask(image_ids.astype("int64"), momentum.queue.ids) if share > 0 and momentum.config.mask_same_image else None
-            queue = QueueState(momentum.queue, momentum.config.extra_negatives, share, mask)
-        positives = self._positives(ids, bool(gathered), share, momentum)
-        keys = None if momentum is None else momentum.keys
-        inputs = LossInputs(local, gathered, logit_scale, self.rank, queue, keys, positives, self._teacher(teacher, bool(gathered)))
+        positives = self._positives(ids, bool(gathered))
+        inputs = LossInputs(local, gathered, logit_scale, self.rank, ids, positives, self._teacher(teacher, bool(gathered)), momentum)
         out = {}
         total = 0.0
         for term, weight in zip(self.terms, self.weights):
@@ -279,34 +260,32 @@ class Loss(nn.Layer):
         return teacher._replace(features=features, gathered=rows)
 
     def _checked_ids(self, wanted, image_ids, caption_ids):
-        """``{kind: int64 [B]}`` of the positives' identities (empty without positives)."""
+        """``{kind: int64 [B]}`` of the ids the terms read."""
         given = {"image_ids": image_ids, "caption_ids": caption_ids}
         for keyword, value in given.items():
             if value is not None and keyword not in wanted:
                 raise ValueError(f"{keyword}: no term reads them (Loss.positives, with same_caption for caption ids, or a momentum_queue with mask_same_image)")
             if value is None and keyword in wanted:
                 raise ValueError(f"the loss needs {keyword} (int64 [B], -1 where unknown)")
-        kinds = self.positives.identities if self.positives is not None else ()
-        return {kind: given[IDENTITY_INPUTS[kind][0]].astype("int64") for kind in kinds}
+        return {kind: given[keyword].astype("int64") for kind, (keyword, _) in IDENTITY_INPUTS.items() if keyword in wanted}
 
-    def _checked_momentum(self, momentum):
+    def _check_momentum(self, momentum):
         if (momentum is None) != (self.momentum_config is None):
             raise ValueError(
                 "momentum (the step's MomentumBatch) goes with a momentum_queue term, and only with one"
                 if momentum is not None else "the momentum_queue term needs the step's MomentumBatch (momentum=)"
             )
-        return 0.0 if momentum is None else momentum.share
 
-    def _positives(self, ids, gathered, share, momentum):
-        """The :class:`Positives` of this batch's rows among the (gathered) candidates and the queue."""
+    def _positives(self, ids, gathered):
+        """The :class:`Positives` of this batch's rows among the (gathered) candidates (the momentum queue adds
+        its part itself)."""
         if self.positives is None:
             return None
+        ids = {kind: ids[kind] for kind in self.positives.identities}
         candidates = {kind: all_gather_rows(x, self.world_size) for kind, x in sorted(ids.items())} if gathered else ids
         local_batch = next(iter(ids.values())).shape[0]
         labels = contrastive_labels(local_batch, self.rank if gathered else 0)
-        in_batch = positive_mask(ids, candidates, labels)
-        queue = any_identity(ids, momentum.queue.identities()) if share > 0 else None
-        return Positives(self.positives.mode, in_batch, queue)
+        return Positives(self.positives.mode, positive_mask(ids, candidates, labels))
 
     @staticmethod
     def _normalised_views(features, views):

@@ -1,8 +1,10 @@
-"""BriVL's cross-modal momentum queue: the EMA key encoder and its queues as one object, and the queue InfoNCE.
+"""BriVL's cross-modal momentum queue, all of it: the loss term, the EMA key encoder and its queues as one object, the queue InfoNCE.
 
-:class:`MomentumQueue` is what the trainer holds when a loss term declares a
-``momentum`` (``terms.MomentumQueueTerm``, ``{name: momentum_queue, ...}`` in
-``Loss.terms``). One step, in MoCo's order (score against the queue as it
+:class:`MomentumQueueTerm` is the ``{name: momentum_queue, ...}`` entry of ``Loss.terms``
+(``loss.py`` registers it); :class:`MomentumQueue` is what the trainer holds when a term
+declares a ``momentum``. The loss hands the step's :class:`MomentumBatch` to every term
+as ``inputs.momentum``; an ``info_nce`` term asks it for the pair losses with the queue's
+extra negatives (:meth:`MomentumBatch.pair_loss`). One step, in MoCo's order (score against the queue as it
 stands, step, then enqueue this step's keys)::
 
     momentum = MomentumQueue(model, loss_fn.needs.momentum, model.embed_dim, loss_fn.needs.ids)
@@ -40,10 +42,11 @@ import paddle.nn.functional as F
 
 from ..registry import ConfigError
 from ..validate import boolean, check_known_keys, integer_at_least, number_in, one_of, positive_number
-from ..views import KEY_VIEWS, text_source
+from ..views import KEY_VIEWS, VIEW_MODALITY, text_source
 from .contrastive import contrastive_labels, contrastive_logits, in_batch_accuracy
 from .distributed import all_gather_rows, check_equal_local_batch
-from .positives import accuracy_with_positives, cross_entropy_with_positives, same_identity
+from .positives import accuracy_with_positives, any_identity, cross_entropy_with_positives, same_identity
+from .terms import Term
 
 QUEUE_MODES = ("extra_negatives", "brivl", "both")
 
@@ -371,16 +374,61 @@ def parse_momentum_queue(options):
     )
 
 
+def check_queue_terms(entries, declared):
+    """At most one momentum queue (``declared``: what each entry of ``Loss.terms`` declares, its
+    :class:`MomentumQueueConfig` for the queue); its extra negatives go to an info_nce term, and without the
+    brivl loss it has no loss for a weight to scale."""
+    listed = [(index, queue) for index, queue in enumerate(declared) if isinstance(queue, MomentumQueueConfig)]
+    if len(listed) > 1:
+        raise ConfigError(f"Loss.terms[{listed[1][0]}]", "a second momentum_queue: list one")
+    if not listed:
+        return
+    index, queue = listed[0]
+    if queue.extra_negatives and "info_nce" not in [entry.get("name") for entry in entries]:
+        raise ConfigError(f"Loss.terms[{index}].mode", f"{queue.mode}: the queue's negatives join the info_nce terms, and none is listed")
+    if not queue.brivl and "weight" in entries[index]:
+        raise ConfigError(f"Loss.terms[{index}].weight", "only the brivl loss uses it; mode extra_negatives adds no loss of its own")
+
+
 # ---------------------------------------------------------------- the trainer's object
 
 
 class MomentumBatch(NamedTuple):
-    """What the loss reads of the momentum queue for one step."""
+    """What the loss reads of the momentum queue for one step (the terms get it as ``inputs.momentum``)."""
 
     keys: dict  # {"image", "text"}: the momentum copy's features of the key views, [B, D]
     queue: CrossModalQueue
     share: float  # the queue's share of the softmax denominator (0: not used yet), see queue_share
     config: MomentumQueueConfig
+
+    @property
+    def adds_negatives(self):
+        """Whether the info_nce pairs score the queue's entries this step."""
+        return self.share > 0 and self.config.extra_negatives
+
+    def scored(self, inputs):
+        """``(mask, positives)`` of the loss's rows against the queue: the entries of the row's own image to drop
+        (``mask_same_image``), and ``Loss.positives`` with its part over the queue; both only while it is scored."""
+        active = self.share > 0
+        mask = same_image_mask(inputs.ids["image"], self.queue.ids) if active and self.config.mask_same_image else None
+        positives = inputs.positives
+        if positives is not None and active:
+            positives = positives._replace(queue=any_identity(inputs.ids, self.queue.identities()))
+        return mask, positives
+
+    def pair_loss(self, inputs, view_a, view_b):
+        """One pair of an info_nce table, each direction with the queue of the other view's modality as extra
+        negatives: ``{"loss", "acc_a2b", "acc_b2a"}``, as ``symmetric_info_nce`` gives them."""
+        mask, positives = self.scored(inputs)
+        local, gathered = inputs.local, inputs.gathered
+        rank = inputs.rank if gathered else 0
+
+        def one_way(a, b):
+            entries = self.queue.entries(VIEW_MODALITY[b])
+            return extra_negative_info_nce(local[a], gathered.get(b, local[b]), entries, inputs.logit_scale, rank, mask, self.share, positives)
+
+        a2b, b2a = one_way(view_a, view_b), one_way(view_b, view_a)
+        return {"loss": (a2b["loss"] + b2a["loss"]) / 2, "acc_a2b": a2b["acc"], "acc_b2a": b2a["acc"]}
 
 
 class MomentumQueue(nn.Layer):
@@ -435,3 +483,64 @@ class MomentumQueue(nn.Layer):
         self._pending = None
         self.encoder.update(model, self.config.momentum)
         self.queue.enqueue(keys, image_ids, world_size=self.world_size, caption_ids=caption_ids)
+
+
+def current_layout(extra):
+    """A checkpoint's extra state as today's trainer writes it: the queue's encoder and queues under ``momentum``.
+
+    Checkpoints written before the queue was one object kept the encoder under ``momentum_model`` and the
+    queues in the loss's state (``queue.*``); they are moved to where :class:`MomentumQueue` keeps them.
+    """
+    if "momentum_model" not in extra:
+        return extra
+    loss = extra.get("loss", {})
+    queues = {key: value for key, value in loss.items() if key.startswith("queue.")}
+    encoder = {f"encoder.{key}": value for key, value in extra["momentum_model"].items()}
+    rest = {key: value for key, value in extra.items() if key not in ("loss", "momentum_model")}
+    return {**rest, "loss": {key: value for key, value in loss.items() if key not in queues}, "momentum": {**encoder, **queues}}
+
+
+# ---------------------------------------------------------------- the loss term
+
+
+class MomentumQueueTerm(Term):
+    """BriVL's momentum queue: its negatives join the pair tables (``extra_negatives``), its own InfoNCE of the
+    key views against the queue is a loss (``brivl``), or both. Logs ``queue/share``, and ``loss/brivl``,
+    ``acc/brivl`` with the brivl loss. The keys and the queue come from :class:`MomentumQueue`, which the
+    trainer builds for the ``momentum`` this term declares."""
+
+    gathered_views = frozenset()
+
+    def __init__(self, size, mode, momentum=0.99, temperature="shared", warmup_steps=0, ramp_steps=0, mask_same_image=False, positives=None):
+        self.momentum = self.check(size, mode, momentum, temperature, warmup_steps, ramp_steps, mask_same_image, positives)
+        brivl = self.momentum.brivl
+        self.views = frozenset(KEY_VIEWS.values()) if brivl else frozenset()
+        self.ids = ("image",) if mask_same_image else ()
+        # Read only by the brivl loss at the shared temperature; a fixed one is its own.
+        self.uses_logit_scale = brivl and self.momentum.temperature is None
+
+    @staticmethod
+    def check(size, mode, momentum=0.99, temperature="shared", warmup_steps=0, ramp_steps=0, mask_same_image=False, positives=None):
+        """The :class:`MomentumQueueConfig`; ``positives``: ``Loss.positives`` (parsed), which decides the queue's
+        same-image entries itself."""
+        if positives is not None and mask_same_image:
+            raise ConfigError("mask_same_image", "Loss.positives already decides the queue's entries of the row's own image; drop mask_same_image")
+        return parse_momentum_queue(
+            {"size": size, "mode": mode, "momentum": momentum, "temperature": temperature,
+             "warmup_steps": warmup_steps, "ramp_steps": ramp_steps, "mask_same_image": mask_same_image}
+        )
+
+    def __call__(self, inputs):
+        batch = inputs.momentum
+        out = {"queue/share": paddle.to_tensor(batch.share)}
+        if not self.momentum.brivl:
+            return out
+        mask, positives = batch.scored(inputs)
+        scale = inputs.logit_scale if self.momentum.temperature is None else 1.0 / self.momentum.temperature
+        image_query, text_query = inputs.local[KEY_VIEWS["image"]], inputs.local[KEY_VIEWS["text"]]
+        keys, entries = batch.keys, batch.queue.entries
+        i2t = queue_info_nce(image_query, F.normalize(keys["text"], axis=-1), entries("text"), scale, mask, batch.share, positives)
+        t2i = queue_info_nce(text_query, F.normalize(keys["image"], axis=-1), entries("image"), scale, mask, batch.share, positives)
+        out["loss/brivl"] = out["loss"] = (i2t["loss"] + t2i["loss"]) / 2
+        out["acc/brivl"] = (i2t["acc"] + t2i["acc"]) / 2
+        return out

@@ -4,7 +4,7 @@ A term is an object with
 
 - ``views``: the views it reads; ``gathered_views``: those it wants from every rank, with gradient;
 - ``ids``: the identity kinds it needs per row (``"image"``, ``"caption"``; see ``positives.py``);
-- ``momentum``: the :class:`~ernievil2.losses.momentum.MomentumQueueConfig` of the momentum keys it
+- ``momentum``: the :class:`~ernievil2.losses.momentum.MomentumQueueConfig` of the momentum queue it
   needs, or None;
 - ``teacher``: the :class:`~ernievil2.losses.distill.TeacherNeeds` of the frozen teacher whose embeddings
   it reads, or None;
@@ -15,23 +15,18 @@ A term is an object with
   changes others) among them, the rest logged as they are.
 
 :class:`Term` gives the defaults. :class:`LossInputs` is what every term gets. Built in
-here: :class:`InfoNCEPairs`, the table of view pairs, and :class:`MomentumQueueTerm`,
-BriVL's queue (whose keys and entries come from ``momentum.py``); both honour
-``Loss.positives`` (candidates of the row's own image or caption are not negatives,
-``positives.py``). A term that scores view pairs is one function ``pair_loss(a, b,
-logit_scale, a_all, b_all, rank) -> scalar`` made a builder by :func:`pairwise_term`.
+here: :class:`InfoNCEPairs`, the table of view pairs, which honours ``Loss.positives``
+(candidates of the row's own image or caption are not negatives, ``positives.py``). A
+term that scores view pairs is one function ``pair_loss(a, b, logit_scale, a_all,
+b_all, rank) -> scalar`` made a builder by :func:`pairwise_term`.
 """
 import numbers
 from typing import NamedTuple, Optional
 
-import paddle
-import paddle.nn.functional as F
-
 from ..registry import ConfigError, did_you_mean
 from ..validate import is_real_number
-from ..views import KEY_VIEWS, KNOWN_VIEWS, VIEW_MODALITY
+from ..views import KNOWN_VIEWS
 from .contrastive import symmetric_info_nce
-from .momentum import extra_negative_info_nce, parse_momentum_queue, queue_info_nce
 
 
 class ViewPair(NamedTuple):
@@ -44,24 +39,15 @@ class ViewPair(NamedTuple):
         return f"{self.view_a}-{self.view_b}"
 
 
-class QueueState(NamedTuple):
-    """The momentum queue as this step sees it."""
-
-    queue: object  # CrossModalQueue
-    extra_negatives: bool  # whether the pair tables score the queue's entries too
-    share: float  # the queue's share of the softmax denominator (0: not used yet)
-    mask: Optional[object]  # [B, size] bool, queue entries of the query's own image
-
-
 class LossInputs(NamedTuple):
     local: dict  # view -> this rank's rows, L2-normalised
     gathered: dict  # view -> every rank's rows, with gradient (empty on one process)
     logit_scale: object
     rank: int  # the rank whose rows ``local`` holds, among ``gathered``
-    queue: Optional[QueueState] = None
-    keys: Optional[dict] = None  # {"image", "text"}: the momentum copy's features
+    ids: Optional[dict] = None  # {kind: int64 [B]}: this rank's rows' ids of the kinds the terms read
     positives: Optional[object] = None  # positives.Positives: candidates of the row's own image/caption
     teacher: Optional[object] = None  # distill.TeacherBatch: the frozen teacher's unit rows of this step
+    momentum: Optional[object] = None  # momentum.MomentumBatch: the momentum queue's keys and entries this step
 
 
 def check_view(where, view):
@@ -128,8 +114,8 @@ class Term:
 class InfoNCEPairs(Term):
     """``sum(weight * symmetric InfoNCE)`` over a table of view pairs; logs ``loss/<a>-<b>`` and ``acc/<a>-<b>``.
 
-    With a momentum queue in extra-negatives mode, each direction also scores
-    the queue's entries of the other view's modality.
+    With a momentum queue that adds negatives this step (``momentum.py``), each
+    direction also scores its entries of the other view's modality.
     """
 
     def __init__(self, pairs):
@@ -141,12 +127,14 @@ class InfoNCEPairs(Term):
         return parse_view_pairs(pairs)
 
     def __call__(self, inputs):
-        queue = inputs.queue
-        with_queue = queue is not None and queue.share > 0 and queue.extra_negatives
+        momentum = inputs.momentum
         out = {}
         total = 0.0
         for pair in self.pairs:
-            terms = self._with_queue(inputs, pair) if with_queue else self._plain(inputs, pair)
+            if momentum is not None and momentum.adds_negatives:
+                terms = momentum.pair_loss(inputs, pair.view_a, pair.view_b)
+            else:
+                terms = self._plain(inputs, pair)
             out[f"loss/{pair.name}"] = terms["loss"]
             out[f"acc/{pair.name}"] = (terms["acc_a2b"] + terms["acc_b2a"]) / 2
             total = total + pair.weight * terms["loss"]
@@ -165,62 +153,6 @@ class InfoNCEPairs(Term):
             inputs.rank,
             inputs.positives,
         )
-
-    @staticmethod
-    def _with_queue(inputs, pair):
-        local, gathered, queue = inputs.local, inputs.gathered, inputs.queue
-        a, b = pair.view_a, pair.view_b
-        rank = inputs.rank if gathered else 0
-        a2b = extra_negative_info_nce(
-            local[a], gathered.get(b, local[b]), queue.queue.entries(VIEW_MODALITY[b]), inputs.logit_scale, rank, queue.mask, queue.share, inputs.positives
-        )
-        b2a = extra_negative_info_nce(
-            local[b], gathered.get(a, local[a]), queue.queue.entries(VIEW_MODALITY[a]), inputs.logit_scale, rank, queue.mask, queue.share, inputs.positives
-        )
-        return {"loss": (a2b["loss"] + b2a["loss"]) / 2, "acc_a2b": a2b["acc"], "acc_b2a": b2a["acc"]}
-
-
-class MomentumQueueTerm(Term):
-    """BriVL's momentum queue: its negatives join the pair tables (``extra_negatives``), its own InfoNCE of the
-    key views against the queue is a loss (``brivl``), or both. Logs ``queue/share``, and ``loss/brivl``,
-    ``acc/brivl`` with the brivl loss. The keys and the queue come from
-    :class:`~ernievil2.losses.momentum.MomentumQueue`, which the trainer builds for the ``momentum`` this
-    term declares."""
-
-    gathered_views = frozenset()
-
-    def __init__(self, size, mode, momentum=0.99, temperature="shared", warmup_steps=0, ramp_steps=0, mask_same_image=False, positives=None):
-        self.momentum = self.check(size, mode, momentum, temperature, warmup_steps, ramp_steps, mask_same_image, positives)
-        brivl = self.momentum.brivl
-        self.views = frozenset(KEY_VIEWS.values()) if brivl else frozenset()
-        self.ids = ("image",) if mask_same_image else ()
-        # Read only by the brivl loss at the shared temperature; a fixed one is its own.
-        self.uses_logit_scale = brivl and self.momentum.temperature is None
-
-    @staticmethod
-    def check(size, mode, momentum=0.99, temperature="shared", warmup_steps=0, ramp_steps=0, mask_same_image=False, positives=None):
-        """The :class:`MomentumQueueConfig`; ``positives``: ``Loss.positives`` (parsed), which decides the queue's
-        same-image entries itself."""
-        if positives is not None and mask_same_image:
-            raise ConfigError("mask_same_image", "Loss.positives already decides the queue's entries of the row's own image; drop mask_same_image")
-        return parse_momentum_queue(
-            {"size": size, "mode": mode, "momentum": momentum, "temperature": temperature,
-             "warmup_steps": warmup_steps, "ramp_steps": ramp_steps, "mask_same_image": mask_same_image}
-        )
-
-    def __call__(self, inputs):
-        queue = inputs.queue
-        out = {"queue/share": paddle.to_tensor(queue.share)}
-        if not self.momentum.brivl:
-            return out
-        scale = inputs.logit_scale if self.momentum.temperature is None else 1.0 / self.momentum.temperature
-        image_query, text_query = inputs.local[KEY_VIEWS["image"]], inputs.local[KEY_VIEWS["text"]]
-        keys, entries = inputs.keys, queue.queue.entries
-        i2t = queue_info_nce(image_query, F.normalize(keys["text"], axis=-1), entries("text"), scale, queue.mask, queue.share, inputs.positives)
-        t2i = queue_info_nce(text_query, F.normalize(keys["image"], axis=-1), entries("image"), scale, queue.mask, queue.share, inputs.positives)
-        out["loss/brivl"] = out["loss"] = (i2t["loss"] + t2i["loss"]) / 2
-        out["acc/brivl"] = (i2t["acc"] + t2i["acc"]) / 2
-        return out
 
 
 class PairwiseTerm(Term):
