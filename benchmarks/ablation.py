@@ -103,6 +103,8 @@ PRESETS = {
         ("single-view, tags as text on 50% of steps", terms(SINGLE), {**NO_AUGMENT, "Train.tag_as_text_prob": 0.5}),
         # The tag table with half of the image view's patches (FLIP): a cheaper step to spend on the tags.
         ("+ tag view (0.5), 50% of patches", terms(SINGLE + [["image_v1", "tag", 0.5]]), {**NO_AUGMENT, **KEEP_HALF}),
+        # BriVL's momentum queue on single-view: 4,096 more negatives a step, from a slowly moving encoder.
+        ("+ momentum queue (K=4096, both)", terms(SINGLE, {"name": "momentum_queue", **QUEUE, "mode": "both"}), NO_AUGMENT),
     ],
     # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
     "sigmoid": [
