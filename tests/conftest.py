@@ -21,3 +21,12 @@ def shared_dir():
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The official vocabulary at text length 16: what the data-stream tests tokenize with."""
+    from ernievil2.data.tokenizer import ErnieTokenizer
+    from ernievil2.resource_files import resolve_resource
+
+    return ErnieTokenizer(resolve_resource("ernie-3.0-base-zh/vocab.txt"), max_len=16)

@@ -14,16 +14,9 @@ from ernievil2.data.pipeline import (
     stable_caption_id,
     stable_image_id,
 )
-from ernievil2.data.tokenizer import ErnieTokenizer
-from ernievil2.resource_files import resolve_resource
 from tests.helpers import write_pairs_tsv
 
 AUGMENT = {"image_size": 32, "resize_short": 32}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return ErnieTokenizer(resolve_resource("ernie-3.0-base-zh/vocab.txt"), max_len=16)
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,14 @@ from ernievil2.config import check_named_files, load_config
 from ernievil2.data.augment import TrainTransform
 from ernievil2.data.errors import DataError, SkipCounter
 from ernievil2.data.pipeline import TrainStream, expand_sources, interleave, rank_sources, replay_records, stable_image_id
-from ernievil2.data.tokenizer import ErnieTokenizer
 from ernievil2.engine.build import build_trainer
 from ernievil2.engine.resume import check_resumable
 from ernievil2.registry import ConfigError
-from ernievil2.resource_files import resolve_resource
 from tests.conftest import REPO
 from tests.helpers import write_pairs_tsv, write_train_config
 
 BASE = str(REPO / "configs" / "ernievil2_base_vit16.yaml")
 AUGMENT = {"image_size": 32, "resize_short": 32}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return ErnieTokenizer(resolve_resource("ernie-3.0-base-zh/vocab.txt"), max_len=16)
 
 
 @pytest.fixture(scope="module")
