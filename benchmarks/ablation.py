@@ -105,6 +105,8 @@ PRESETS = {
         ("+ tag view (0.5), 50% of patches", terms(SINGLE + [["image_v1", "tag", 0.5]]), {**NO_AUGMENT, **KEEP_HALF}),
         # BriVL's momentum queue on single-view: 4,096 more negatives a step, from a slowly moving encoder.
         ("+ momentum queue (K=4096, both)", terms(SINGLE, {"name": "momentum_queue", **QUEUE, "mode": "both"}), NO_AUGMENT),
+        # With rows 1 and 2, the sweep of the tag pair's weight.
+        ("+ tag view (0.25)", terms(SINGLE + [["image_v1", "tag", 0.25]]), NO_AUGMENT),
     ],
     # Single-view image-text: the softmax (InfoNCE) against the sigmoid (SigLIP, t = 10, b = -10).
     "sigmoid": [
