@@ -261,6 +261,27 @@ def test_bfloat16_autocast_step_runs_with_fp32_loss():
     assert all(p.grad is not None for p in model.parameters() if not p.stop_gradient)
 
 
+def test_a_run_resumes_exactly_in_a_process_that_built_other_models(tmp_path, train_data):
+    """Parameter and optimizer-moment names come from per-process counters; a checkpoint must not depend on them."""
+    from ernievil2.config import load_config
+    from ernievil2.engine.build import build_trainer
+
+    train, _ = train_data
+    (tmp_path / "a").mkdir()
+    run_train(write_train_config(tmp_path / "a", train), "Train.max_steps=4")  # a fresh process
+    reference = final_weights(tmp_path / "a" / "out", 4)
+    build_model(TINY_ARCH)  # this process has named other layers before: the counters are not at zero
+    (tmp_path / "b").mkdir()
+    for steps in (2, 4):  # two runs in this process, the second resumed from the first's checkpoint
+        trainer = build_trainer(load_config(str(write_train_config(tmp_path / "b", train, Train={"max_steps": steps}))))
+        trainer.train()
+    assert trainer.step == 4 and "at step 2" in (tmp_path / "b" / "out" / "train.log").read_text(encoding="utf-8")
+    got = final_weights(tmp_path / "b" / "out", 4)
+    assert got.keys() == reference.keys()
+    for key, value in reference.items():
+        np.testing.assert_array_equal(got[key].numpy(), value.numpy(), err_msg=key)
+
+
 def test_momentum_queue_trains_checkpoints_and_resumes_exactly(tmp_path, train_data):
     train, _ = train_data
     loss = {"terms": [

@@ -4,6 +4,7 @@ import tempfile
 
 import paddle
 import paddle.distributed as dist
+from paddle.base.unique_name import UniqueNameGenerator
 
 from .. import runtime
 from ..checkpoint import load_pretrained
@@ -123,29 +124,35 @@ def build_trainer(config):
     log(runtime.describe())
     seed = config["Global"]["seed"]
 
-    paddle.seed(seed)  # identical initial weights on every rank
-    model = build_model(config["Arch"], check_temperature(config["Loss"].get("temperature")))
-    if config["Train"]["recompute"]:
-        try:
-            model.set_grad_checkpointing()
-        except TowerCapabilityError as err:
-            raise ConfigError("Train.recompute", str(err), config.get("_source_")) from None
-    check_patch_keep(model, config["Train"]["patch_keep"], config.get("_source_"))
-    if config["Global"]["pretrained"]:
-        load_pretrained(model, config["Global"]["pretrained"])
-        log(f"loaded weights from {config['Global']['pretrained']}")
-    paddle.seed(seed + rank)  # different dropout per rank
-    train = config["Train"]
-    global_batch = train["batch_size"] * train["accum_steps"] * world
-    loss_fn = build_loss(config["Loss"], rank, world, global_batch)
-    needs = loss_fn.needs
-    teacher = None if needs.teacher is None else build_teacher(config, needs.teacher, log)
-    if not needs.logit_scale:
-        # No term reads it: untrained (DataParallel would wait for its gradient), kept in the weights.
-        model.contrastive_loss_mm.temperature_b.stop_gradient = True
-        log("the InfoNCE temperature is not used by any loss term: frozen")
-    momentum = None if needs.momentum is None else MomentumQueue(model, needs.momentum, model.embed_dim, needs.ids, world)
-    optimizer = build_optimizer(model, config["Optimizer"], loss_fn)
+    # Paddle names parameters (and, at the first step, the optimizer's moments) from per-process
+    # counters, and a checkpoint's optimizer state is keyed by those names. The trainer's own
+    # counters give every run the names of a fresh process, so a checkpoint resumes whatever
+    # the process built before (a second run, a notebook, a test session).
+    names = UniqueNameGenerator()
+    with paddle.utils.unique_name.guard(names):
+        paddle.seed(seed)  # identical initial weights on every rank
+        model = build_model(config["Arch"], check_temperature(config["Loss"].get("temperature")))
+        if config["Train"]["recompute"]:
+            try:
+                model.set_grad_checkpointing()
+            except TowerCapabilityError as err:
+                raise ConfigError("Train.recompute", str(err), config.get("_source_")) from None
+        check_patch_keep(model, config["Train"]["patch_keep"], config.get("_source_"))
+        if config["Global"]["pretrained"]:
+            load_pretrained(model, config["Global"]["pretrained"])
+            log(f"loaded weights from {config['Global']['pretrained']}")
+        paddle.seed(seed + rank)  # different dropout per rank
+        train = config["Train"]
+        global_batch = train["batch_size"] * train["accum_steps"] * world
+        loss_fn = build_loss(config["Loss"], rank, world, global_batch)
+        needs = loss_fn.needs
+        teacher = None if needs.teacher is None else build_teacher(config, needs.teacher, log)
+        if not needs.logit_scale:
+            # No term reads it: untrained (DataParallel would wait for its gradient), kept in the weights.
+            model.contrastive_loss_mm.temperature_b.stop_gradient = True
+            log("the InfoNCE temperature is not used by any loss term: frozen")
+        momentum = None if needs.momentum is None else MomentumQueue(model, needs.momentum, model.embed_dim, needs.ids, world)
+        optimizer = build_optimizer(model, config["Optimizer"], loss_fn)
     train_model = model
     if world > 1:
         train_model, optimizer = wrap_for_parallel(model, optimizer, config["Train"])
@@ -188,7 +195,7 @@ def build_trainer(config):
     eval_fn = None
     if data["val"] is not None or config["Eval"]["zeroshot"] is not None:
         eval_fn = make_eval_fn(config, tokenizer, EvalTransform.from_config(config["Preprocess"]), log)
-    trainer = Trainer(config, model, loss_fn, optimizer, stream, rank, world, train_model, eval_fn, log, writer, momentum, teacher)
+    trainer = Trainer(config, model, loss_fn, optimizer, stream, rank, world, train_model, eval_fn, log, writer, momentum, teacher, names)
     if rank == 0:
         for path in clean_temporary(out_dir):
             log(f"removed {path}, left by an interrupted save")

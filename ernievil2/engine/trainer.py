@@ -59,6 +59,7 @@ class Trainer:
         writer=None,
         momentum=None,
         teacher=None,
+        names=None,
     ):
         self.config = config
         self.train_cfg, self.opt_cfg = config["Train"], config["Optimizer"]
@@ -69,6 +70,9 @@ class Trainer:
         self.eval_fn, self.log, self.writer = eval_fn, log, writer
         self.momentum = momentum  # the momentum queue's MomentumQueue (EMA key encoder and queues), or None
         self.teacher = teacher  # a distill term's frozen Teacher (engine/teacher.py), or None; never checkpointed
+        # The unique-name counters the model was built under (build_trainer; None: fresh ones): the
+        # optimizer names its moments from them at the first step, as in a fresh process.
+        self.names = names
         self.gate = RankZeroGate(rank, world_size)
         self.needs = loss_fn.needs
         # The model's temperature, as the console shows it when a term reads it, then what the terms log.
@@ -220,7 +224,8 @@ class Trainer:
 
     def train(self):
         try:
-            return self._train()
+            with paddle.utils.unique_name.guard(self.names):
+                return self._train()
         finally:
             self.stream.close()
             self._write_skip_report()
