@@ -135,6 +135,7 @@ CASES = {
     "paddlenlp_single_stock": Case("PaddleNLP, CLIP loss, stock malloc", None, stock=("malloc",), base="paddlenlp_single"),
     "ours_multiview_stock": Case("ours, multi-view, stock", MULTI_PAIRS, stock=STOCK_PARTS, base="ours_multiview"),
 }
+TAG_CASES = ("ours_single_tag", "ours_multiview_tag")  # what --skip-tag leaves out
 
 
 # --- FLOPs ----------------------------------------------------------------------
@@ -484,8 +485,6 @@ def print_comparisons(results, arch, args):
     for name, case in CASES.items():
         if case.stock and name in results and case.base in results:
             print_ratio(f"{CASES[case.base].label} / {case.label} (the change's speed-up is 1 / this)", results[case.base], results[name])
-
-TAG_CASES = ("ours_single_tag", "ours_multiview_tag")
 
 
 def parse_args(argv=None):
